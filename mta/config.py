@@ -1,0 +1,192 @@
+"""The MTA's configuration: typed, frozen, from TOML + `MTA_*` env vars + flags.
+
+Precedence: flag > env > file > default. Every key has a working default, so
+`mta serve` runs with no file at all. Env names are `MTA_` + the dotted key in
+upper case with dots as underscores: `smtp.listen` -> `MTA_SMTP_LISTEN`.
+Durations accept "30s", "5m", "84h", "3.5d"; they are stored as seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mta import settings
+from mta.settings import ConfigError
+
+__all__ = ["ConfigError", "MtaConfig", "load_config"]
+
+DAY = 86400.0
+
+
+def _duration(default: str) -> Any:
+    from mta.durations import parse_duration
+
+    return field(default=parse_duration(default), metadata={"kind": "duration"})
+
+
+def _hostport(default: str) -> Any:
+    return field(default=default, metadata={"kind": "hostport"})
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The submission side (ingress)."""
+
+    listen: str = _hostport("127.0.0.1:2525")
+    hostname: str = "mta.localhost"
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 1000
+    relay_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_users: dict[str, str] = field(default_factory=dict)
+    idle_timeout: float = _duration("5m")
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < 1024:
+            raise ValueError("max_message_size must be at least 1024")
+        if self.max_recipients < 1:
+            raise ValueError("max_recipients must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Per-stage client timeouts in real seconds; defaults from RFC 5321 4.5.3.2."""
+
+    connect: float = _duration("30s")
+    greeting: float = _duration("5m")
+    ehlo: float = _duration("5m")
+    starttls: float = _duration("2m")
+    mail: float = _duration("5m")
+    rcpt: float = _duration("5m")
+    data: float = _duration("2m")
+    data_block: float = _duration("3m")
+    dot: float = _duration("10m")
+    idle: float = _duration("30s")   # how long an unused pooled connection is kept
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The outbound side."""
+
+    port: int = 25
+    relayhost: str = _hostport("")
+    helo_name: str = ""                                   # default: smtp.hostname
+    tls: Literal["opportunistic", "required", "none"] = "opportunistic"
+    source_addresses: tuple[str, ...] = ()
+    max_connections: int = 500
+    max_connections_per_host: int = 20
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 100
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_connections",
+            "max_connections_per_host",
+            "max_messages_per_connection",
+            "max_recipients_per_transaction",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be 1-65535")
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()     # empty: the system's resolv.conf
+    port: int = 53
+    timeout: float = _duration("5s")
+    cache_size: int = 10000
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    keys: tuple[DkimKey, ...] = ()
+    signed_headers: tuple[str, ...] = (
+        "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe",
+        "List-Unsubscribe-Post", "Feedback-ID",
+    )
+    oversign: tuple[str, ...] = ("From", "Subject", "Date", "To", "Reply-To", "Message-ID")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """The first retry schedule: exponential with jitter, capped, inside the validity."""
+
+    first: float = _duration("10m")
+    factor: float = 2.0
+    max_interval: float = _duration("4h")
+    jitter: float = 0.2
+    validity: float = _duration("3.5d")        # the default and the cap of X-Campaign-Validity
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ValueError("factor must be >= 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        if self.validity <= 0 or self.validity > 3.5 * DAY:
+            raise ValueError("validity must be more than 0 and at most 3.5d")
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    time_scale: float = 1.0
+    anchor: str = ""        # REAL:VIRTUAL:SCALE, shared with the simulation by `mta up`
+
+    def __post_init__(self) -> None:
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    batch_max: int = 512          # operations in one group commit at most
+    pick_batch: int = 256         # recipients picked per scheduler round
+
+
+@dataclass(frozen=True)
+class MtaConfig:
+    data_dir: str = "var/mta"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def load_config(
+    path: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MtaConfig:
+    """The effective config; `path=None` means defaults (plus env and flags)."""
+    return settings.load(
+        MtaConfig,
+        path,
+        env_prefix="MTA_",
+        flags=flags,
+        environ=environ,
+        reserved_env=("MTA_CONFIG",),
+    )
