@@ -54,7 +54,9 @@ class Anchor:
         try:
             real, virtual, scale = (float(part) for part in text.split(":"))
         except ValueError:
-            raise ValueError(f"not a clock anchor: {text!r} (expected REAL:VIRTUAL:SCALE)") from None
+            raise ValueError(
+                f"not a clock anchor: {text!r} (expected REAL:VIRTUAL:SCALE)"
+            ) from None
         if scale <= 0:
             raise ValueError(f"clock scale must be positive: {text!r}")
         return cls(real, virtual, scale)
@@ -84,7 +86,7 @@ class ScaledClock(Clock):
             await asyncio.sleep(remaining / self.scale)
 
 
-def RealClock() -> ScaledClock:  # noqa: N802 - reads as a class at call sites
+def RealClock() -> ScaledClock:
     return ScaledClock(1.0)
 
 

@@ -67,7 +67,7 @@ class TimeoutsConfig:
     data: float = _duration("2m")
     data_block: float = _duration("3m")
     dot: float = _duration("10m")
-    idle: float = _duration("30s")   # how long an unused pooled connection is kept
+    idle: float = _duration("30s")  # how long an unused pooled connection is kept
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class DeliveryConfig:
 
     port: int = 25
     relayhost: str = _hostport("")
-    helo_name: str = ""                                   # default: smtp.hostname
+    helo_name: str = ""  # default: smtp.hostname
     tls: Literal["opportunistic", "required", "none"] = "opportunistic"
     source_addresses: tuple[str, ...] = ()
     max_connections: int = 500
@@ -100,7 +100,7 @@ class DeliveryConfig:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    nameservers: tuple[str, ...] = ()     # empty: the system's resolv.conf
+    nameservers: tuple[str, ...] = ()  # empty: the system's resolv.conf
     port: int = 53
     timeout: float = _duration("5s")
     cache_size: int = 10000
@@ -117,9 +117,19 @@ class DkimKey:
 class DkimConfig:
     keys: tuple[DkimKey, ...] = ()
     signed_headers: tuple[str, ...] = (
-        "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe",
-        "List-Unsubscribe-Post", "Feedback-ID",
+        "From",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "To",
+        "Cc",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "Feedback-ID",
     )
     oversign: tuple[str, ...] = ("From", "Subject", "Date", "To", "Reply-To", "Message-ID")
 
@@ -132,7 +142,7 @@ class RetryConfig:
     factor: float = 2.0
     max_interval: float = _duration("4h")
     jitter: float = 0.2
-    validity: float = _duration("3.5d")        # the default and the cap of X-Campaign-Validity
+    validity: float = _duration("3.5d")  # the default and the cap of X-Campaign-Validity
 
     def __post_init__(self) -> None:
         if self.factor < 1:
@@ -146,7 +156,7 @@ class RetryConfig:
 @dataclass(frozen=True)
 class ClockConfig:
     time_scale: float = 1.0
-    anchor: str = ""        # REAL:VIRTUAL:SCALE, shared with the simulation by `mta up`
+    anchor: str = ""  # REAL:VIRTUAL:SCALE, shared with the simulation by `mta up`
 
     def __post_init__(self) -> None:
         if self.time_scale <= 0:
@@ -155,8 +165,22 @@ class ClockConfig:
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    batch_max: int = 512          # operations in one group commit at most
-    pick_batch: int = 256         # recipients picked per scheduler round
+    batch_max: int = 512  # operations in one group commit at most
+    pick_batch: int = 256  # recipients picked per scheduler round
+    max_inflight: int = 2000  # recipients being delivered at once, at most
+    shutdown_grace: float = _duration("10s")  # real seconds SIGTERM waits for deliveries
+
+    def __post_init__(self) -> None:
+        for name in ("batch_max", "pick_batch", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+@dataclass(frozen=True)
+class BounceConfig:
+    """User rule files, tried in order before the built-in rules."""
+
+    rules_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,7 @@ class MtaConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    bounce: BounceConfig = field(default_factory=BounceConfig)
 
     @property
     def data_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""Parse and format durations ("90s", "5m", "84h", "3.5d", or plain seconds) and rates ("3600/h")."""
+"""Parse and format durations ("90s", "5m", "84h", "3.5d", or seconds) and rates ("3600/h")."""
 
 from __future__ import annotations
 

@@ -17,27 +17,27 @@ from typing import Literal
 class Phase(StrEnum):
     """Where in an SMTP session a reply was received (or a local failure happened)."""
 
-    CONNECT = "connect"      # DNS, TCP connect and the 220 greeting
+    CONNECT = "connect"  # DNS, TCP connect and the 220 greeting
     EHLO = "ehlo"
     STARTTLS = "starttls"
     MAIL = "mail"
     RCPT = "rcpt"
-    DATA = "data"            # the reply to the DATA command itself
-    DOT = "dot"              # the reply after the final dot (end of data)
+    DATA = "data"  # the reply to the DATA command itself
+    DOT = "dot"  # the reply after the final dot (end of data)
 
 
 class Condition(StrEnum):
     """Local conditions: failures observed by us rather than replied by a server."""
 
     DNS_NXDOMAIN = "dns_nxdomain"
-    DNS_FAILURE = "dns_failure"            # SERVFAIL, timeout, refused
-    NULL_MX = "null_mx"                    # RFC 7505
-    NO_ADDRESS = "no_address"              # MX hosts resolve to nothing usable
+    DNS_FAILURE = "dns_failure"  # SERVFAIL, timeout, refused
+    NULL_MX = "null_mx"  # RFC 7505
+    NO_ADDRESS = "no_address"  # MX hosts resolve to nothing usable
     CONNECTION_REFUSED = "connection_refused"
     TIMEOUT = "timeout"
     TLS_FAILURE = "tls_failure"
     CONNECTION_LOST = "connection_lost"
-    LOCAL_ERROR = "local_error"            # a bug or resource problem on our side
+    LOCAL_ERROR = "local_error"  # a bug or resource problem on our side
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +111,10 @@ class Verdict:
 
 
 class RecipientState(StrEnum):
-    QUEUED = "queued"          # waiting for its next attempt (or in flight)
-    DELIVERED = "delivered"    # a remote 2xx after the final dot
-    BOUNCED = "bounced"        # a permanent failure
-    EXPIRED = "expired"        # retries ended with the validity period
+    QUEUED = "queued"  # waiting for its next attempt (or in flight)
+    DELIVERED = "delivered"  # a remote 2xx after the final dot
+    BOUNCED = "bounced"  # a permanent failure
+    EXPIRED = "expired"  # retries ended with the validity period
 
 
 TERMINAL_STATES = frozenset(

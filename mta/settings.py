@@ -29,7 +29,7 @@ class ConfigError(Exception):
 
 
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """"HOST:PORT", "[v6]:PORT" or ":PORT" -> (host, port); raises ValueError."""
+    """ "HOST:PORT", "[v6]:PORT" or ":PORT" -> (host, port); raises ValueError."""
     text = value.strip()
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
@@ -184,7 +184,7 @@ def scalar_keys(cls: type, prefix: str = "") -> dict[str, tuple[type, Any, str |
     """Every dotted key that env vars and flags may set: key -> (owner, hint, kind)."""
     keys: dict[str, tuple[type, Any, str | None]] = {}
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if _is_dataclass_type(hint):
             keys.update(scalar_keys(hint, f"{prefix}{f.name}."))

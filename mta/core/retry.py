@@ -29,7 +29,7 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Literal["retry", "bounce", "expire"]
-    at: float | None = None          # the next attempt, for "retry"
+    at: float | None = None  # the next attempt, for "retry"
 
 
 def interval(attempts: int, policy: RetryPolicy) -> float:
@@ -72,5 +72,6 @@ def describe(verdict: Verdict, policy: RetryPolicy) -> str:
     steps = ", ".join(format_duration(interval(n, policy)) for n in range(1, 5))
     return (
         f"retry after {steps}, ... (x{policy.factor:g} per attempt, at most "
-        f"{format_duration(policy.max_interval)}, +-{policy.jitter:.0%} jitter) until the validity ends"
+        f"{format_duration(policy.max_interval)}, +-{policy.jitter:.0%} jitter)"
+        " until the validity ends"
     )

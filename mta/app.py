@@ -1,0 +1,193 @@
+"""Wiring only: build the MTA's parts from a config, start them, stop them cleanly.
+
+Start order: spool (recovering leases), DKIM signer, bounce rules, resolver,
+delivery, scheduler, then the SMTP listener last so nothing is accepted before
+it can be stored. Stop order is the reverse: stop listening, refuse new
+transactions with 421, let sessions at their final dot finish, drain deliveries
+for `spool.shutdown_grace`, close connections, close the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from mta.clock import Clock, make_clock
+from mta.config import MtaConfig
+from mta.core.bounce import BounceRules, load_bounce_rules
+from mta.core.retry import RetryPolicy
+from mta.delivery import Delivery, DeliverySettings
+from mta.dns import Resolver
+from mta.ingress import IngressHandler, IngressSettings, Signer, server_factory
+from mta.scheduler import Scheduler, SchedulerSettings
+from mta.settings import parse_hostport
+from mta.smtp_server import bound_port, start_server
+from mta.spool import Spool
+from mta.tls import server_context
+
+log = logging.getLogger("mta")
+
+SPOOL_FILE = "spool.sqlite3"
+
+
+def retry_policy(config: MtaConfig) -> RetryPolicy:
+    r = config.retry
+    return RetryPolicy(first=r.first, factor=r.factor, max_interval=r.max_interval, jitter=r.jitter)
+
+
+def delivery_settings(config: MtaConfig) -> DeliverySettings:
+    d = config.delivery
+    return DeliverySettings(
+        port=d.port,
+        relayhost=parse_hostport(d.relayhost) if d.relayhost else None,
+        helo_name=d.helo_name or config.smtp.hostname,
+        tls=d.tls,
+        source_addresses=d.source_addresses,
+        max_connections=d.max_connections,
+        max_connections_per_host=d.max_connections_per_host,
+        max_messages_per_connection=d.max_messages_per_connection,
+        timeouts=d.timeouts,
+    )
+
+
+def build_signer(config: MtaConfig) -> Signer | None:
+    if not config.dkim.keys:
+        return None
+    from mta.dkim import DkimSigner
+
+    signer = DkimSigner.from_config(
+        config.dkim.keys, config.dkim.signed_headers, config.dkim.oversign
+    )
+    return signer.sign
+
+
+@dataclass
+class Running:
+    spool: Spool
+    scheduler: Scheduler
+    delivery: Delivery
+    handler: IngressHandler
+    server: asyncio.Server
+    executor: ThreadPoolExecutor
+
+
+class MtaApp:
+    """The MTA service. `await start()`, then `await stop()`."""
+
+    def __init__(
+        self,
+        config: MtaConfig,
+        clock: Clock | None = None,
+        resolver: Resolver | None = None,
+        rules: BounceRules | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or make_clock(config.clock.time_scale, config.clock.anchor or None)
+        self._resolver = resolver
+        self._rules = rules
+        self.rng = rng or random.Random()
+        self.parts: Running | None = None
+
+    @property
+    def running(self) -> Running:
+        if self.parts is None:
+            raise RuntimeError("the MTA is not running")
+        return self.parts
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        host, _ = parse_hostport(self.config.smtp.listen)
+        return host, bound_port(self.running.server)
+
+    async def start(self) -> None:
+        config = self.config
+        signer = build_signer(config)  # config errors before anything is opened
+        rules = self._rules or load_bounce_rules(config.bounce.rules_files)
+        tls_context: ssl.SSLContext | None = None
+        if config.smtp.tls_cert:
+            tls_context = server_context(config.smtp.tls_cert, config.smtp.tls_key)
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        spool = await Spool.open(config.data_path / SPOOL_FILE, config.spool.batch_max)
+        resolver = self._resolver or Resolver(
+            self.clock,
+            config.dns.nameservers,
+            config.dns.port,
+            config.dns.timeout,
+            config.dns.cache_size,
+        )
+        delivery = Delivery(delivery_settings(config), resolver, self.clock, self.rng)
+        delivery.start()
+        scheduler = Scheduler(
+            spool,
+            delivery,
+            rules,
+            self.clock,
+            retry_policy(config),
+            SchedulerSettings(
+                max_inflight=config.spool.max_inflight,
+                pick_batch=config.spool.pick_batch,
+                max_recipients_per_transaction=config.delivery.max_recipients_per_transaction,
+            ),
+            self.rng,
+        )
+        scheduler.start()
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
+        settings = IngressSettings(
+            hostname=config.smtp.hostname,
+            max_message_size=config.smtp.max_message_size,
+            max_recipients=config.smtp.max_recipients,
+            relay_networks=config.smtp.relay_networks,
+            validity=config.retry.validity,
+            idle_timeout=config.smtp.idle_timeout,
+            auth_users=dict(config.smtp.auth_users) or None,
+        )
+        handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.wake)
+        host, port = parse_hostport(config.smtp.listen)
+        try:
+            server = await start_server(server_factory(handler, settings, tls_context), host, port)
+        except OSError as exc:
+            await scheduler.stop(0)
+            await delivery.close()
+            await spool.close()
+            executor.shutdown()
+            raise OSError(f"cannot listen on {config.smtp.listen}: {exc.strerror}") from None
+        self.parts = Running(spool, scheduler, delivery, handler, server, executor)
+        log.info(
+            "listening on %s:%d; spool %s (%d in-flight recipients recovered)",
+            host,
+            bound_port(server),
+            config.data_path / SPOOL_FILE,
+            spool.recovered,
+        )
+
+    async def stop(self) -> None:
+        parts = self.parts
+        if parts is None:
+            return
+        parts.server.close()
+        await parts.handler.close(grace=5.0)
+        await parts.scheduler.stop(self.config.spool.shutdown_grace)
+        await parts.delivery.close()
+        await parts.spool.close()
+        parts.executor.shutdown(wait=True)
+        self.parts = None
+        log.info("stopped")
+
+    async def status(self) -> dict[str, Any]:
+        parts = self.running
+        stats = await parts.spool.stats()
+        return {
+            "queued": stats.queued,
+            "in_flight": parts.scheduler.inflight,
+            "delivered": stats.delivered,
+            "bounced": stats.bounced,
+            "expired": stats.expired,
+            "accepted": parts.handler.accepted,
+            "rejected": parts.handler.rejected,
+        }

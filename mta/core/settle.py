@@ -1,0 +1,145 @@
+"""What an attempt's outcome means for one recipient: next state, event, next attempt (pure).
+
+Success after the final dot: delivered. Otherwise the outcome is classified
+(`BounceRules`), the retry policy decides between bouncing, retrying at a time
+and expiring, the state table names the new state and the event kind, and the
+event is built. Everything comes in as arguments, `now`, the random number and
+the new event's id included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mta.core import events, retry
+from mta.core.status import Result, transition
+from mta.model import Condition, Outcome, Phase, RecipientState, Reply, Verdict
+
+
+class Classifier(Protocol):
+    def classify(self, outcome: Outcome) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """What is known of the recipient before this outcome."""
+
+    subject: events.Subject
+    attempts: int  # attempts made before this one
+    seq: int  # last event seq
+    expires_at: float
+    possible_duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    state: RecipientState
+    result: Result
+    attempts: int
+    seq: int
+    next_attempt_at: float | None
+    verdict: Verdict | None
+    outcome: Outcome
+    event: dict[str, Any]
+    possible_duplicate: bool
+    attempted: bool
+
+
+def settle(
+    before: Attempted,
+    outcome: Outcome,
+    *,
+    now: float,
+    rules: Classifier,
+    policy: retry.RetryPolicy,
+    rand: float,
+    event_id: str,
+) -> Settlement:
+    """The consequence of one attempt's outcome."""
+    attempts = before.attempts + 1
+    duplicate = before.possible_duplicate or outcome.possible_duplicate
+    verdict: Verdict | None = None
+    next_at: float | None = None
+    result: Result
+    if outcome.phase is Phase.DOT and outcome.reply.is_success:
+        result = "delivered"
+    else:
+        verdict = rules.classify(outcome)
+        decision = retry.decide(verdict, attempts, now, before.expires_at, policy, rand)
+        result = decision.action
+        next_at = decision.at
+    return _settlement(
+        before,
+        outcome,
+        result,
+        attempts,
+        next_at,
+        verdict,
+        duplicate,
+        now,
+        event_id,
+        attempted=True,
+    )
+
+
+def expire_unattempted(
+    before: Attempted,
+    last: Outcome | None,
+    *,
+    now: float,
+    rules: Classifier,
+    event_id: str,
+) -> Settlement:
+    """The validity ended while the recipient waited: expire it with its last reply."""
+    outcome = last or Outcome(
+        Reply(451, "4.4.7", "Delivery time expired: the validity period ended before delivery"),
+        Phase.CONNECT,
+        None,
+        Condition.LOCAL_ERROR,
+    )
+    verdict = rules.classify(outcome)
+    return _settlement(
+        before,
+        outcome,
+        "expire",
+        before.attempts,
+        None,
+        verdict,
+        before.possible_duplicate,
+        now,
+        event_id,
+        attempted=False,
+    )
+
+
+def _settlement(
+    before: Attempted,
+    outcome: Outcome,
+    result: Result,
+    attempts: int,
+    next_at: float | None,
+    verdict: Verdict | None,
+    duplicate: bool,
+    now: float,
+    event_id: str,
+    *,
+    attempted: bool,
+) -> Settlement:
+    state, kind = transition(RecipientState.QUEUED, result)
+    seq = before.seq + 1
+    event = events.build(
+        event_id=event_id,
+        seq=seq,
+        kind=kind,
+        at=now,
+        subject=before.subject,
+        attempt=attempts,
+        outcome=outcome,
+        verdict=verdict,
+        next_attempt_at=next_at,
+        possible_duplicate=duplicate,
+    )
+    return Settlement(
+        state, result, attempts, seq, next_at, verdict, outcome, event, duplicate, attempted
+    )

@@ -1,0 +1,659 @@
+"""Outbound SMTP: route a message to its domain's MX hosts and report one outcome per recipient.
+
+aiosmtplib carries the bytes; this module drives it command by command with
+the per-stage timeouts of RFC 5321 4.5.3.2 (configurable, in real seconds),
+using our own canonical addresses (the library never rewrites them). It reuses
+connections per (address, port, source) up to a per-connection message limit,
+falls back to the next MX address when a connection or greeting fails, upgrades
+to TLS when offered (opportunistic: on a failed handshake the host is retried
+in clear text and remembered for a while; `required`: the attempt is deferred),
+and never decides anything: verdicts belong to `mta.core.bounce`.
+
+A lost connection or a timeout after the final dot leaves the outcome unknown:
+the recipients are reported as deferred with `possible_duplicate` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPConnectError,
+    SMTPConnectResponseError,
+    SMTPConnectTimeoutError,
+    SMTPException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from mta.clock import Clock
+from mta.config import TimeoutsConfig
+from mta.core.reply import from_parts
+from mta.core.routing import order_hosts
+from mta.dns import Resolver
+from mta.model import Condition, Outcome, Phase, Reply
+from mta.tls import opportunistic_client_context
+
+log = logging.getLogger("mta.delivery")
+
+MAX_ADDRESSES_TRIED = 5
+NO_TLS_MEMORY = 3600.0  # virtual seconds a host that failed the TLS handshake is sent clear text
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    port: int = 25
+    relayhost: tuple[str, int] | None = None
+    helo_name: str = "mta.localhost"
+    tls: str = "opportunistic"
+    source_addresses: tuple[str, ...] = ()
+    max_connections: int = 500
+    max_connections_per_host: int = 20
+    max_messages_per_connection: int = 100
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One message to one domain, for some of its recipients."""
+
+    queue_id: str
+    mail_from: str
+    content: bytes
+    domain: str
+    recipients: tuple[str, ...]
+    smtputf8: bool = False
+    source: str | None = None  # source address to bind, None: the configured default
+
+
+class _Failure(Exception):
+    """This address could not take the transaction; try the next one."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(str(outcome.reply))
+        self.outcome = outcome
+
+
+class _Disconnected(Exception):
+    """A reused connection turned out dead before the first reply."""
+
+
+def local_reply(code: int, enhanced: str, text: str) -> Reply:
+    return Reply(code, enhanced, text)
+
+
+@dataclass(eq=False)
+class Connection:
+    smtp: aiosmtplib.SMTP
+    key: tuple[str, int, str | None]
+    host: str
+    tls: bool
+    messages: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def usable(self) -> bool:
+        return self.smtp.is_connected
+
+
+class Pool:
+    """Connections per (address, port, source) with a per-key and a global limit."""
+
+    def __init__(self, per_key: int, total: int, idle_timeout: float) -> None:
+        self.per_key = per_key
+        self.total = total
+        self.idle_timeout = idle_timeout
+        self.idle: dict[tuple[str, int, str | None], list[Connection]] = {}
+        self.counts: dict[tuple[str, int, str | None], int] = {}
+        self.open_total = 0
+        self._changed = asyncio.Condition()
+        self.opened = 0
+        self.reused = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _quit_later(self, conn: Connection) -> None:
+        task = asyncio.get_running_loop().create_task(_quit(conn.smtp))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def take_idle(self, key: tuple[str, int, str | None]) -> Connection | None:
+        idle = self.idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.usable and now - conn.last_used < self.idle_timeout:
+                self.reused += 1
+                return conn
+            self._forget(conn)
+            conn.smtp.close()
+        return None
+
+    async def reserve(self, key: tuple[str, int, str | None]) -> Connection | None:
+        """An idle connection, or None once a slot for a new one is reserved (waits at limits)."""
+        async with self._changed:
+            while True:
+                conn = self.take_idle(key)
+                if conn is not None:
+                    return conn
+                if self.counts.get(key, 0) < self.per_key and self.open_total < self.total:
+                    self.counts[key] = self.counts.get(key, 0) + 1
+                    self.open_total += 1
+                    return None
+                if self._close_one_idle_elsewhere(key):
+                    continue
+                await self._changed.wait()
+
+    def _close_one_idle_elsewhere(self, key: tuple[str, int, str | None]) -> bool:
+        if self.counts.get(key, 0) >= self.per_key:
+            return False
+        for other, conns in self.idle.items():
+            if other != key and conns:
+                conn = conns.pop(0)
+                self._forget(conn)
+                conn.smtp.close()
+                return True
+        return False
+
+    def _forget(self, conn: Connection) -> None:
+        self.counts[conn.key] = self.counts.get(conn.key, 1) - 1
+        self.open_total -= 1
+
+    async def unreserve(self, key: tuple[str, int, str | None]) -> None:
+        async with self._changed:
+            self.counts[key] = self.counts.get(key, 1) - 1
+            self.open_total -= 1
+            self._changed.notify_all()
+
+    async def give_back(self, conn: Connection, reusable: bool, limit: int) -> None:
+        conn.messages += 1
+        conn.last_used = time.monotonic()
+        async with self._changed:
+            if reusable and conn.usable and conn.messages < limit:
+                self.idle.setdefault(conn.key, []).append(conn)
+            else:
+                self._forget(conn)
+                self._quit_later(conn)
+            self._changed.notify_all()
+
+    async def discard(self, conn: Connection) -> None:
+        async with self._changed:
+            self._forget(conn)
+            conn.smtp.close()
+            self._changed.notify_all()
+
+    async def reap(self) -> None:
+        """Close idle connections older than the idle timeout."""
+        now = time.monotonic()
+        async with self._changed:
+            for conns in self.idle.values():
+                for conn in [
+                    c for c in conns if now - c.last_used >= self.idle_timeout or not c.usable
+                ]:
+                    conns.remove(conn)
+                    self._forget(conn)
+                    self._quit_later(conn)
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            conns = [c for group in self.idle.values() for c in group]
+            self.idle.clear()
+            for conn in conns:
+                self._forget(conn)
+        await asyncio.gather(
+            *(_quit(c.smtp) for c in conns), *self._closing, return_exceptions=True
+        )
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        if smtp.is_connected:
+            await asyncio.wait_for(smtp.quit(), 2.0)
+    except (SMTPException, OSError, TimeoutError):
+        pass
+    finally:
+        smtp.close()
+
+
+def _stuff(content: bytes) -> bytes:
+    """Dot-stuff CRLF content and add the terminator (RFC 5321 4.5.2)."""
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
+class Delivery:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        resolver: Resolver,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.clock = clock
+        self.rng = rng or random.Random()
+        t = settings.timeouts
+        self.pool = Pool(settings.max_connections_per_host, settings.max_connections, t.idle)
+        self.tls_context = opportunistic_client_context()
+        self._no_tls_until: dict[str, float] = {}
+        self._source_turn = 0
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.pool.close()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.timeouts.idle / 2, 0.5))
+            await self.pool.reap()
+
+    def _source(self, job: Job) -> str | None:
+        if job.source is not None:
+            return job.source
+        sources = self.settings.source_addresses
+        if not sources:
+            return None
+        self._source_turn = (self._source_turn + 1) % len(sources)
+        return sources[self._source_turn]
+
+    # -- routing --------------------------------------------------------------
+
+    async def _targets(self, domain: str) -> list[str] | Outcome:
+        """MX hosts in order, or the outcome that ends the attempt (null MX, DNS failure)."""
+        relay = self.settings.relayhost
+        if relay is not None:
+            return [relay[0]]
+        answer = await self.resolver.mx(domain)
+        if answer.kind == "null":
+            return Outcome(
+                local_reply(556, "5.1.10", f"Domain {domain} does not accept mail (null MX)"),
+                Phase.CONNECT,
+                None,
+                Condition.NULL_MX,
+            )
+        if answer.kind == "nxdomain":
+            return Outcome(
+                local_reply(451, "4.1.2", f"Host or domain name not found: {answer.error}"),
+                Phase.CONNECT,
+                None,
+                Condition.DNS_NXDOMAIN,
+            )
+        if answer.kind == "failure":
+            return Outcome(
+                local_reply(451, "4.4.3", f"Name service error: {answer.error}"),
+                Phase.CONNECT,
+                None,
+                Condition.DNS_FAILURE,
+            )
+        return order_hosts(answer.records, self.rng)
+
+    async def deliver(self, job: Job) -> list[Outcome]:
+        """One outcome per recipient of the job, in order; a 2xx at DOT means delivered."""
+        targets = await self._targets(job.domain)
+        if isinstance(targets, Outcome):
+            return [targets] * len(job.recipients)
+        port = self.settings.relayhost[1] if self.settings.relayhost else self.settings.port
+        source = self._source(job)
+        last: Outcome | None = None
+        tried = 0
+        for host in targets:
+            answer = await self.resolver.addresses(host)
+            if answer.kind != "addresses":
+                condition = (
+                    Condition.DNS_FAILURE if answer.kind == "failure" else Condition.NO_ADDRESS
+                )
+                last = Outcome(
+                    local_reply(
+                        451,
+                        "4.4.3" if answer.kind == "failure" else "4.4.4",
+                        f"Cannot find an address for {host}: {answer.error}",
+                    ),
+                    Phase.CONNECT,
+                    host,
+                    condition,
+                )
+                continue
+            for address in answer.addresses:
+                if tried >= MAX_ADDRESSES_TRIED:
+                    break
+                tried += 1
+                try:
+                    return await self._deliver_via(job, host, address, port, source)
+                except _Failure as failure:
+                    last = failure.outcome
+        if last is None:
+            last = Outcome(
+                local_reply(451, "4.4.4", f"No usable MX host for {job.domain}"),
+                Phase.CONNECT,
+                None,
+                Condition.NO_ADDRESS,
+            )
+        return [last] * len(job.recipients)
+
+    # -- sessions -------------------------------------------------------------
+
+    async def _deliver_via(
+        self, job: Job, host: str, address: str, port: int, source: str | None
+    ) -> list[Outcome]:
+        key = (address, port, source)
+        for _ in range(3):  # a reused connection may have died while idle
+            conn = await self.pool.reserve(key)
+            if conn is None:
+                try:
+                    conn = await self._open(key, host)
+                except BaseException:
+                    await self.pool.unreserve(key)
+                    raise
+                fresh = True
+            else:
+                fresh = False
+            try:
+                outcomes, reusable = await self._transaction(conn, job)
+            except _Disconnected:
+                await self.pool.discard(conn)
+                if fresh:
+                    raise _Failure(
+                        Outcome(
+                            local_reply(421, "4.4.2", f"Connection to {host} lost"),
+                            Phase.MAIL,
+                            host,
+                            Condition.CONNECTION_LOST,
+                        )
+                    ) from None
+                continue
+            except BaseException:
+                await self.pool.discard(conn)
+                raise
+            await self.pool.give_back(conn, reusable, self.settings.max_messages_per_connection)
+            return outcomes
+        raise _Failure(
+            Outcome(
+                local_reply(421, "4.4.2", f"Connections to {host} keep dropping"),
+                Phase.MAIL,
+                host,
+                Condition.CONNECTION_LOST,
+            )
+        )
+
+    async def _open(self, key: tuple[str, int, str | None], host: str) -> Connection:
+        use_tls = (
+            self.settings.tls != "none" and self._no_tls_until.get(host, 0) <= self.clock.now()
+        )
+        conn = await self._connect(key, host, use_tls)
+        if conn is None:  # the TLS handshake failed: opportunistic mode falls back to clear text
+            self._no_tls_until[host] = self.clock.now() + NO_TLS_MEMORY
+            conn = await self._connect(key, host, False)
+            assert conn is not None
+        return conn
+
+    async def _connect(
+        self, key: tuple[str, int, str | None], host: str, use_tls: bool
+    ) -> Connection | None:
+        address, port, source = key
+        t = self.settings.timeouts
+        sock = await self._socket(address, port, source, host)
+        smtp = aiosmtplib.SMTP(
+            sock=sock, local_hostname=self.settings.helo_name, timeout=t.greeting, start_tls=False
+        )
+        try:
+            await smtp.connect(timeout=t.greeting)
+        except SMTPConnectResponseError as exc:
+            smtp.close()
+            raise _Failure(
+                Outcome(from_parts(exc.code, exc.message), Phase.CONNECT, host)
+            ) from None
+        except SMTPConnectTimeoutError:
+            smtp.close()
+            raise _Failure(
+                Outcome(
+                    local_reply(
+                        421, "4.4.2", f"Timeout waiting for the greeting of {host}[{address}]"
+                    ),
+                    Phase.CONNECT,
+                    host,
+                    Condition.TIMEOUT,
+                )
+            ) from None
+        except (SMTPConnectError, SMTPServerDisconnected, OSError) as exc:
+            smtp.close()
+            raise _Failure(
+                Outcome(
+                    local_reply(
+                        421,
+                        "4.4.2",
+                        f"Connection to {host}[{address}] lost before the greeting: {exc}",
+                    ),
+                    Phase.CONNECT,
+                    host,
+                    Condition.CONNECTION_LOST,
+                )
+            ) from None
+        try:
+            await self._hello(smtp, host)
+            tls = False
+            if use_tls and smtp.supports_extension("starttls"):
+                try:
+                    await smtp.starttls(tls_context=self.tls_context, timeout=t.starttls)
+                except (SMTPException, ssl.SSLError, OSError) as exc:
+                    smtp.close()
+                    if self.settings.tls == "required":
+                        raise _Failure(
+                            Outcome(
+                                local_reply(
+                                    421, "4.7.5", f"TLS handshake with {host} failed: {exc}"
+                                ),
+                                Phase.STARTTLS,
+                                host,
+                                Condition.TLS_FAILURE,
+                            )
+                        ) from None
+                    log.info("TLS with %s failed (%s): retrying in clear text", host, exc)
+                    return None
+                tls = True
+                await self._hello(smtp, host)
+            elif self.settings.tls == "required":
+                smtp.close()
+                raise _Failure(
+                    Outcome(
+                        local_reply(421, "4.7.4", f"TLS is required but {host} does not offer it"),
+                        Phase.STARTTLS,
+                        host,
+                        Condition.TLS_FAILURE,
+                    )
+                )
+        except BaseException:
+            smtp.close()
+            raise
+        self.pool.opened += 1
+        return Connection(smtp, key, host, tls)
+
+    async def _socket(
+        self, address: str, port: int, source: str | None, host: str
+    ) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source:
+                sock.bind((source, 0))
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (address, port)), self.settings.timeouts.connect
+            )
+        except TimeoutError:
+            sock.close()
+            raise _Failure(
+                Outcome(
+                    local_reply(421, "4.4.1", f"Timeout connecting to {host}[{address}]:{port}"),
+                    Phase.CONNECT,
+                    host,
+                    Condition.TIMEOUT,
+                )
+            ) from None
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or type(exc).__name__
+            raise _Failure(
+                Outcome(
+                    local_reply(
+                        421, "4.4.1", f"Cannot connect to {host}[{address}]:{port}: {reason}"
+                    ),
+                    Phase.CONNECT,
+                    host,
+                    Condition.CONNECTION_REFUSED,
+                )
+            ) from None
+        return sock
+
+    async def _hello(self, smtp: aiosmtplib.SMTP, host: str) -> None:
+        t = self.settings.timeouts
+        helo = self.settings.helo_name.encode("ascii")
+        try:
+            response = await smtp.execute_command(b"EHLO", helo, timeout=t.ehlo)
+            if response.code == 250:
+                smtp.last_ehlo_response = response
+                return
+            if 500 <= response.code < 600 and response.code != 554:
+                response = await smtp.execute_command(b"HELO", helo, timeout=t.ehlo)
+                if response.code == 250:
+                    smtp.last_helo_response = response
+                    return
+        except SMTPTimeoutError:
+            raise _Failure(
+                Outcome(
+                    local_reply(421, "4.4.2", f"Timeout after EHLO to {host}"),
+                    Phase.EHLO,
+                    host,
+                    Condition.TIMEOUT,
+                )
+            ) from None
+        except SMTPServerDisconnected:
+            raise _Failure(
+                Outcome(
+                    local_reply(421, "4.4.2", f"Connection to {host} lost after EHLO"),
+                    Phase.EHLO,
+                    host,
+                    Condition.CONNECTION_LOST,
+                )
+            ) from None
+        raise _Failure(Outcome(from_parts(response.code, response.message), Phase.EHLO, host))
+
+    async def _command(self, conn: Connection, timeout: float, *args: bytes) -> Reply:
+        response = await conn.smtp.execute_command(*args, timeout=timeout)
+        return from_parts(response.code, response.message)
+
+    async def _transaction(self, conn: Connection, job: Job) -> tuple[list[Outcome], bool]:
+        """MAIL, RCPT..., DATA, content.
+
+        Returns the outcome per recipient and whether the connection may be reused.
+        """
+        t = self.settings.timeouts
+        smtp = conn.smtp
+        host = conn.host
+        count = len(job.recipients)
+        results: list[Outcome | None] = [None] * count
+
+        def settle(outcome: Outcome) -> list[Outcome]:
+            """Give `outcome` to every recipient that has none yet."""
+            return [outcome if r is None else r for r in results]
+
+        params = b""
+        if smtp.supports_extension("size"):
+            params += b" SIZE=%d" % len(job.content)
+        if smtp.supports_extension("8bitmime") and not job.content.isascii():
+            params += b" BODY=8BITMIME"
+        if (
+            job.smtputf8
+            or not job.mail_from.isascii()
+            or not all(r.isascii() for r in job.recipients)
+        ):
+            if not smtp.supports_extension("smtputf8"):
+                reply = local_reply(553, "5.6.7", f"{host} does not support SMTPUTF8")
+                return settle(Outcome(reply, Phase.MAIL, host)), True
+            params += b" SMTPUTF8"
+        phase = Phase.MAIL
+        try:
+            reply = await self._command(
+                conn, t.mail, b"MAIL", b"FROM:<" + job.mail_from.encode() + b">" + params
+            )
+            if not reply.is_success:
+                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+            phase = Phase.RCPT
+            accepted: list[int] = []
+            for index, recipient in enumerate(job.recipients):
+                reply = await self._command(
+                    conn, t.rcpt, b"RCPT", b"TO:<" + recipient.encode() + b">"
+                )
+                if reply.code == 421:  # the server is closing: the rest waits for another session
+                    return settle(Outcome(reply, phase, host)), False
+                if reply.is_success:
+                    accepted.append(index)
+                else:
+                    results[index] = Outcome(reply, phase, host)
+            if not accepted:
+                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+            phase = Phase.DATA
+            reply = await self._command(conn, t.data, b"DATA")
+            if reply.code != 354:
+                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+            phase = Phase.DOT
+            protocol = smtp.protocol
+            assert protocol is not None
+            protocol.write(_stuff(job.content))
+            response = await protocol.read_response(timeout=t.dot)
+            reply = from_parts(response.code, response.message)
+            return settle(Outcome(reply, phase, host)), reply.code != 421
+        except (SMTPServerDisconnected, SMTPTimeoutError, OSError) as exc:
+            timeout = isinstance(exc, SMTPTimeoutError)
+            if phase is Phase.MAIL and not timeout and conn.messages > 0:
+                raise _Disconnected() from None
+            unknown = phase is Phase.DOT
+            text = (
+                f"{'Timeout' if timeout else 'Connection lost'} at {phase.value.upper()}"
+                f" with {host}"
+            )
+            if unknown:
+                text += " after the final dot: the outcome is unknown"
+            smtp.close()
+            return settle(
+                Outcome(
+                    local_reply(421, "4.4.2", text),
+                    phase,
+                    host,
+                    Condition.TIMEOUT if timeout else Condition.CONNECTION_LOST,
+                    possible_duplicate=unknown,
+                )
+            ), False
+
+    async def _reset(self, conn: Connection, reply: Reply) -> bool:
+        """RSET after a failed transaction; whether the connection stays usable."""
+        if reply.code == 421 or not conn.usable:
+            return False
+        try:
+            response = await conn.smtp.execute_command(b"RSET", timeout=self.settings.timeouts.mail)
+        except (SMTPException, OSError):
+            return False
+        return response.code == 250

@@ -1,0 +1,274 @@
+"""The submission side: accept mail over SMTP, normalise, sign, spool, then say 250.
+
+Relaying is allowed to clients from `smtp.relay_networks` or authenticated ones
+(AUTH over TLS only), else `554 5.7.1`. The X-Campaign-* headers are read and
+removed before anything else touches the message; a Received field (and a
+Message-ID or Date where missing) is added; then the message is DKIM-signed
+(in a worker thread: the RSA step runs in OpenSSL without the GIL) and
+committed to the spool with one "relayed" event per recipient. The 250 reply
+carries the queue id and leaves only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import ipaddress
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mta.clock import Clock
+from mta.core import events, headers
+from mta.core.address import ascii_domain
+from mta.core.retry import validity_end
+from mta.durations import parse_duration
+from mta.model import EventKind
+from mta.smtp_server import FastSMTP, content_of
+from mta.spool import NewMessage, NewRecipient, Spool, SpoolError, SpoolFull
+
+log = logging.getLogger("mta.ingress")
+
+Signer = Callable[[bytes, float], bytes]
+
+CAMPAIGN_PREFIX = "X-Campaign-"
+DELIVERY_ID = "x-campaign-delivery-id"
+LOG_ID = "x-campaign-log-id"
+VALIDITY = "x-campaign-validity"
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    hostname: str
+    max_message_size: int
+    max_recipients: int
+    relay_networks: tuple[str, ...]
+    validity: float  # default and cap of X-Campaign-Validity, seconds
+    idle_timeout: float = 300.0
+    auth_users: dict[str, str] | None = None
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+def rfc5322_date(when: float) -> str:
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(when, dt.UTC))
+
+
+class IngressHandler:
+    """aiosmtpd hooks for the submission listener."""
+
+    def __init__(
+        self,
+        settings: IngressSettings,
+        spool: Spool,
+        clock: Clock,
+        signer: Signer | None = None,
+        executor: Executor | None = None,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.clock = clock
+        self.signer = signer
+        self.executor = executor
+        self.on_queued = on_queued
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in settings.relay_networks]
+        self.accepted = 0
+        self.rejected = 0
+        self.closing = False
+        self._storing = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def close(self, grace: float) -> None:
+        """Refuse new transactions; wait up to `grace` seconds for messages being stored."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.warning("%d messages still being stored at shutdown", self._storing)
+
+    async def handle_MAIL(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if self.closing:
+            return "421 4.3.2 Service shutting down, please try again later"
+        return "250 2.1.0 Sender ok"
+
+    def relay_allowed(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        peer: Any = session.peer
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+    async def handle_RCPT(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if not self.relay_allowed(session):
+            self.rejected += 1
+            return "554 5.7.1 Relay access denied"
+        return "250 2.1.5 Recipient ok"
+
+    async def handle_DATA(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
+        if self.closing:
+            return "421 4.3.2 Service shutting down, please try again later"
+        self._storing += 1
+        self._idle.clear()
+        try:
+            return await self._store(server, session, envelope)
+        finally:
+            self._storing -= 1
+            if self._storing == 0:
+                self._idle.set()
+
+    async def _store(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
+        content = content_of(envelope)
+        now = self.clock.now()
+        fields, content = headers.extract(content, CAMPAIGN_PREFIX)
+        requested: float | None = None
+        if VALIDITY in fields:
+            try:
+                requested = parse_duration(fields[VALIDITY])
+            except ValueError:
+                self.rejected += 1
+                return "554 5.6.0 Bad X-Campaign-Validity header: use e.g. 5d or 84h"
+        queue_id = new_queue_id()
+        content = self._trace(content, session, envelope, queue_id, server.hostname, now)
+        if self.signer is not None:
+            try:
+                content = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.signer, content, now
+                )
+            except Exception:
+                log.exception("DKIM signing failed for %s", queue_id)
+                return "451 4.3.0 Local error in processing; please try again later"
+        delivery_id = fields.get(DELIVERY_ID)
+        log_id = fields.get(LOG_ID)
+        recipients = tuple(
+            NewRecipient(address, ascii_domain(address.rpartition("@")[2]), log_id)
+            for address in envelope.rcpt_tos
+        )
+        relayed = tuple(
+            self._relayed_event(queue_id, delivery_id, log_id, address, now)
+            for address in envelope.rcpt_tos
+        )
+        message = NewMessage(
+            queue_id=queue_id,
+            mail_from=envelope.mail_from or "",
+            delivery_id=delivery_id,
+            received_at=now,
+            expires_at=validity_end(now, requested, self.settings.validity),
+            content=content,
+            smtputf8=bool(envelope.smtp_utf8),
+            recipients=recipients,
+            events=relayed,
+        )
+        try:
+            await self.spool.ingest(message)
+        except SpoolFull:
+            log.error("spool full: refused a message of %d bytes", len(content))
+            return "452 4.3.1 Insufficient system storage"
+        except SpoolError as exc:
+            log.error("spool failure, message refused with 451: %s", exc)
+            return "451 4.3.0 Local error in processing; please try again later"
+        self.accepted += 1
+        self.on_queued()
+        return f"250 2.0.0 {queue_id} queued"
+
+    def _relayed_event(
+        self, queue_id: str, delivery_id: str | None, log_id: str | None, address: str, now: float
+    ) -> tuple[str, str]:
+        event_id = events.new_event_id()
+        body = events.build(
+            event_id=event_id,
+            seq=1,
+            kind=EventKind.RELAYED,
+            at=now,
+            subject=events.Subject(queue_id, delivery_id, log_id, address),
+            attempt=0,
+        )
+        return event_id, events.dumps(body)
+
+    def _trace(
+        self,
+        content: bytes,
+        session: Session,
+        envelope: Envelope,
+        queue_id: str,
+        hostname: str,
+        now: float,
+    ) -> bytes:
+        """Prepend Received; add Message-ID and Date when the message has none."""
+        date = rfc5322_date(now)
+        added: list[bytes] = []
+        if not headers.has(content, "Message-ID"):
+            added.append(f"Message-ID: <{queue_id}@{hostname}>\r\n".encode())
+        if not headers.has(content, "Date"):
+            added.append(f"Date: {date}\r\n".encode())
+        if added:
+            head, body = headers.split(content)
+            content = head + b"".join(added) + b"\r\n" + body
+        peer = session.peer
+        peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        protocol = (
+            ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP") if session.extended_smtp else "SMTP"
+        )
+        if session.ssl is not None:
+            protocol += "S"
+        if session.authenticated:
+            protocol += "A"
+        recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        received = (
+            f"Received: from {session.host_name or 'unknown'} ([{peer_ip}])\r\n"
+            f"\tby {hostname} (mta-sim) with {protocol} id {queue_id}{recipient};\r\n"
+            f"\t{date}\r\n"
+        )
+        return headers.prepend(content, received.encode("utf-8"))
+
+
+def server_factory(
+    handler: IngressHandler, settings: IngressSettings, tls_context: ssl.SSLContext | None
+) -> Callable[[], FastSMTP]:
+    def factory() -> FastSMTP:
+        return FastSMTP(
+            handler,
+            hostname=settings.hostname,
+            data_size_limit=settings.max_message_size,
+            max_recipients=settings.max_recipients,
+            tls_context=tls_context,
+            auth_users=settings.auth_users,
+            timeout=settings.idle_timeout,
+            ident="ESMTP mta-sim",
+        )
+
+    return factory
+
+
+def describe(handler: IngressHandler) -> dict[str, Any]:
+    return {"accepted": handler.accepted, "rejected": handler.rejected}
