@@ -63,6 +63,7 @@ _B_CHUNK = 72             # base64 characters of b= per folded line
 
 _CRLF = b"\r\n"
 _WSP_RUN = re.compile(rb"[ \t]+")
+_TAB_TO_SP = bytes.maketrans(b"\t", b" ")
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")                  # printable ASCII except ':'
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")   # '_' allowed: selectors use it
 
@@ -114,7 +115,13 @@ def canonicalize_body_relaxed(body: bytes) -> bytes:
     (WSP on a last line without CRLF is kept, as dkimpy does; SMTP bodies always
     end with CRLF, so this reading never matters on the wire.)
     """
-    text = _WSP_RUN.sub(b" ", body).replace(b" \r\n", _CRLF)
+    # C-speed bytes operations instead of a regex: tabs to spaces, then halve space runs until
+    # none is left (log2 of the longest run passes), then drop the one space before a CRLF.
+    text = body.translate(_TAB_TO_SP) if b"\t" in body else body
+    while b"  " in text:
+        text = text.replace(b"  ", b" ")
+    if b" \r\n" in text:
+        text = text.replace(b" \r\n", _CRLF)
     if text and not text.endswith(_CRLF):
         text += _CRLF
     stripped = text.rstrip(b"\r\n")
@@ -179,7 +186,10 @@ def author_domain(message: bytes) -> str | None:
     is not signed: several From fields make the author ambiguous (RFC 5322
     allows one) and receivers applying DMARC reject such mail anyway.
     """
-    fields, _ = split_message(message)
+    return _author_domain(split_message(message)[0])
+
+
+def _author_domain(fields: Sequence[bytes]) -> str | None:
     froms = [field for field in fields if header_name(field) == b"from"]
     if len(froms) != 1:
         return None
@@ -392,11 +402,11 @@ class DkimSigner:
 
     def signature_fields(self, message: bytes, now: float) -> list[bytes]:
         """The DKIM-Signature fields (each ending with CRLF) that `sign` would prepend."""
-        domain = author_domain(message)
+        fields, body = split_message(message)
+        domain = _author_domain(fields)
         keys = self.keys_for(domain) if domain else ()
         if not keys:
             return []
-        fields, body = split_message(message)
         by_name: dict[bytes, list[bytes]] = {}
         for field in fields:
             by_name.setdefault(header_name(field), []).append(field)
