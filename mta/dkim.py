@@ -395,12 +395,17 @@ class DkimSigner:
                 return found
         return ()
 
-    def sign(self, message: bytes, now: float) -> bytes:
-        """`message` with a DKIM-Signature per matching key prepended, or unchanged."""
+    def sign(self, message: bytes, now: float | None) -> bytes:
+        """`message` with a DKIM-Signature per matching key prepended, or unchanged.
+
+        `now` (clock time, seconds since the epoch) becomes t=; None leaves t= out.
+        Verifiers reject a t= in their future (dkimpy allows 10 h of skew), so a
+        virtual clock running ahead of real time should pass None or real time.
+        """
         fields = self.signature_fields(message, now)
         return b"".join(fields) + message if fields else message
 
-    def signature_fields(self, message: bytes, now: float) -> list[bytes]:
+    def signature_fields(self, message: bytes, now: float | None) -> list[bytes]:
         """The DKIM-Signature fields (each ending with CRLF) that `sign` would prepend."""
         fields, body = split_message(message)
         domain = _author_domain(fields)
@@ -418,16 +423,20 @@ class DkimSigner:
             for field in reversed(instances):          # bottom-up, RFC 6376 5.4.2
                 signed += canonicalize_header_relaxed(field)
         bh = body_hash(body)
-        return [self._signature(key, names, bh, int(now), bytes(signed)) for key in keys]
+        t = None if now is None else int(now)
+        return [self._signature(key, names, bh, t, bytes(signed)) for key in keys]
 
     @staticmethod
-    def _signature(key: SigningKey, names: list[str], bh: str, t: int, signed: bytes) -> bytes:
+    def _signature(
+        key: SigningKey, names: list[str], bh: str, t: int | None, signed: bytes
+    ) -> bytes:
         h_atoms = [f"h={names[0]}:"] + [f"{n}:" for n in names[1:-1]] + [f"{names[-1]};"]
         if len(names) == 1:
             h_atoms = [f"h={names[0]};"]
         pieces: list[list[str]] = [
             ["v=1;"], [f"a={key.algorithm};"], ["c=relaxed/relaxed;"], [f"d={key.domain};"],
-            [f"s={key.selector};"], [f"t={t};"], h_atoms, [f"bh={bh};"],
+            [f"s={key.selector};"], *([[f"t={t};"]] if t is not None else []), h_atoms,
+            [f"bh={bh};"],
         ]
         lines = _fold(pieces)
         lines.append("\tb=")

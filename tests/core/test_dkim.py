@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import re
 import threading
 from collections.abc import Callable
@@ -174,6 +175,17 @@ def test_relaxed_header_agrees_with_dkimpy(field: bytes) -> None:
     assert canonicalize_header_relaxed(field) == cname + b":" + cvalue
 
 
+def test_relaxed_canonicalization_agrees_with_dkimpy_on_random_input() -> None:
+    rng = random.Random(6376)
+    atoms = [b" ", b"\t", b"  ", b"a", b"xyz", b"\r\n", b"\r\n\r\n", "\u00e9".encode()]
+    for _ in range(400):
+        body = b"".join(rng.choice(atoms) for _ in range(rng.randrange(0, 12)))
+        assert canonicalize_body_relaxed(body) == Relaxed.canonicalize_body(body), body
+        value = b"".join(rng.choice([*atoms[:5], b"\r\n "]) for _ in range(rng.randrange(0, 8)))
+        ((name, cvalue),) = Relaxed.canonicalize_headers([(b"X-Test", value)])
+        assert canonicalize_header_relaxed(b"X-Test:" + value) == name + b":" + cvalue, value
+
+
 def test_body_hash_of_empty_body_is_sha256_of_nothing() -> None:
     assert body_hash(b"") == base64.b64encode(hashlib.sha256(b"").digest()).decode()
     assert body_hash(b"\r\n\r\n") == "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
@@ -296,6 +308,14 @@ def test_tags_and_folding(keys: dict[str, SigningKey]) -> None:
         "from", "from", "reply-to", "subject", "subject", "date", "date", "to", "to",
         "message-id", "message-id",
     ]
+
+
+def test_no_timestamp_when_now_is_none(
+    keys: dict[str, SigningKey], dns: Callable[..., bytes]
+) -> None:
+    signed = DkimSigner([keys["rsa"]]).sign(BASE, None)
+    assert "t" not in signature_tags(signed)
+    assert verify_all(signed, dns) == [True]
 
 
 def test_ed25519_signs_the_sha256_of_the_header_hash_input(
