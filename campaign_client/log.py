@@ -1,0 +1,639 @@
+"""The delivery log: one SQLite file (WAL, synchronous=FULL) holding the client's view of its mail.
+
+Tables: `deliveries` (declared totals), `lines` (one per delivery_id, log_id, recipient: status,
+failure type/reason/code, last reply, attempts, queue id, Message-ID, times, possible_duplicate,
+last applied seq, gaps), `applied` (event ids already applied: idempotency), `held` (events
+waiting for a missing seq, kept durably), `quarantine` (addresses in quarantine or denylisted),
+`inbound` (what the bounce mailbox received and how it was qualified), `cursors` (pull API).
+
+`DeliveryLog.apply_events(events, now)` applies a batch in ONE transaction, committed before it
+returns (so a webhook answers 2xx only for durable events): an event id seen before is skipped; an
+event whose seq is not the line's next is held until the missing ones arrive;
+`release_stale(now, max_age)` applies holds older than `max_age` anyway, in seq order, counting a
+gap on the line. Events without seq (the client's own) apply at once. Status changes follow
+`campaign_client.status.TABLE`.
+
+Methods are synchronous and thread-safe (one connection behind a lock), so async code calls them
+through `asyncio.to_thread` and the event loop never waits on an fsync.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from campaign_client import status as machine
+from campaign_client.events import Event, EventError, Kind
+from campaign_client.kpis import Kpis, Row, compute_kpis
+from campaign_client.status import LineState, Status
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    total INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lines (
+    delivery_id TEXT NOT NULL,
+    log_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failure_type TEXT,
+    failure_reason TEXT,
+    reason_code INTEGER,
+    last_reply TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queue_id TEXT,
+    message_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    event_at REAL,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (delivery_id, log_id, recipient)
+);
+CREATE INDEX IF NOT EXISTS lines_message_id ON lines (message_id);
+CREATE INDEX IF NOT EXISTS lines_recipient ON lines (recipient COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS applied (
+    event_id TEXT PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held (
+    event_id TEXT PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    log_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_line ON held (delivery_id, log_id, recipient, seq);
+CREATE TABLE IF NOT EXISTS quarantine (
+    address TEXT PRIMARY KEY COLLATE NOCASE,
+    status TEXT NOT NULL,
+    failure_type TEXT,
+    reason TEXT,
+    reason_code INTEGER,
+    delivery_id TEXT,
+    log_id TEXT,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS inbound (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message_id TEXT,
+    recipient TEXT,
+    delivery_id TEXT,
+    log_id TEXT,
+    failure_type TEXT,
+    reason TEXT,
+    rule TEXT,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT PRIMARY KEY,
+    cursor TEXT NOT NULL
+);
+"""
+
+QUARANTINE = "Quarantine"
+DENYLISTED = "Denylisted"
+
+Key = tuple[str, str, str]
+
+
+class LogError(Exception):
+    """The delivery log file cannot be opened or used; the message names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One row of `lines`, as read back."""
+
+    delivery_id: str
+    log_id: str
+    recipient: str
+    status: str
+    failure_type: str | None
+    failure_reason: str | None
+    reason_code: int | None
+    last_reply: str | None
+    attempts: int
+    queue_id: str | None
+    message_id: str | None
+    created_at: float
+    updated_at: float
+    event_at: float | None
+    possible_duplicate: bool
+    last_seq: int
+    gaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    address: str
+    status: str
+    failure_type: str | None
+    reason: str | None
+    reason_code: int | None
+    delivery_id: str | None
+    log_id: str | None
+    first_at: float
+    last_at: float
+    hits: int
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    """What a batch did: counts, and the line keys that changed."""
+
+    applied: int = 0
+    duplicates: int = 0
+    held: int = 0
+    released: int = 0
+    unmatched: int = 0
+    changed: set[Key] = field(default_factory=set)
+
+
+_LINE_COLUMNS = (
+    "delivery_id, log_id, recipient, status, failure_type, failure_reason, reason_code, "
+    "last_reply, attempts, queue_id, message_id, created_at, updated_at, event_at, "
+    "possible_duplicate, last_seq, gaps"
+)
+
+
+def _line(row: sqlite3.Row | tuple[object, ...]) -> Line:
+    values = tuple(row)
+    return Line(
+        delivery_id=str(values[0]), log_id=str(values[1]), recipient=str(values[2]),
+        status=str(values[3]),
+        failure_type=None if values[4] is None else str(values[4]),
+        failure_reason=None if values[5] is None else str(values[5]),
+        reason_code=None if values[6] is None else int(str(values[6])),
+        last_reply=None if values[7] is None else str(values[7]),
+        attempts=int(str(values[8])),
+        queue_id=None if values[9] is None else str(values[9]),
+        message_id=None if values[10] is None else str(values[10]),
+        created_at=float(str(values[11])), updated_at=float(str(values[12])),
+        event_at=None if values[13] is None else float(str(values[13])),
+        possible_duplicate=bool(values[14]), last_seq=int(str(values[15])),
+        gaps=int(str(values[16])),
+    )
+
+
+class DeliveryLog:
+    """The SQLite delivery log. `DeliveryLog(path)` creates the file if needed (WAL mode)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise LogError(f"log file not found: {self.path}")
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise LogError(
+                    f"{self.path}: delivery log schema {version} is newer than this client's "
+                    f"({SCHEMA_VERSION})"
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise LogError(f"{self.path}: not a usable delivery log: {exc}") from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> DeliveryLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- deliveries and lines -------------------------------------------------------------
+
+    def register(
+        self,
+        delivery_id: str,
+        lines: Iterable[tuple[str, str, str | None]],
+        now: float,
+    ) -> int:
+        """Create Pending lines (log_id, recipient, message_id); existing lines are kept.
+
+        Returns how many lines were new. The delivery's total is the count of its lines.
+        """
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries (delivery_id, total, created_at)"
+                " VALUES (?, 0, ?)",
+                (delivery_id, now),
+            )
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO lines (delivery_id, log_id, recipient, status, message_id,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (delivery_id, log_id, recipient, str(Status.PENDING), message_id, now, now)
+                    for log_id, recipient, message_id in lines
+                ),
+            )
+            added = db.total_changes - before
+            db.execute(
+                "UPDATE deliveries SET total = (SELECT COUNT(*) FROM lines WHERE delivery_id = ?)"
+                " WHERE delivery_id = ?",
+                (delivery_id, delivery_id),
+            )
+        return added
+
+    def has_delivery(self, delivery_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE delivery_id = ? UNION ALL "
+                "SELECT 1 FROM lines WHERE delivery_id = ? LIMIT 1",
+                (delivery_id, delivery_id),
+            ).fetchone()
+        return row is not None
+
+    def deliveries(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT delivery_id FROM deliveries UNION SELECT DISTINCT delivery_id FROM lines"
+                " ORDER BY 1"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def line(self, delivery_id: str, log_id: str, recipient: str) -> Line | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE delivery_id = ? AND log_id = ?"
+                " AND recipient = ?",
+                (delivery_id, log_id, recipient),
+            ).fetchone()
+        return None if row is None else _line(row)
+
+    def lines(self, delivery_id: str) -> list[Line]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines WHERE delivery_id = ? ORDER BY log_id,"
+                " recipient",
+                (delivery_id,),
+            ).fetchall()
+        return [_line(row) for row in rows]
+
+    def find_line(
+        self,
+        *,
+        delivery_id: str | None = None,
+        log_id: str | None = None,
+        message_id: str | None = None,
+        recipient: str | None = None,
+    ) -> Line | None:
+        """The line an inbound message refers to: by delivery+log id (and recipient if given),
+        else by Message-ID, else the most recently updated line of the recipient."""
+        queries: list[tuple[str, tuple[str, ...]]] = []
+        if delivery_id and log_id:
+            if recipient:
+                queries.append((
+                    "delivery_id = ? AND log_id = ? AND recipient = ? COLLATE NOCASE",
+                    (delivery_id, log_id, recipient),
+                ))
+            queries.append(("delivery_id = ? AND log_id = ?", (delivery_id, log_id)))
+        if message_id:
+            queries.append(("message_id = ?", (message_id,)))
+        if recipient:
+            queries.append(("recipient = ? COLLATE NOCASE", (recipient,)))
+        with self._lock:
+            for where, args in queries:
+                row = self._db.execute(
+                    f"SELECT {_LINE_COLUMNS} FROM lines WHERE {where}"
+                    " ORDER BY updated_at DESC LIMIT 1",
+                    args,
+                ).fetchone()
+                if row is not None:
+                    return _line(row)
+        return None
+
+    def kpis(self, delivery_id: str) -> Kpis:
+        """KPIs of one delivery (grouped in SQL, computed by the pure `compute_kpis`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, failure_type, failure_reason, COUNT(*) FROM lines"
+                " WHERE delivery_id = ? GROUP BY 1, 2, 3",
+                (delivery_id,),
+            ).fetchall()
+            total_row = self._db.execute(
+                "SELECT total FROM deliveries WHERE delivery_id = ?", (delivery_id,)
+            ).fetchone()
+        declared = int(total_row[0]) if total_row is not None else 0
+        return compute_kpis(
+            delivery_id,
+            (Row(str(r[0]), r[1], r[2], int(r[3])) for r in rows),
+            declared,
+        )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def apply_events(self, events: Sequence[Event], now: float) -> ApplyReport:
+        """Apply a batch durably (one transaction, committed on return); see the module doc."""
+        report = ApplyReport()
+        with self._transaction() as db:
+            for event in events:
+                self._apply_one(db, event, now, report)
+        return report
+
+    def release_stale(self, now: float, max_age: float) -> ApplyReport:
+        """Apply held events received more than `max_age` seconds ago, gaps and all."""
+        report = ApplyReport()
+        cutoff = now - max_age
+        with self._transaction() as db:
+            keys = db.execute(
+                "SELECT DISTINCT delivery_id, log_id, recipient FROM held WHERE received_at <= ?",
+                (cutoff,),
+            ).fetchall()
+            for row in keys:
+                key: Key = (str(row[0]), str(row[1]), str(row[2]))
+                self._drain(db, key, now, report, cutoff=cutoff)
+        return report
+
+    def held_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM held").fetchone()[0])
+
+    def is_applied(self, event_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM applied WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return row is not None
+
+    def _apply_one(
+        self, db: sqlite3.Connection, event: Event, now: float, report: ApplyReport
+    ) -> None:
+        seen = db.execute(
+            "SELECT 1 FROM applied WHERE event_id = ? UNION ALL "
+            "SELECT 1 FROM held WHERE event_id = ?",
+            (event.event_id, event.event_id),
+        ).fetchone()
+        if seen is not None:
+            report.duplicates += 1
+            return
+        key = event.key
+        if key is not None:
+            key = self._resolve(db, key)
+        if key is None:
+            db.execute("INSERT INTO applied (event_id, applied_at) VALUES (?, ?)",
+                       (event.event_id, now))
+            report.unmatched += 1
+            return
+        last_seq = self._last_seq(db, key)
+        if event.seq is None or event.seq <= last_seq:
+            self._change(db, key, event, now, report)
+            return
+        if event.seq == last_seq + 1:
+            self._change(db, key, event, now, report)
+            self._drain(db, key, now, report, cutoff=None)
+            return
+        db.execute(
+            "INSERT INTO held (event_id, delivery_id, log_id, recipient, seq, received_at, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, *key, event.seq, now, json.dumps(event.to_json())),
+        )
+        report.held += 1
+
+    def _resolve(self, db: sqlite3.Connection, key: Key) -> Key:
+        """The stored key of the event's line: the recipient matches case-insensitively (the
+        MTA lower-cases domains), so "a@X.test" and "a@x.test" are one line."""
+        row = db.execute(
+            "SELECT recipient FROM lines WHERE delivery_id = ? AND log_id = ?"
+            " AND recipient = ? COLLATE NOCASE ORDER BY recipient = ? DESC LIMIT 1",
+            (*key, key[2]),
+        ).fetchone()
+        return key if row is None else (key[0], key[1], str(row[0]))
+
+    def _last_seq(self, db: sqlite3.Connection, key: Key) -> int:
+        row = db.execute(
+            "SELECT last_seq FROM lines WHERE delivery_id = ? AND log_id = ? AND recipient = ?",
+            key,
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _drain(
+        self, db: sqlite3.Connection, key: Key, now: float, report: ApplyReport,
+        cutoff: float | None,
+    ) -> None:
+        """Apply held events of a line while the next seq is there (or, past `cutoff`, the
+        oldest hold regardless of the gap)."""
+        for _ in range(1_000_000):
+            row = db.execute(
+                "SELECT event_id, seq, received_at, body FROM held WHERE delivery_id = ?"
+                " AND log_id = ? AND recipient = ? ORDER BY seq LIMIT 1",
+                key,
+            ).fetchone()
+            if row is None:
+                return
+            last_seq = self._last_seq(db, key)
+            seq, received_at = int(row[1]), float(row[2])
+            gap = seq > last_seq + 1
+            if gap and (cutoff is None or received_at > cutoff):
+                return
+            db.execute("DELETE FROM held WHERE event_id = ?", (row[0],))
+            try:
+                event = Event.from_json(json.loads(row[3]))
+            except (EventError, ValueError):
+                continue
+            self._change(db, key, event, now, report, gap=gap)
+            report.released += 1
+
+    def _change(
+        self, db: sqlite3.Connection, key: Key, event: Event, now: float, report: ApplyReport,
+        gap: bool = False,
+    ) -> None:
+        row = db.execute(
+            "SELECT status, failure_type, failure_reason, reason_code, last_reply, attempts,"
+            " queue_id, possible_duplicate, last_seq FROM lines WHERE delivery_id = ?"
+            " AND log_id = ? AND recipient = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries (delivery_id, total, created_at)"
+                " VALUES (?, 0, ?)",
+                (key[0], now),
+            )
+            db.execute(
+                "INSERT INTO lines (delivery_id, log_id, recipient, status, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, str(Status.PENDING), now, now),
+            )
+            db.execute(
+                "UPDATE deliveries SET total = total + 1 WHERE delivery_id = ?", (key[0],)
+            )
+            before, last_seq = LineState(), 0
+        else:
+            before = LineState(
+                status=Status(row[0]), failure_type=row[1], failure_reason=row[2],
+                reason_code=row[3], last_reply=row[4], attempts=int(row[5]), queue_id=row[6],
+                possible_duplicate=bool(row[7]),
+            )
+            last_seq = int(row[8])
+        after = machine.apply(before, event)
+        cell = machine.effect(before.status, event)
+        new_seq = max(last_seq, event.seq or 0)
+        db.execute(
+            "UPDATE lines SET status = ?, failure_type = ?, failure_reason = ?, reason_code = ?,"
+            " last_reply = ?, attempts = ?, queue_id = ?, possible_duplicate = ?, last_seq = ?,"
+            " gaps = gaps + ?, updated_at = CASE WHEN ? THEN ? ELSE updated_at END,"
+            " event_at = COALESCE(?, event_at)"
+            " WHERE delivery_id = ? AND log_id = ? AND recipient = ?",
+            (
+                str(after.status), after.failure_type, after.failure_reason, after.reason_code,
+                after.last_reply, after.attempts, after.queue_id, int(after.possible_duplicate),
+                new_seq, int(gap), int(after != before), now,
+                event.at if cell.record else None, *key,
+            ),
+        )
+        db.execute("INSERT OR IGNORE INTO applied (event_id, applied_at) VALUES (?, ?)",
+                   (event.event_id, now))
+        if cell.quarantine:
+            status = DENYLISTED if event.kind is Kind.COMPLAINT else QUARANTINE
+            failure = event.failure
+            self._quarantine(
+                db, key[2], status,
+                failure.type if failure else None,
+                failure.reason if failure else None,
+                failure.reason_code if failure else None,
+                key[0], key[1], now,
+            )
+        report.applied += 1
+        if after != before:
+            report.changed.add(key)
+
+    # -- quarantine ------------------------------------------------------------------------
+
+    def _quarantine(
+        self, db: sqlite3.Connection, address: str, status: str, failure_type: str | None,
+        reason: str | None, reason_code: int | None, delivery_id: str | None,
+        log_id: str | None, now: float,
+    ) -> None:
+        # Denylisted outranks Quarantine: a complaint is never downgraded by a later bounce.
+        db.execute(
+            "INSERT INTO quarantine (address, status, failure_type, reason, reason_code,"
+            " delivery_id, log_id, first_at, last_at, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT (address) DO UPDATE SET"
+            " status = CASE WHEN quarantine.status = 'Denylisted' THEN quarantine.status"
+            "   ELSE excluded.status END,"
+            " failure_type = excluded.failure_type, reason = excluded.reason,"
+            " reason_code = excluded.reason_code, delivery_id = excluded.delivery_id,"
+            " log_id = excluded.log_id, last_at = excluded.last_at, hits = quarantine.hits + 1",
+            (address, status, failure_type, reason, reason_code, delivery_id, log_id, now, now),
+        )
+
+    def quarantine(
+        self, address: str, status: str, now: float, *, failure_type: str | None = None,
+        reason: str | None = None, reason_code: int | None = None,
+        delivery_id: str | None = None, log_id: str | None = None,
+    ) -> None:
+        """Put an address in quarantine (status "Quarantine") or on the denylist ("Denylisted")."""
+        if status not in (QUARANTINE, DENYLISTED):
+            raise ValueError(f"quarantine status must be {QUARANTINE} or {DENYLISTED}")
+        with self._transaction() as db:
+            self._quarantine(db, address, status, failure_type, reason, reason_code,
+                             delivery_id, log_id, now)
+
+    def quarantined(self, address: str) -> QuarantineEntry | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT address, status, failure_type, reason, reason_code, delivery_id, log_id,"
+                " first_at, last_at, hits FROM quarantine WHERE address = ?",
+                (address,),
+            ).fetchone()
+        if row is None:
+            return None
+        return QuarantineEntry(
+            address=row[0], status=row[1], failure_type=row[2], reason=row[3],
+            reason_code=row[4], delivery_id=row[5], log_id=row[6], first_at=float(row[7]),
+            last_at=float(row[8]), hits=int(row[9]),
+        )
+
+    def quarantine_list(self) -> list[QuarantineEntry]:
+        with self._lock:
+            addresses = [str(r[0]) for r in self._db.execute(
+                "SELECT address FROM quarantine ORDER BY address").fetchall()]
+        entries = [self.quarantined(address) for address in addresses]
+        return [entry for entry in entries if entry is not None]
+
+    # -- inbound mail and pull cursors ----------------------------------------------------
+
+    def record_inbound(
+        self, now: float, kind: str, *, message_id: str | None, recipient: str | None,
+        delivery_id: str | None, log_id: str | None, failure_type: str | None,
+        reason: str | None, rule: str | None, detail: str | None,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO inbound (received_at, kind, message_id, recipient, delivery_id,"
+                " log_id, failure_type, reason, rule, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (now, kind, message_id, recipient, delivery_id, log_id, failure_type, reason,
+                 rule, detail),
+            )
+
+    def inbound_records(self) -> list[dict[str, object]]:
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT received_at, kind, message_id, recipient, delivery_id, log_id,"
+                " failure_type, reason, rule, detail FROM inbound ORDER BY id"
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def cursor(self, source: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cursor FROM cursors WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def apply_pulled(
+        self, source: str, events: Sequence[Event], cursor: str | None, now: float
+    ) -> ApplyReport:
+        """Apply a pulled page and store its cursor in the same transaction."""
+        report = ApplyReport()
+        with self._transaction() as db:
+            for event in events:
+                self._apply_one(db, event, now, report)
+            if cursor is not None:
+                db.execute(
+                    "INSERT INTO cursors (source, cursor) VALUES (?, ?) ON CONFLICT (source)"
+                    " DO UPDATE SET cursor = excluded.cursor",
+                    (source, cursor),
+                )
+        return report

@@ -1,0 +1,217 @@
+"""The client's receiver: the signed-webhook endpoint (aiohttp) and the bounce mailbox (aiosmtpd).
+
+    receiver = Receiver(log, "whsec_...", "127.0.0.1", 0, bounce_host="127.0.0.1", bounce_port=0)
+    await receiver.start()          # receiver.port / receiver.bounce_port are the bound ports
+    ... receiver.webhook_url ...    # http://127.0.0.1:<port>/webhook
+    await receiver.stop()
+
+HTTP: `POST /webhook` (also `POST /`) takes a Standard Webhooks request whose body is a JSON
+array of events: a missing or bad signature, or a timestamp outside the tolerance (default 300 s)
+-> 401 and nothing applied; a body that is not valid events -> 400; the log cannot commit -> 503;
+otherwise 204 once the batch is committed to the SQLite file. `GET /livez` -> 200.
+A sweeper applies events held for a missing seq longer than `gap_timeout` (flagging the gap).
+Everything runs in the caller's event loop (no threads besides `asyncio.to_thread` for SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiosmtpd.smtp import SMTP
+
+from campaign_client.events import EventError, parse_batch
+from campaign_client.inbound import Rule, load_rules
+from campaign_client.log import DeliveryLog, LogError
+from campaign_client.mailbox import BounceMailbox
+from campaign_client.webhook import DEFAULT_TOLERANCE, SignatureError, parse_secret, verify
+
+DEFAULT_GAP_TIMEOUT = 120.0
+MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    held: int = 0
+    released: int = 0
+    rejected_signature: int = 0
+    rejected_body: int = 0
+    storage_errors: int = 0
+
+
+class Receiver:
+    """Webhook endpoint + bounce mailbox feeding one DeliveryLog. Ports may be 0 (any free)."""
+
+    def __init__(
+        self,
+        log: DeliveryLog,
+        secret: str | Sequence[str] | None,
+        host: str = "127.0.0.1",
+        port: int | None = 0,
+        bounce_host: str | None = None,
+        bounce_port: int | None = None,
+        *,
+        tolerance: float = DEFAULT_TOLERANCE,
+        gap_timeout: float = DEFAULT_GAP_TIMEOUT,
+        rules: tuple[Rule, ...] | None = None,
+        bounce_addresses: Iterable[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        path: str = "/webhook",
+    ) -> None:
+        if port is not None:
+            if secret is None:
+                raise ValueError("a webhook receiver needs a secret (whsec_...)")
+            secrets = [secret] if isinstance(secret, str) else list(secret)
+            self._keys = tuple(parse_secret(item) for item in secrets)
+        else:
+            self._keys = ()
+        if gap_timeout <= 0:
+            raise ValueError("gap_timeout must be > 0 seconds")
+        self.log = log
+        self.host = host
+        self._port = port
+        self.bounce_host = bounce_host or (host if bounce_port is not None else None)
+        self._bounce_port = bounce_port
+        self.tolerance = tolerance
+        self.gap_timeout = gap_timeout
+        self.rules = rules if rules is not None else load_rules()
+        self.clock = clock
+        self.path = path
+        self.stats = ReceiverStats()
+        self.mailbox = BounceMailbox(log, self.rules, clock, bounce_addresses)
+        self._runner: web.AppRunner | None = None
+        self._smtp_server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError (e.g. address in use) with nothing left running."""
+        try:
+            if self._port is not None:
+                app = web.Application(client_max_size=MAX_BODY)
+                app.router.add_post(self.path, self._handle_webhook)
+                if self.path != "/":
+                    app.router.add_post("/", self._handle_webhook)
+                app.router.add_get("/livez", self._handle_livez)
+                self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await self._runner.setup()
+                site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
+                await site.start()
+            if self._bounce_port is not None:
+                loop = asyncio.get_running_loop()
+                mailbox = self.mailbox
+                self._smtp_server = await loop.create_server(
+                    lambda: SMTP(mailbox, hostname="bounces.campaign-client.test",
+                                 ident="campaign-client bounce mailbox",
+                                 data_size_limit=MAX_BODY, enable_SMTPUTF8=True),
+                    self.bounce_host, self._bounce_port,
+                )
+            self._sweeper = asyncio.create_task(self._sweep(), name="campaign-client-gap-sweeper")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._smtp_server is not None:
+            self._smtp_server.close()
+            await self._smtp_server.wait_closed()
+            self._smtp_server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Receiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int | None:
+        """The webhook port actually bound (None before start or without a webhook)."""
+        if self._runner is None or not self._runner.addresses:
+            return None
+        return int(self._runner.addresses[0][1])
+
+    @property
+    def bounce_port(self) -> int | None:
+        """The bounce mailbox's SMTP port actually bound (None before start or if disabled)."""
+        if self._smtp_server is None or not self._smtp_server.sockets:
+            return None
+        return int(self._smtp_server.sockets[0].getsockname()[1])
+
+    @property
+    def webhook_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the webhook receiver is not running")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{self.path}"
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _handle_livez(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _handle_webhook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify(self._keys, request.headers, body, self.clock(), self.tolerance)
+        except SignatureError as exc:
+            self.stats.rejected_signature += 1
+            return web.Response(status=401, text=f"{exc}\n")
+        try:
+            events = parse_batch(body)
+        except EventError as exc:
+            self.stats.rejected_body += 1
+            return web.Response(status=400, text=f"{exc}\n")
+        try:
+            report = await asyncio.to_thread(self.log.apply_events, events, self.clock())
+        except (sqlite3.Error, LogError):
+            self.stats.storage_errors += 1
+            return web.Response(status=503, text="delivery log unavailable, retry later\n",
+                                headers={"Retry-After": "5"})
+        self.stats.batches += 1
+        self.stats.events += report.applied
+        self.stats.duplicates += report.duplicates
+        self.stats.held += report.held
+        self.stats.released += report.released
+        return web.Response(status=204)
+
+    # -- held events ------------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        interval = min(max(self.gap_timeout / 4.0, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                report = await asyncio.to_thread(
+                    self.log.release_stale, self.clock(), self.gap_timeout
+                )
+            except (sqlite3.Error, LogError):
+                self.stats.storage_errors += 1
+                continue
+            self.stats.released += report.released
+
+    def describe(self) -> str:
+        """One line saying where it listens."""
+        parts: list[str] = []
+        if self.port is not None:
+            parts.append(f"webhooks at {self.webhook_url}")
+        if self.bounce_port is not None:
+            parts.append(f"bounce mailbox at smtp://{self.bounce_host}:{self.bounce_port}")
+        return "; ".join(parts) or "nothing"
