@@ -60,10 +60,7 @@ def build_signer(config: MtaConfig) -> Signer | None:
         return None
     from mta.dkim import DkimSigner
 
-    signer = DkimSigner.from_config(
-        config.dkim.keys, config.dkim.signed_headers, config.dkim.oversign
-    )
-    return signer.sign
+    return DkimSigner.from_dkim_config(config.dkim).sign
 
 
 @dataclass

@@ -260,8 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugins() -> list[Callable[[Any], None]]:
-    """Subcommands that live in their own modules."""
-    return []
+    """Subcommands that live in their own modules (each sets `func` on its parser)."""
+    from mta import dkim_cmd
+
+    return [_with_func(dkim_cmd.add_parser, "dkim", dkim_cmd.run)]
+
+
+def _with_func(
+    add_parser: Callable[[Any], None], name: str, run: Callable[[argparse.Namespace], int]
+) -> Callable[[Any], None]:
+    """Register a module's subcommand and route it to the module's `run`."""
+
+    def register(sub: Any) -> None:
+        add_parser(sub)
+        sub.choices[name].set_defaults(func=run)
+
+    return register
 
 
 def main(argv: Sequence[str] | None = None) -> int:

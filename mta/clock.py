@@ -37,6 +37,11 @@ class Clock(ABC):
         """How long a virtual span lasts in real seconds."""
         return virtual_seconds / self.scale
 
+    @property
+    def is_real(self) -> bool:
+        """True when now() is the wall clock (what other hosts believe the time is)."""
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class Anchor:
@@ -77,6 +82,10 @@ class ScaledClock(Clock):
     def now(self) -> float:
         anchor = self.anchor
         return anchor.virtual + (time.time() - anchor.real) * anchor.scale
+
+    @property
+    def is_real(self) -> bool:
+        return self.anchor.scale == 1.0 and self.anchor.real == self.anchor.virtual
 
     async def sleep_until(self, when: float) -> None:
         while True:

@@ -456,7 +456,10 @@ class Delivery:
             if use_tls and smtp.supports_extension("starttls"):
                 try:
                     await smtp.starttls(tls_context=self.tls_context, timeout=t.starttls)
-                except (SMTPException, ssl.SSLError, OSError) as exc:
+                    # With TLS 1.3 a server may reject the handshake only after the client
+                    # thinks it is done: the EHLO that follows is part of the TLS test.
+                    await self._hello(smtp, host)
+                except (SMTPException, ssl.SSLError, OSError, _Failure) as exc:
                     smtp.close()
                     if self.settings.tls == "required":
                         raise _Failure(
@@ -472,7 +475,6 @@ class Delivery:
                     log.info("TLS with %s failed (%s): retrying in clear text", host, exc)
                     return None
                 tls = True
-                await self._hello(smtp, host)
             elif self.settings.tls == "required":
                 smtp.close()
                 raise _Failure(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,8 @@ class Scheduler:
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # While idle: the due time the loop sleeps until (inf: until woken); None: busy.
+        self._sleeping_until: float | None = None
         self.delivered = 0
         self.deferred = 0
         self.bounced = 0
@@ -184,11 +187,18 @@ class Scheduler:
         waits: list[asyncio.Task[object]] = [asyncio.ensure_future(self._wake.wait())]
         if next_due is not None:
             waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+        self._sleeping_until = math.inf if next_due is None else next_due
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._sleeping_until = None
             for task in waits:
                 task.cancel()
+
+    def _due_at(self, when: float) -> None:
+        """A recipient became due at `when`: wake the loop if it sleeps past that."""
+        if self._sleeping_until is not None and when < self._sleeping_until:
+            self._wake.set()
 
     async def _dispatch(self, pick: Pick, now: float) -> None:
         expired = [r for r in pick.recipients if r.expires_at <= now]
@@ -246,6 +256,9 @@ class Scheduler:
                 updates.append(_update(r, s, now))
             recorded = True
             await self._record(updates)
+            retries = [u.next_attempt_at for u in updates if u.next_attempt_at is not None]
+            if retries:
+                self._due_at(min(retries))
         except asyncio.CancelledError:
             if not recorded:
                 # Stopped mid-attempt: give the recipients back; the outcome is unknown.

@@ -30,7 +30,15 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+)
 
 from mta.core.address import AddressError, parse_path
 
@@ -179,6 +187,9 @@ class FastSMTP(SMTP):
         await self._writer.drain()
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake with %s failed: %s", self._peer_text(), error.__cause__)
+            return "454 4.7.0 TLS not available due to temporary reason"
         log.error("SMTP session error from %s", self._peer_text(), exc_info=error)
         return "451 4.3.0 Internal error; please try again later"
 

@@ -1,0 +1,77 @@
+"""Config: defaults work, precedence flag > env > file > default, errors name file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from mta.config import load_config
+from mta.settings import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mta.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(None, environ={})
+    assert config.smtp.listen == "127.0.0.1:2525"
+    assert config.retry.validity == 3.5 * 86400
+    assert config.delivery.timeouts.dot == 600.0
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[smtp]\nlisten = "127.0.0.1:3000"\nhostname = "file.test"\n'
+                           '[delivery]\nport = 2600\n')
+    env = {"MTA_SMTP_LISTEN": "127.0.0.1:3001", "MTA_DELIVERY_PORT": "2601"}
+    config = load_config(path, flags={"smtp.listen": "127.0.0.1:3002"}, environ=env)
+    assert config.smtp.listen == "127.0.0.1:3002"      # flag
+    assert config.delivery.port == 2601                 # env
+    assert config.smtp.hostname == "file.test"          # file
+    assert config.smtp.max_recipients == 1000           # default
+
+
+def test_durations_accept_units(tmp_path: Path) -> None:
+    path = write(tmp_path, '[retry]\nfirst = "90s"\nvalidity = "84h"\n')
+    config = load_config(path, environ={"MTA_DELIVERY_TIMEOUTS_DOT": "2m"})
+    assert (config.retry.first, config.retry.validity) == (90.0, 84 * 3600.0)
+    assert config.delivery.timeouts.dot == 120.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[smtp]\nlisen = 1\n", "mta.toml: unknown key 'smtp.lisen'"),
+        ('[smtp]\nmax_recipients = "many"\n', "mta.toml: smtp.max_recipients: expected an integer"),
+        ('[smtp]\nlisten = "nowhere"\n', "mta.toml: smtp.listen: expected HOST:PORT"),
+        ('[retry]\nvalidity = "5d"\n', "mta.toml: retry: validity must be more than 0 and at most"),
+        ('[delivery]\ntls = "maybe"\n', "mta.toml: delivery.tls: expected one of"),
+        ("[[dkim.keys]]\ndomain = \"a.test\"\n", "mta.toml: missing key 'dkim.keys[0].selector'"),
+        ("[smtp\n", "mta.toml: not valid TOML"),
+    ],
+)
+def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(str(tmp_path)) and message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MTA_SMTP_LISTN": "x"}, "unknown variable MTA_SMTP_LISTN"),
+        ({"MTA_DELIVERY_PORT": "abc"}, "MTA_DELIVERY_PORT: expected an integer"),
+        ({"MTA_DELIVERY_PORT": "0"}, "MTA_DELIVERY_PORT: port must be 1-65535"),
+    ],
+)
+def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ=env)
+    assert message in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml", environ={})

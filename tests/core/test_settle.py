@@ -1,0 +1,108 @@
+"""What an outcome does to a recipient: the state table, events and retry timing together."""
+
+import pytest
+
+from mta.core import events
+from mta.core.retry import RetryPolicy
+from mta.core.settle import Attempted, expire_unattempted, settle
+from mta.core.status import InvalidTransition, transition
+from mta.model import (
+    BounceClass,
+    Condition,
+    EventKind,
+    Outcome,
+    Phase,
+    RecipientState,
+    Reply,
+    Verdict,
+)
+
+DAY = 86400.0
+
+
+class ByCode:
+    """5xx permanent, the rest transient: enough to exercise the mechanics."""
+
+    def classify(self, outcome: Outcome) -> Verdict:
+        if outcome.reply.is_permanent:
+            return Verdict(BounceClass(10, "Invalid Recipient"), "Hard", "User unknown", 1,
+                           "recipient", True, "5xx")
+        return Verdict(BounceClass(20, "Soft Bounce"), "Soft", "Unreachable", 3, "recipient",
+                       False, "4xx")
+
+
+BEFORE = Attempted(
+    subject=events.Subject("Q1", "D1", "L1", "a@b.test"),
+    attempts=0,
+    seq=1,
+    expires_at=1000.0 + DAY,
+    possible_duplicate=False,
+)
+POLICY = RetryPolicy(first=600, factor=2, max_interval=3600, jitter=0.0)
+
+
+def run(outcome: Outcome, before: Attempted = BEFORE):  # type: ignore[no-untyped-def]
+    return settle(before, outcome, now=1000.0, rules=ByCode(), policy=POLICY, rand=0.5,
+                  event_id="E")
+
+
+def test_success_after_the_dot_is_delivered() -> None:
+    s = run(Outcome(Reply(250, "2.0.0", "ok"), Phase.DOT, "mx.b.test"))
+    assert (s.state, s.result, s.seq, s.attempts) == (RecipientState.DELIVERED, "delivered", 2, 1)
+    assert s.event["kind"] == "delivered"
+    assert s.event["smtp"] == {"code": 250, "enhanced": "2.0.0", "text": "ok", "phase": "dot",
+                               "mx": "mx.b.test"}
+    assert s.event["failure"] is None
+
+
+def test_a_2xx_before_the_dot_is_not_a_delivery() -> None:
+    s = run(Outcome(Reply(250, None, "odd"), Phase.RCPT))
+    assert s.state is RecipientState.QUEUED
+
+
+def test_transient_failure_retries_with_next_attempt_in_the_event() -> None:
+    s = run(Outcome(Reply(451, "4.3.0", "try later"), Phase.RCPT, "mx"))
+    assert s.state is RecipientState.QUEUED
+    assert s.next_attempt_at == 1600.0
+    assert s.event["kind"] == "soft_bounce"
+    assert s.event["next_attempt_at"] == 1600.0
+    assert s.event["failure"] == {"type": "Soft", "reason": "Unreachable", "reason_code": 3}
+
+
+def test_permanent_failure_bounces() -> None:
+    s = run(Outcome(Reply(550, "5.1.1", "no such user"), Phase.RCPT))
+    assert (s.state, s.event["kind"]) == (RecipientState.BOUNCED, "hard_bounce")
+    assert s.event["bounce_class"] == {"code": 10, "name": "Invalid Recipient"}
+
+
+def test_transient_failure_near_the_end_of_validity_expires_with_the_last_reply() -> None:
+    before = Attempted(BEFORE.subject, 7, 8, 1000.0 + 60, False)
+    s = run(Outcome(Reply(452, "4.2.2", "over quota"), Phase.RCPT), before)
+    assert (s.state, s.event["kind"], s.seq, s.attempts) == (RecipientState.EXPIRED, "expired", 9, 8)
+    assert s.event["smtp"]["text"] == "over quota"
+
+
+def test_unknown_outcome_after_the_dot_marks_possible_duplicate() -> None:
+    outcome = Outcome(Reply(421, "4.4.2", "lost"), Phase.DOT, "mx", Condition.CONNECTION_LOST,
+                      possible_duplicate=True)
+    s = run(outcome)
+    assert s.possible_duplicate and s.event["possible_duplicate"] is True
+
+
+def test_expiry_without_attempt_keeps_the_attempt_count() -> None:
+    s = expire_unattempted(BEFORE, None, now=5.0, rules=ByCode(), event_id="E2")
+    assert (s.state, s.attempts, s.attempted) == (RecipientState.EXPIRED, 0, False)
+    assert s.event["smtp"]["enhanced"] == "4.4.7"
+
+
+@pytest.mark.parametrize("state", [RecipientState.DELIVERED, RecipientState.BOUNCED,
+                                   RecipientState.EXPIRED])
+def test_terminal_states_have_no_way_out(state: RecipientState) -> None:
+    with pytest.raises(InvalidTransition):
+        transition(state, "retry")
+
+
+def test_every_event_kind_of_the_table_is_a_known_kind() -> None:
+    from mta.core.status import TRANSITIONS
+
+    assert {kind for _, kind in TRANSITIONS.values()} <= set(EventKind)

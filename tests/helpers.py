@@ -1,0 +1,191 @@
+"""Test helpers with real parts: raw SMTP conversations, scripted receivers, MTA instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mta.app import MtaApp
+from mta.clock import Clock
+from mta.config import MtaConfig, load_config
+from mta.smtp_server import FastSMTP, bound_port, close_server, content_of, start_server
+
+
+async def read_reply(reader: asyncio.StreamReader) -> str:
+    """One (possibly multiline) SMTP reply, lines joined by newlines, CRLF removed."""
+    lines = []
+    while True:
+        line = (await asyncio.wait_for(reader.readline(), 10)).decode("utf-8", "replace")
+        if not line:
+            raise ConnectionError("closed")
+        lines.append(line.rstrip("\r\n"))
+        if line[3:4] != "-":
+            return "\n".join(lines)
+
+
+class Conversation:
+    """A raw SMTP client: send exact bytes, read exact replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int, ehlo: str | None = "client.test") -> Conversation:
+        reader, writer = await asyncio.open_connection(host, port)
+        conv = cls(reader, writer)
+        greeting = await read_reply(reader)
+        assert greeting.startswith("220"), greeting
+        if ehlo:
+            reply = await conv.command(f"EHLO {ehlo}")
+            assert reply.startswith("250"), reply
+        return conv
+
+    async def command(self, line: str | bytes) -> str:
+        data = line if isinstance(line, bytes) else line.encode("utf-8")
+        self.writer.write(data + b"\r\n")
+        await self.writer.drain()
+        return await read_reply(self.reader)
+
+    async def send_data(self, raw: bytes) -> str:
+        """Send message bytes as given (the caller stuffs and terminates) and read the reply."""
+        self.writer.write(raw)
+        await self.writer.drain()
+        return await read_reply(self.reader)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def send_message(
+    host: str, port: int, mail_from: str, rcpts: list[str], message: bytes
+) -> str:
+    """A whole transaction; returns the reply to the final dot (or the first failure)."""
+    conv = await Conversation.open(host, port)
+    try:
+        reply = await conv.command(f"MAIL FROM:<{mail_from}>")
+        if not reply.startswith("250"):
+            return reply
+        for rcpt in rcpts:
+            reply = await conv.command(f"RCPT TO:<{rcpt}>")
+            if not reply.startswith("250"):
+                return reply
+        reply = await conv.command("DATA")
+        if not reply.startswith("354"):
+            return reply
+        body = message.replace(b"\r\n.", b"\r\n..")
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        return await conv.send_data(body + b".\r\n")
+    finally:
+        await conv.close()
+
+
+@dataclass
+class ScriptedHandler:
+    """Replies taken in turn from per-command scripts; the default is success. Records what came."""
+
+    rcpt: list[str] = field(default_factory=list)
+    dot: list[str] = field(default_factory=list)
+    mail: list[str] = field(default_factory=list)
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    rcpt_seen: list[str] = field(default_factory=list)
+    stall_dot: asyncio.Event | None = None
+
+    async def handle_MAIL(self, server: FastSMTP, session: Session, envelope: Envelope,  # noqa: N802
+                          address: str, options: list[str]) -> str:
+        return self.mail.pop(0) if self.mail else "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: FastSMTP, session: Session, envelope: Envelope,  # noqa: N802
+                          address: str, options: list[str]) -> str:
+        self.rcpt_seen.append(address)
+        return self.rcpt.pop(0) if self.rcpt else "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: FastSMTP, session: Session,  # noqa: N802
+                          envelope: Envelope) -> str:
+        if self.stall_dot is not None:
+            await self.stall_dot.wait()
+        reply = self.dot.pop(0) if self.dot else "250 2.0.0 Ok: queued"
+        if reply.startswith("2"):
+            self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos),
+                                  content_of(envelope)))
+        return reply
+
+
+class ScriptedServer:
+    def __init__(self, handler: ScriptedHandler, server: asyncio.Server) -> None:
+        self.handler = handler
+        self.server = server
+
+    @property
+    def port(self) -> int:
+        return bound_port(self.server)
+
+    @classmethod
+    async def start(cls, handler: ScriptedHandler, host: str = "127.0.0.1") -> ScriptedServer:
+        server = await start_server(
+            lambda: FastSMTP(handler, hostname="receiver.test", data_size_limit=10_000_000),
+            host, 0,
+        )
+        return cls(handler, server)
+
+    async def close(self) -> None:
+        await close_server(self.server)
+
+
+def mta_config(tmp_path: Path, **flags: Any) -> MtaConfig:
+    base: dict[str, Any] = {"smtp.listen": "127.0.0.1:0", "data_dir": str(tmp_path / "spool")}
+    base.update({key.replace("__", "."): value for key, value in flags.items()})
+    return load_config(None, flags=base, environ={})
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0
+) -> None:
+    """Poll until the predicate holds (sync or async); fail the test after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def spool_rows(app_or_dir: MtaApp | Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Read the spool file with a separate connection, as an operator would."""
+    data_dir = app_or_dir.config.data_path if isinstance(app_or_dir, MtaApp) else app_or_dir
+    conn = sqlite3.connect(data_dir / "spool.sqlite3")
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def events_of(app_or_dir: MtaApp | Path) -> list[dict[str, Any]]:
+    return [json.loads(body) for (body,) in spool_rows(app_or_dir,
+                                                     "SELECT body FROM events ORDER BY id")]
+
+
+async def started(config: MtaConfig, clock: Clock | None = None, **kwargs: Any) -> MtaApp:
+    app = MtaApp(config, clock=clock, **kwargs)
+    await app.start()
+    return app
+
+
+def states(app: MtaApp) -> Mapping[str, str]:
+    return dict(spool_rows(app, "SELECT address, state FROM recipients"))
