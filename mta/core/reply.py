@@ -4,7 +4,13 @@ Accepts a raw reply ("550-5.1.1 first line\\r\\n550 5.1.1 second line") or the
 code plus the message an SMTP client library hands back (lines without their
 codes). Multiline texts are joined with single spaces; a repeated enhanced code
 at the start of continuation lines is dropped. The enhanced code is kept only
-when its class digit agrees with the basic code's (RFC 3463 section 2).
+when its class digit agrees with the basic code's (RFC 3463 section 2); a
+disagreeing one stays at the start of the text, where bounce rules still see it.
+
+Replies copied from logs and bounce messages are accepted too: a DSN
+``Diagnostic-Code: smtp;`` prefix and Exchange's ``#550 ... ##`` markers are
+dropped, and a multiline reply flattened onto one line by a log
+("550-5.1.1 a 550-5.1.1 b 550 5.1.1 c") loses its repeated "550-5.1.1" markers.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from mta.model import Reply
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _LINE = re.compile(r"^(\d{3})([ -]?)(.*)$")
+_DSN_PREFIX = re.compile(r"^\s*(?:diagnostic-code:\s*)?(?:smtp|x-postfix|x-unix)\s*;\s*", re.I)
+_EXCHANGE_MARKS = re.compile(r"^\s*#(?=\d{3}[ -])|\s*##\s*$")
 
 
 def split_enhanced(code: int, line: str) -> tuple[str | None, str]:
@@ -50,6 +58,7 @@ def parse_reply(raw: str) -> Reply:
     Text that does not start with a code (a bare "mailbox full") is kept whole
     with code 0, so a classifier can still match its words.
     """
+    raw = _EXCHANGE_MARKS.sub("", _DSN_PREFIX.sub("", raw, count=1))
     lines = [line for line in raw.replace("\r\n", "\n").strip().split("\n") if line.strip()]
     if not lines:
         return Reply(code=0, enhanced=None, text="")
@@ -64,4 +73,11 @@ def parse_reply(raw: str) -> Reply:
             parts.append(match.group(3))
         else:
             parts.append(line.strip())
-    return from_parts(code, "\n".join(parts))
+    reply = from_parts(code, "\n".join(parts))
+    if reply.enhanced and f"{code}" in reply.text:
+        # A multiline reply flattened onto one line keeps "550-5.1.1" between its lines.
+        marks = re.compile(rf"\s+{code}[ -]{re.escape(reply.enhanced)}(?=\s|$)")
+        if marks.search(reply.text):
+            text = " ".join(marks.sub(" ", reply.text).split())
+            reply = Reply(code=code, enhanced=reply.enhanced, text=text)
+    return reply
