@@ -59,7 +59,8 @@ _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _REPLY_IN_TEXT = re.compile(r"\b([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})\b([^\r\n]*)")
 _REPLY_START = re.compile(r"^\s*([245]\d\d)(?:[ -]([245]\.\d{1,3}\.\d{1,3}))?\s*(.*)$", re.S)
 _EMBEDDED_HEADER = re.compile(
-    r"^(X-Campaign-Delivery-Id|X-Campaign-Log-Id|Message-ID)\s*:\s*(\S[^\r\n]*)$",
+    r"^(X-Campaign-Delivery-Id|X-Campaign-Log-Id|Message-ID)[ \t]*:[ \t]*"
+    r"(\S[^\r\n]*?)[ \t]*\r?$",
     re.IGNORECASE | re.MULTILINE,
 )
 _AUTO_SUBJECT = re.compile(
