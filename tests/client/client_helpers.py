@@ -82,6 +82,8 @@ class FakeMta:
     sessions: int = 0
     server: asyncio.Server | None = None
     counter: int = 0
+    webhook_url: str | None = None          # if set, POST relayed + delivered like the MTA
+    posts: list[asyncio.Task[int]] = field(default_factory=list)
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -116,4 +118,13 @@ class FakeMta:
             assert isinstance(message, email.message.EmailMessage)
             self.received.append(Received(str(envelope.mail_from), rcpt, message))
         self.counter += 1
-        return f"250 2.0.0 Q{self.counter:05d} queued"
+        queue_id = f"Q{self.counter:05d}"
+        if self.webhook_url is not None:
+            events = [
+                ev(kind, seq, delivery_id=str(message["X-Campaign-Delivery-Id"]),
+                   log_id=str(message["X-Campaign-Log-Id"]), recipient=rcpt, queue_id=queue_id,
+                   smtp=SMTP_250 if kind == "delivered" else None)
+                for rcpt in envelope.rcpt_tos for seq, kind in ((1, "relayed"), (2, "delivered"))
+            ]
+            self.posts.append(asyncio.create_task(post(self.webhook_url, events)))
+        return f"250 2.0.0 {queue_id} queued"

@@ -1,0 +1,115 @@
+"""campaign_client: the sender side (Adobe Campaign's role). Never imports `mta`: the contract
+with the MTA is SMTP in one direction and signed JSON webhooks (or the pull API) in the other.
+
+Library API (all names importable from `campaign_client`; heavy modules load on first use):
+
+    log = DeliveryLog(path)                           # SQLite (WAL) delivery log, thread-safe
+    receiver = Receiver(log, "whsec_...", "127.0.0.1", 0,
+                        bounce_host="127.0.0.1", bounce_port=0)
+    await receiver.start()                            # receiver.port, .bounce_port, .webhook_url
+    delivery = Delivery("D1", [Recipient("a@gmail.test", "1", {"first_name": "Ann"})],
+                        from_addr="news@sender.test", validity="5d")
+    result = await submit(delivery, "127.0.0.1", 2525, log=log, sessions=10,
+                          progress=lambda done, total: ...)   # -> SubmitResult
+    final = await wait_for(log, "D1", "final", timeout=60)  # -> Kpis, or raises WaitTimeout
+    print(render_table(kpis(log, "D1")))
+    await pull_events("http://127.0.0.1:8080", log, stop=stop_event)   # instead of webhooks
+    await receiver.stop()
+
+Modules: status (the status table, pure), events (event records, pure), kpis (pure), webhook
+(Standard Webhooks signatures, pure), inbound (DSN / ARF / auto-reply parsing and rules, pure),
+log (SQLite delivery log), mailbox (bounce mailbox), receiver (HTTP + SMTP listeners), submit
+(SMTP submission), pull (pull API), wait (wait_for), cli (the `campaign-client` command).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from campaign_client.events import Event, EventError, Kind, parse_batch
+    from campaign_client.inbound import load_rules, parse_inbound, qualify
+    from campaign_client.kpis import Kpis, compute_kpis, render_table
+    from campaign_client.log import DeliveryLog, Line, LogError
+    from campaign_client.mailbox import process_inbound
+    from campaign_client.pull import fetch_events, pull_events
+    from campaign_client.receiver import Receiver
+    from campaign_client.status import LineState, Status, apply
+    from campaign_client.submit import (
+        Delivery,
+        Recipient,
+        SubmitError,
+        SubmitResult,
+        build_message,
+        submit,
+    )
+    from campaign_client.wait import WaitTimeout, wait_for
+    from campaign_client.webhook import parse_secret, sign, signed_headers, verify
+
+_EXPORTS = {
+    "Event": "events", "EventError": "events", "Kind": "events", "parse_batch": "events",
+    "load_rules": "inbound", "parse_inbound": "inbound", "qualify": "inbound",
+    "Kpis": "kpis", "compute_kpis": "kpis", "render_table": "kpis",
+    "DeliveryLog": "log", "Line": "log", "LogError": "log",
+    "process_inbound": "mailbox",
+    "fetch_events": "pull", "pull_events": "pull",
+    "Receiver": "receiver",
+    "LineState": "status", "Status": "status", "apply": "status",
+    "Delivery": "submit", "Recipient": "submit", "SubmitError": "submit",
+    "SubmitResult": "submit", "build_message": "submit", "submit": "submit",
+    "WaitTimeout": "wait", "wait_for": "wait",
+    "parse_secret": "webhook", "sign": "webhook", "signed_headers": "webhook",
+    "verify": "webhook",
+}
+
+__all__ = [
+    "Delivery",
+    "DeliveryLog",
+    "Event",
+    "EventError",
+    "Kind",
+    "Kpis",
+    "Line",
+    "LineState",
+    "LogError",
+    "Receiver",
+    "Recipient",
+    "Status",
+    "SubmitError",
+    "SubmitResult",
+    "WaitTimeout",
+    "apply",
+    "build_message",
+    "compute_kpis",
+    "fetch_events",
+    "first_name",
+    "kpis",
+    "load_rules",
+    "parse_batch",
+    "parse_inbound",
+    "parse_secret",
+    "process_inbound",
+    "pull_events",
+    "qualify",
+    "render_table",
+    "sign",
+    "signed_headers",
+    "submit",
+    "verify",
+    "wait_for",
+]
+
+
+def kpis(log: DeliveryLog, delivery_id: str) -> Kpis:
+    """KPIs of one delivery in `log` (counts by status, Success %, failures by type/reason)."""
+    return log.kpis(delivery_id)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'campaign_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"campaign_client.{module}"), name)
+    globals()[name] = value
+    return value

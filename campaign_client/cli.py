@@ -1,0 +1,494 @@
+"""The `campaign-client` command: send a delivery, receive feedback, report on a delivery.
+
+    campaign-client send --mta HOST:PORT --delivery-id ID (--csv FILE | --generate N --domains
+        a.test,b.test) [--from ADDR] [--subject S] [--template FILE] [--validity 5d]
+        [--sessions 10] [--listen HOST:PORT] [--secret whsec_...] [--bounce-listen HOST:PORT]
+        [--pull URL] [--log FILE] [--timeout SECONDS] [--no-wait] [--json]
+    campaign-client receive [--listen HOST:PORT --secret whsec_...] [--bounce-listen HOST:PORT]
+        [--pull URL] [--log FILE]          (runs until SIGTERM / SIGINT)
+    campaign-client report DELIVERY_ID [--log FILE] [--json]
+
+The secret may come from $CAMPAIGN_CLIENT_SECRET. Exit codes: 0 done (send: every recipient Sent
+or Failed), 1 not final when the timeout passed / unknown delivery / submission stopped, 2 bad
+usage or input, 130 interrupted. Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+from campaign_client.kpis import Kpis, render_table
+from campaign_client.log import DeliveryLog, LogError
+
+if TYPE_CHECKING:
+    from campaign_client.submit import Recipient
+
+PROG = "campaign-client"
+SECRET_ENV = "CAMPAIGN_CLIENT_SECRET"
+DEFAULT_LOG = "var/campaign-log.sqlite"
+
+
+class CliError(Exception):
+    """A one-line error for the user, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see {PROG} {self._sub_name()}--help)")
+
+    def _sub_name(self) -> str:
+        parts = self.prog.split()
+        return " ".join(parts[1:]) + " " if len(parts) > 1 else ""
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """"HOST:PORT", "[v6]:PORT" or ":PORT" (host 127.0.0.1) -> (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise CliError(f"expected HOST:PORT with a port 0-65535, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="The sender side of the MTA simulator.")
+    subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    send = subs.add_parser("send", help="submit a delivery and follow its statuses")
+    send.add_argument("--mta", default="127.0.0.1:2525", help="MTA submission HOST:PORT")
+    send.add_argument("--delivery-id", required=True)
+    source = send.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="recipients: columns email, log_id (optional), fields")
+    source.add_argument("--generate", type=int, metavar="N", help="generate N recipients")
+    send.add_argument("--domains", help="comma-separated domains for --generate")
+    send.add_argument("--from", dest="from_addr", default="campaign@sender.test")
+    send.add_argument("--bounce-address", help="envelope sender (default: --from)")
+    send.add_argument("--subject", default=None)
+    send.add_argument("--template", help="body template file ({first_name} fields)")
+    send.add_argument("--validity", default="5d")
+    send.add_argument("--sessions", type=int, default=10)
+    send.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds to wait for final statuses (default 600)")
+    send.add_argument("--no-wait", action="store_true", help="exit after submission")
+    _receiver_options(send)
+    send.add_argument("--json", action="store_true")
+    send.set_defaults(func=_cmd_send)
+
+    receive = subs.add_parser("receive", help="run the webhook receiver and bounce mailbox")
+    _receiver_options(receive)
+    receive.set_defaults(func=_cmd_receive)
+
+    report = subs.add_parser("report", help="the status table of a delivery")
+    report.add_argument("delivery_id", metavar="DELIVERY_ID")
+    report.add_argument("--log", default=DEFAULT_LOG, help=f"delivery log (default {DEFAULT_LOG})")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def _receiver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="webhook receiver HOST:PORT (port 0: any)")
+    parser.add_argument("--secret", help=f"webhook secret whsec_... (or ${SECRET_ENV})")
+    parser.add_argument("--bounce-listen", help="bounce mailbox SMTP HOST:PORT")
+    parser.add_argument("--bounce-mailbox", action="append", default=None, metavar="ADDR",
+                        help="accept bounce mail only for ADDR (repeatable; default: any)")
+    parser.add_argument("--pull", metavar="URL", help="also pull events from the MTA's API")
+    parser.add_argument("--log", default=DEFAULT_LOG, help=f"delivery log (default {DEFAULT_LOG})")
+    parser.add_argument("--rules", help="inbound-email rules TOML (default: built in)")
+    parser.add_argument("--tolerance", type=float, default=300.0,
+                        help="webhook timestamp tolerance in seconds (default 300)")
+    parser.add_argument("--gap-timeout", type=float, default=120.0,
+                        help="seconds an event waits for a missing seq (default 120)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _open_log(path: str, create: bool) -> DeliveryLog:
+    if create:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot create the directory of {path}: {exc.strerror}") from None
+    try:
+        return DeliveryLog(path, create=create)
+    except LogError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    log = _open_log(args.log, create=False)
+    try:
+        if not log.has_delivery(args.delivery_id):
+            raise CliError(f"no delivery {args.delivery_id!r} in {args.log}", code=1)
+        kpis = log.kpis(args.delivery_id)
+    finally:
+        log.close()
+    _print_kpis(kpis, args.json)
+    return 0
+
+
+def _print_kpis(kpis: Kpis, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    if as_json:
+        data = kpis.to_json()
+        if extra:
+            data.update(extra)
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_table(kpis))
+
+
+# -- recipients -----------------------------------------------------------------------------
+
+
+def load_csv(path: str) -> list[Recipient]:
+    """Recipients from a CSV file: email (required), log_id (optional), template fields."""
+    from campaign_client.submit import Recipient, is_address
+
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise CliError(f"{path}: empty file (expected a header with an email column)")
+            names = [name.strip() for name in header]
+            lowered = [name.lower() for name in names]
+            if "email" not in lowered:
+                raise CliError(f"{path}: no 'email' column in the header")
+            email_at = lowered.index("email")
+            log_at = lowered.index("log_id") if "log_id" in lowered else None
+            recipients: list[Recipient] = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(row) != len(names):
+                    raise CliError(f"{where}: {len(row)} cells, the header has {len(names)}")
+                address = row[email_at].strip()
+                if not is_address(address):
+                    raise CliError(f"{where}: not an email address: {address!r}")
+                log_id = row[log_at].strip() if log_at is not None else ""
+                fields = {name: row[i].strip() for i, name in enumerate(names)
+                          if i not in (email_at, log_at) and name}
+                recipients.append(Recipient(address, log_id or str(len(recipients) + 1),
+                                            fields))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise CliError(f"{path}: not a readable CSV file: {exc}") from None
+    if not recipients:
+        raise CliError(f"{path}: no recipients")
+    return recipients
+
+
+def generate_recipients(count: int, domains: str | None) -> list[Recipient]:
+    from campaign_client.submit import Recipient, is_address
+
+    if count < 1:
+        raise CliError("--generate needs a positive number of recipients")
+    if not domains:
+        raise CliError("--generate needs --domains a.test,b.test")
+    names = [domain.strip() for domain in domains.split(",") if domain.strip()]
+    for domain in names:
+        if not is_address(f"user@{domain}"):
+            raise CliError(f"--domains: not a domain: {domain!r}")
+    width = len(str(count))
+    return [
+        Recipient(f"user{i:0{width}d}@{names[(i - 1) % len(names)]}", str(i),
+                  {"first_name": f"User{i}"})
+        for i in range(1, count + 1)
+    ]
+
+
+# -- terminal output ------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """Submission progress on stderr: a redrawn bar on a TTY, otherwise a line every 2 s."""
+
+    def __init__(self, stream: IO[str], tty: bool, width: int = 30) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.width = width
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        every = 0.1 if self.tty else 2.0
+        if done < total and now - self.last < every:
+            return
+        self.last = now
+        rate = done / (now - self.started) if now > self.started else 0.0
+        pct = done * 100.0 / total if total else 100.0
+        if self.tty:
+            filled = int(self.width * done / total) if total else self.width
+            bar = "#" * filled + "." * (self.width - filled)
+            self.stream.write(f"\rsubmitting [{bar}] {done}/{total} {pct:5.1f}% {rate:7.0f}/s")
+            self.drawn = True
+        else:
+            self.stream.write(f"submitting: {done}/{total} ({pct:.1f}%, {rate:.0f}/s)\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class LiveTable:
+    """The status table while events arrive: redrawn in place on a TTY, else a line every 5 s."""
+
+    def __init__(self, stream: IO[str], tty: bool) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.lines = 0
+        self.last = 0.0
+        self.previous: str | None = None
+
+    def update(self, kpis: Kpis) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.25 if self.tty else 5.0):
+            return
+        self.last = now
+        if self.tty:
+            text = render_table(kpis)
+            self._erase()
+            self.stream.write(text + "\n")
+            self.lines = text.count("\n") + 1
+        else:
+            counts = ", ".join(f"{status} {n}" for status, n in kpis.by_status.items())
+            line = f"status: {counts}; Success {kpis.success_pct:.2f}%"
+            if line == self.previous:
+                return
+            self.previous = line
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _erase(self) -> None:
+        if self.lines:
+            self.stream.write(f"\x1b[{self.lines}F\x1b[J")
+            self.lines = 0
+
+    def close(self) -> None:
+        if self.tty:
+            self._erase()
+            self.stream.flush()
+
+
+# -- send and receive -----------------------------------------------------------------------
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    secret = args.secret or os.environ.get(SECRET_ENV) or None
+    if args.listen and not secret:
+        raise CliError(f"--listen needs --secret whsec_... (or ${SECRET_ENV})")
+    return secret
+
+
+def _make_receiver(args: argparse.Namespace, log: DeliveryLog) -> Any:
+    from campaign_client.inbound import RulesError, load_rules
+    from campaign_client.receiver import Receiver
+
+    if args.gap_timeout <= 0 or args.tolerance <= 0:
+        raise CliError("--gap-timeout and --tolerance must be > 0 seconds")
+    try:
+        rules = load_rules(args.rules)
+    except RulesError as exc:
+        raise CliError(str(exc)) from None
+    if not args.listen and not args.bounce_listen:
+        return None
+    host, port = parse_hostport(args.listen) if args.listen else ("127.0.0.1", None)
+    bounce_host, bounce_port = (parse_hostport(args.bounce_listen) if args.bounce_listen
+                                else (None, None))
+    try:
+        return Receiver(log, _secret(args), host, port, bounce_host, bounce_port,
+                        tolerance=args.tolerance, gap_timeout=args.gap_timeout, rules=rules,
+                        bounce_addresses=args.bounce_mailbox)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _start(receiver: Any) -> None:
+    try:
+        await receiver.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc.strerror or exc}") from None
+    print(f"{PROG}: {receiver.describe()}", file=sys.stderr)
+
+
+def _start_pull(args: argparse.Namespace, log: DeliveryLog,
+                stop: asyncio.Event) -> asyncio.Task[Any] | None:
+    if not args.pull:
+        return None
+    from campaign_client.pull import pull_events
+
+    if not args.pull.startswith(("http://", "https://")):
+        raise CliError(f"--pull: expected an http:// URL, got {args.pull!r}")
+    return asyncio.create_task(
+        pull_events(args.pull, log, stop=stop, gap_timeout=args.gap_timeout)
+    )
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    if not (args.listen or args.bounce_listen or args.pull):
+        raise CliError("nothing to run: give --listen, --bounce-listen and/or --pull")
+    return asyncio.run(_receive(args))
+
+
+async def _receive(args: argparse.Namespace) -> int:
+    log = _open_log(args.log, create=True)
+    stop = asyncio.Event()
+    receiver = _make_receiver(args, log)
+    puller: asyncio.Task[Any] | None = None
+    try:
+        if receiver is not None:
+            await _start(receiver)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop.set)   # main thread only
+        puller = _start_pull(args, log, stop)
+        if puller is not None:
+            print(f"{PROG}: pulling events from {args.pull}", file=sys.stderr)
+        await stop.wait()
+    finally:
+        stop.set()
+        if puller is not None:
+            await asyncio.gather(puller, return_exceptions=True)
+        if receiver is not None:
+            await receiver.stop()
+        log.close()
+    print(f"{PROG}: stopped", file=sys.stderr)
+    return 0
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from campaign_client.submit import DEFAULT_SUBJECT, DEFAULT_TEMPLATE, Delivery
+
+    host, port = parse_hostport(args.mta)
+    if args.sessions < 1:
+        raise CliError("--sessions must be >= 1")
+    if args.timeout < 0:
+        raise CliError("--timeout must be >= 0 seconds")
+    if args.generate is None and args.domains:
+        raise CliError("--domains goes with --generate")
+    recipients = (load_csv(args.csv) if args.csv is not None
+                  else generate_recipients(args.generate, args.domains))
+    template = DEFAULT_TEMPLATE
+    if args.template:
+        try:
+            template = Path(args.template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read template {args.template}: {exc}") from None
+    delivery = Delivery(
+        delivery_id=args.delivery_id, recipients=recipients, from_addr=args.from_addr,
+        subject=args.subject if args.subject is not None else DEFAULT_SUBJECT,
+        template=template, validity=args.validity, bounce_address=args.bounce_address,
+    )
+    try:
+        delivery.check()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    _secret(args)
+    return asyncio.run(_send(args, delivery, host, port))
+
+
+async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -> int:
+    from campaign_client.submit import SubmitError, submit
+    from campaign_client.wait import WaitTimeout, wait_for
+
+    log = _open_log(args.log, create=True)
+    stop = asyncio.Event()
+    receiver = None
+    puller: asyncio.Task[Any] | None = None
+    tty = sys.stderr.isatty()
+    try:
+        if log.has_delivery(delivery.delivery_id):
+            raise CliError(f"delivery {delivery.delivery_id!r} is already in {args.log};"
+                           " choose another --delivery-id")
+        receiver = _make_receiver(args, log)
+        if receiver is not None:
+            await _start(receiver)
+        puller = _start_pull(args, log, stop)
+        bar = ProgressBar(sys.stderr, tty)
+        try:
+            result = await submit(delivery, host, port, log=log, sessions=args.sessions,
+                                  progress=bar)
+        except SubmitError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            bar.finish()
+        print(f"{PROG}: submitted {result.accepted + result.failed}/{result.total}: "
+              f"{result.accepted} accepted, {result.failed} refused, {result.retries} retries, "
+              f"{result.elapsed:.2f}s ({result.rate:.0f} msg/s)", file=sys.stderr)
+        submission = {"accepted": result.accepted, "refused": result.failed,
+                      "retries": result.retries, "not_submitted": result.not_submitted,
+                      "elapsed_s": round(result.elapsed, 3)}
+        if result.error is not None:
+            kpis = log.kpis(delivery.delivery_id)
+            _print_kpis(kpis, args.json, {"final": False, "not_final": kpis.not_final,
+                                          "submission": submission})
+            raise CliError(f"submission stopped: {result.error}; "
+                           f"{result.not_submitted} recipients not submitted", code=1)
+        if args.no_wait:
+            kpis = log.kpis(delivery.delivery_id)
+            _print_kpis(kpis, args.json, {"final": kpis.final, "not_final": kpis.not_final,
+                                          "submission": submission})
+            return 0
+        live = LiveTable(sys.stderr, tty)
+        timed_out = None
+        try:
+            kpis = await wait_for(log, delivery.delivery_id, "final", args.timeout,
+                                  interval=0.1, on_poll=live.update)
+        except WaitTimeout as exc:
+            kpis, timed_out = exc.kpis, exc
+        finally:
+            live.close()
+        _print_kpis(kpis, args.json, {"final": kpis.final, "not_final": kpis.not_final,
+                                      "submission": submission})
+        if timed_out is not None:
+            raise CliError(f"timeout after {args.timeout:g}s: {kpis.not_final} of {kpis.total}"
+                           " recipients not final", code=1)
+        return 0
+    finally:
+        stop.set()
+        if puller is not None:
+            await asyncio.gather(puller, return_exceptions=True)
+        if receiver is not None:
+            await receiver.stop()
+        log.close()
