@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-if __package__ in (None, ""):     # run as a script: make the project importable
+if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dkim
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mta.dkim import DkimSigner, SigningKey, body_hash
 
 NOW = 1_700_000_000.0
-MAX_RUNS = 200_000          # a bound on every timing loop, whatever the time budget
+MAX_RUNS = 200_000  # a bound on every timing loop, whatever the time budget
 
 
 def make_message(size: int) -> bytes:
@@ -57,7 +57,7 @@ def make_message(size: int) -> bytes:
 
 def rate(work: Callable[[], object], seconds: float) -> tuple[float, int]:
     """(seconds per call, calls) over about `seconds` of wall time, at least 5 calls."""
-    work()                                      # warm-up
+    work()  # warm-up
     runs = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -110,22 +110,40 @@ def main(argv: list[str] | None = None) -> int:
             serialization.NoEncryption(),
         )
     )
-    headers = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
-               b"content-type", b"content-transfer-encoding", b"list-unsubscribe"]
+    headers = [
+        b"from",
+        b"to",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"mime-version",
+        b"content-type",
+        b"content-transfer-encoding",
+        b"list-unsubscribe",
+    ]
 
     def dkimpy(
         message: bytes, algorithm: bytes, key: bytes, selector: bytes
     ) -> Callable[[], bytes]:
         def call() -> bytes:
-            return bytes(dkim.sign(
-                message, selector, b"example.com", key,
-                canonicalize=(b"relaxed", b"relaxed"), signature_algorithm=algorithm,
-                include_headers=headers,
-            ))
+            return bytes(
+                dkim.sign(
+                    message,
+                    selector,
+                    b"example.com",
+                    key,
+                    canonicalize=(b"relaxed", b"relaxed"),
+                    signature_algorithm=algorithm,
+                    include_headers=headers,
+                )
+            )
+
         return call
 
-    print(f"DKIM signing, relaxed/relaxed, ~{seconds:g} s per figure "
-          f"(Python {sys.version.split()[0]})")
+    print(
+        f"DKIM signing, relaxed/relaxed, ~{seconds:g} s per figure "
+        f"(Python {sys.version.split()[0]})"
+    )
     print(f"{'message':>8} {'signer':<22} {'sig/s':>9} {'ms/msg':>8} {'runs':>7}")
     for size in (2 * 1024, 50 * 1024):
         message = make_message(size)
@@ -140,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         try:
             import nacl  # noqa: F401  (dkimpy signs ed25519 only with PyNaCl)
+
             rows.append(("dkimpy ed25519", dkimpy(message, b"ed25519-sha256", ed_seed, b"e1")))
         except ImportError:
             pass
@@ -150,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         two = threaded_rate(partial(ours["rsa-2048"].sign, message, NOW), 2, seconds)
         print(f"{label:>8} {'ours rsa-2048, 2 thr':<22} {two:>9.0f} {'':>8} {'':>7}")
         speedup = results["dkimpy rsa-2048"] / results["ours rsa-2048"]
-        print(f"{label:>8} ratio: ours rsa-2048 is {speedup:.1f}x dkimpy rsa-2048; "
-              f"ours ed25519 is {results['dkimpy rsa-2048'] / results['ours ed25519']:.1f}x; "
-              f"2 threads give {two * results['ours rsa-2048']:.2f}x one thread")
+        print(
+            f"{label:>8} ratio: ours rsa-2048 is {speedup:.1f}x dkimpy rsa-2048; "
+            f"ours ed25519 is {results['dkimpy rsa-2048'] / results['ours ed25519']:.1f}x; "
+            f"2 threads give {two * results['ours rsa-2048']:.2f}x one thread"
+        )
         if "dkimpy ed25519" in results:
-            print(f"{label:>8} ratio: ours ed25519 is "
-                  f"{results['dkimpy ed25519'] / results['ours ed25519']:.1f}x dkimpy ed25519")
+            print(
+                f"{label:>8} ratio: ours ed25519 is "
+                f"{results['dkimpy ed25519'] / results['ours ed25519']:.1f}x dkimpy ed25519"
+            )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
@@ -62,10 +63,8 @@ class Conversation:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 async def send_message(
@@ -103,23 +102,40 @@ class ScriptedHandler:
     rcpt_seen: list[str] = field(default_factory=list)
     stall_dot: asyncio.Event | None = None
 
-    async def handle_MAIL(self, server: FastSMTP, session: Session, envelope: Envelope,  # noqa: N802
-                          address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         return self.mail.pop(0) if self.mail else "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: FastSMTP, session: Session, envelope: Envelope,  # noqa: N802
-                          address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         self.rcpt_seen.append(address)
         return self.rcpt.pop(0) if self.rcpt else "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server: FastSMTP, session: Session,  # noqa: N802
-                          envelope: Envelope) -> str:
+    async def handle_DATA(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+    ) -> str:
         if self.stall_dot is not None:
             await self.stall_dot.wait()
         reply = self.dot.pop(0) if self.dot else "250 2.0.0 Ok: queued"
         if reply.startswith("2"):
-            self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos),
-                                  content_of(envelope)))
+            self.received.append(
+                (envelope.mail_from or "", list(envelope.rcpt_tos), content_of(envelope))
+            )
         return reply
 
 
@@ -136,7 +152,8 @@ class ScriptedServer:
     async def start(cls, handler: ScriptedHandler, host: str = "127.0.0.1") -> ScriptedServer:
         server = await start_server(
             lambda: FastSMTP(handler, hostname="receiver.test", data_size_limit=10_000_000),
-            host, 0,
+            host,
+            0,
         )
         return cls(handler, server)
 
@@ -177,8 +194,10 @@ def spool_rows(app_or_dir: MtaApp | Path, sql: str, params: tuple[Any, ...] = ()
 
 
 def events_of(app_or_dir: MtaApp | Path) -> list[dict[str, Any]]:
-    return [json.loads(body) for (body,) in spool_rows(app_or_dir,
-                                                     "SELECT body FROM events ORDER BY id")]
+    return [
+        json.loads(body)
+        for (body,) in spool_rows(app_or_dir, "SELECT body FROM events ORDER BY id")
+    ]
 
 
 async def started(config: MtaConfig, clock: Clock | None = None, **kwargs: Any) -> MtaApp:

@@ -9,7 +9,12 @@ from mta.core.address import AddressError, parse_path
     ("arg", "sender", "address", "params"),
     [
         ("<User@Example.COM>", False, "User@example.com", {}),
-        ("<a@b.test> SIZE=100 BODY=8BITMIME", True, "a@b.test", {"SIZE": "100", "BODY": "8BITMIME"}),
+        (
+            "<a@b.test> SIZE=100 BODY=8BITMIME",
+            True,
+            "a@b.test",
+            {"SIZE": "100", "BODY": "8BITMIME"},
+        ),
         ("<>", True, "", {}),
         ("<@relay1,@relay2:u@x.test>", False, "u@x.test", {}),
         ('<"john doe"@x.test>', False, '"john doe"@x.test', {}),

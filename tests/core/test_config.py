@@ -22,14 +22,16 @@ def test_defaults_need_no_file() -> None:
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
-    path = write(tmp_path, '[smtp]\nlisten = "127.0.0.1:3000"\nhostname = "file.test"\n'
-                           '[delivery]\nport = 2600\n')
+    path = write(
+        tmp_path,
+        '[smtp]\nlisten = "127.0.0.1:3000"\nhostname = "file.test"\n[delivery]\nport = 2600\n',
+    )
     env = {"MTA_SMTP_LISTEN": "127.0.0.1:3001", "MTA_DELIVERY_PORT": "2601"}
     config = load_config(path, flags={"smtp.listen": "127.0.0.1:3002"}, environ=env)
-    assert config.smtp.listen == "127.0.0.1:3002"      # flag
-    assert config.delivery.port == 2601                 # env
-    assert config.smtp.hostname == "file.test"          # file
-    assert config.smtp.max_recipients == 1000           # default
+    assert config.smtp.listen == "127.0.0.1:3002"  # flag
+    assert config.delivery.port == 2601  # env
+    assert config.smtp.hostname == "file.test"  # file
+    assert config.smtp.max_recipients == 1000  # default
 
 
 def test_durations_accept_units(tmp_path: Path) -> None:
@@ -47,7 +49,7 @@ def test_durations_accept_units(tmp_path: Path) -> None:
         ('[smtp]\nlisten = "nowhere"\n', "mta.toml: smtp.listen: expected HOST:PORT"),
         ('[retry]\nvalidity = "5d"\n', "mta.toml: retry: validity must be more than 0 and at most"),
         ('[delivery]\ntls = "maybe"\n', "mta.toml: delivery.tls: expected one of"),
-        ("[[dkim.keys]]\ndomain = \"a.test\"\n", "mta.toml: missing key 'dkim.keys[0].selector'"),
+        ('[[dkim.keys]]\ndomain = "a.test"\n', "mta.toml: missing key 'dkim.keys[0].selector'"),
         ("[smtp\n", "mta.toml: not valid TOML"),
     ],
 )

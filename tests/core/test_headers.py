@@ -15,7 +15,9 @@ def test_extract_strips_only_the_prefixed_fields_of_the_header() -> None:
         "x-campaign-log-id": "L9",
         "x-campaign-validity": "84h",
     }
-    assert rest == b"From: a@b.test\r\nSubject: hi\r\n there\r\n\r\nbody\r\nX-Campaign-Log-Id: no\r\n"
+    assert (
+        rest == b"From: a@b.test\r\nSubject: hi\r\n there\r\n\r\nbody\r\nX-Campaign-Log-Id: no\r\n"
+    )
 
 
 def test_extract_without_matches_returns_the_same_bytes() -> None:

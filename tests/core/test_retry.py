@@ -6,7 +6,9 @@ from mta.core.retry import RetryPolicy, decide, interval, validity_end
 from mta.model import BounceClass, Verdict
 
 SOFT = Verdict(BounceClass(20, "Soft Bounce"), "Soft", "Unreachable", 3, "recipient", False, "t")
-HARD = Verdict(BounceClass(10, "Invalid Recipient"), "Hard", "User unknown", 1, "recipient", True, "t")
+HARD = Verdict(
+    BounceClass(10, "Invalid Recipient"), "Hard", "User unknown", 1, "recipient", True, "t"
+)
 POLICY = RetryPolicy(first=600, factor=2, max_interval=4 * 3600, jitter=0.2)
 DAY = 86400.0
 

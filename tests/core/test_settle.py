@@ -25,10 +25,18 @@ class ByCode:
 
     def classify(self, outcome: Outcome) -> Verdict:
         if outcome.reply.is_permanent:
-            return Verdict(BounceClass(10, "Invalid Recipient"), "Hard", "User unknown", 1,
-                           "recipient", True, "5xx")
-        return Verdict(BounceClass(20, "Soft Bounce"), "Soft", "Unreachable", 3, "recipient",
-                       False, "4xx")
+            return Verdict(
+                BounceClass(10, "Invalid Recipient"),
+                "Hard",
+                "User unknown",
+                1,
+                "recipient",
+                True,
+                "5xx",
+            )
+        return Verdict(
+            BounceClass(20, "Soft Bounce"), "Soft", "Unreachable", 3, "recipient", False, "4xx"
+        )
 
 
 BEFORE = Attempted(
@@ -42,16 +50,22 @@ POLICY = RetryPolicy(first=600, factor=2, max_interval=3600, jitter=0.0)
 
 
 def run(outcome: Outcome, before: Attempted = BEFORE):  # type: ignore[no-untyped-def]
-    return settle(before, outcome, now=1000.0, rules=ByCode(), policy=POLICY, rand=0.5,
-                  event_id="E")
+    return settle(
+        before, outcome, now=1000.0, rules=ByCode(), policy=POLICY, rand=0.5, event_id="E"
+    )
 
 
 def test_success_after_the_dot_is_delivered() -> None:
     s = run(Outcome(Reply(250, "2.0.0", "ok"), Phase.DOT, "mx.b.test"))
     assert (s.state, s.result, s.seq, s.attempts) == (RecipientState.DELIVERED, "delivered", 2, 1)
     assert s.event["kind"] == "delivered"
-    assert s.event["smtp"] == {"code": 250, "enhanced": "2.0.0", "text": "ok", "phase": "dot",
-                               "mx": "mx.b.test"}
+    assert s.event["smtp"] == {
+        "code": 250,
+        "enhanced": "2.0.0",
+        "text": "ok",
+        "phase": "dot",
+        "mx": "mx.b.test",
+    }
     assert s.event["failure"] is None
 
 
@@ -78,13 +92,23 @@ def test_permanent_failure_bounces() -> None:
 def test_transient_failure_near_the_end_of_validity_expires_with_the_last_reply() -> None:
     before = Attempted(BEFORE.subject, 7, 8, 1000.0 + 60, False)
     s = run(Outcome(Reply(452, "4.2.2", "over quota"), Phase.RCPT), before)
-    assert (s.state, s.event["kind"], s.seq, s.attempts) == (RecipientState.EXPIRED, "expired", 9, 8)
+    assert (s.state, s.event["kind"], s.seq, s.attempts) == (
+        RecipientState.EXPIRED,
+        "expired",
+        9,
+        8,
+    )
     assert s.event["smtp"]["text"] == "over quota"
 
 
 def test_unknown_outcome_after_the_dot_marks_possible_duplicate() -> None:
-    outcome = Outcome(Reply(421, "4.4.2", "lost"), Phase.DOT, "mx", Condition.CONNECTION_LOST,
-                      possible_duplicate=True)
+    outcome = Outcome(
+        Reply(421, "4.4.2", "lost"),
+        Phase.DOT,
+        "mx",
+        Condition.CONNECTION_LOST,
+        possible_duplicate=True,
+    )
     s = run(outcome)
     assert s.possible_duplicate and s.event["possible_duplicate"] is True
 
@@ -95,8 +119,9 @@ def test_expiry_without_attempt_keeps_the_attempt_count() -> None:
     assert s.event["smtp"]["enhanced"] == "4.4.7"
 
 
-@pytest.mark.parametrize("state", [RecipientState.DELIVERED, RecipientState.BOUNCED,
-                                   RecipientState.EXPIRED])
+@pytest.mark.parametrize(
+    "state", [RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED]
+)
 def test_terminal_states_have_no_way_out(state: RecipientState) -> None:
     with pytest.raises(InvalidTransition):
         transition(state, "retry")

@@ -44,11 +44,11 @@ async def receiver() -> AsyncIterator[ScriptedServer]:
     await server.close()
 
 
-async def relay_to(tmp_path: Path, port: int, clock: ManualClock | None = None,
-                   **flags: object) -> MtaApp:
+async def relay_to(
+    tmp_path: Path, port: int, clock: ManualClock | None = None, **flags: object
+) -> MtaApp:
     return await started(
-        mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{port}", retry__jitter=0.0,
-                   **flags),
+        mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{port}", retry__jitter=0.0, **flags),
         clock=clock,
     )
 
@@ -71,14 +71,25 @@ async def test_signed_message_arrives_and_verifies_at_the_sink(tmp_path: Path) -
         await app.stop()
         from mta.cli import build_parser, config_from_args
 
-        args = build_parser().parse_args([
-            "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "spool"),
-            "--relayhost", f"127.0.0.1:{sink.port}",
-            "--dkim", f"sender.test:rsa1:{rsa_path}", "--dkim", f"sender.test:ed1:{ed_path}",
-        ])
+        args = build_parser().parse_args(
+            [
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(tmp_path / "spool"),
+                "--relayhost",
+                f"127.0.0.1:{sink.port}",
+                "--dkim",
+                f"sender.test:rsa1:{rsa_path}",
+                "--dkim",
+                f"sender.test:ed1:{ed_path}",
+            ]
+        )
         app = await started(config_from_args(args))
-        reply = await send_message(*app.smtp_address, "bounces@sender.test",
-                                   ["rcpt@dest.test"], MESSAGE)
+        reply = await send_message(
+            *app.smtp_address, "bounces@sender.test", ["rcpt@dest.test"], MESSAGE
+        )
         assert reply.startswith("250 2.0.0")
         assert sink.maildir is not None
         await wait_for(lambda: sink.handler.received == 1)
@@ -113,7 +124,7 @@ async def test_4xx_is_retried_on_schedule_then_delivered(
         assert states(app) == {"r@dest.test": "queued"}
         clock.advance(599)
         await asyncio.sleep(0.2)
-        assert kinds(app) == ["relayed", "soft_bounce"]          # not before its time
+        assert kinds(app) == ["relayed", "soft_bounce"]  # not before its time
         clock.advance(2)
         await wait_for(lambda: kinds(app) == ["relayed", "soft_bounce", "delivered"])
         delivered = events_of(app)[-1]
@@ -144,11 +155,18 @@ async def test_mixed_recipients_in_one_transaction(
     receiver.handler.rcpt[:] = ["250 2.1.5 Ok", "550 5.1.1 no such user", "452 4.2.2 over quota"]
     app = await relay_to(tmp_path, receiver.port, ManualClock())
     try:
-        await send_message(*app.smtp_address, "b@sender.test",
-                           ["ok@dest.test", "gone@dest.test", "full@dest.test"], MESSAGE)
+        await send_message(
+            *app.smtp_address,
+            "b@sender.test",
+            ["ok@dest.test", "gone@dest.test", "full@dest.test"],
+            MESSAGE,
+        )
         await wait_for(lambda: len(events_of(app)) == 6)
-        assert states(app) == {"ok@dest.test": "delivered", "gone@dest.test": "bounced",
-                               "full@dest.test": "queued"}
+        assert states(app) == {
+            "ok@dest.test": "delivered",
+            "gone@dest.test": "bounced",
+            "full@dest.test": "queued",
+        }
         assert receiver.handler.received[0][1] == ["ok@dest.test"]
     finally:
         await app.stop()
@@ -164,8 +182,12 @@ async def test_validity_end_expires_with_exactly_one_event(
     try:
         await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], message)
         for _ in range(20):
-            await wait_for(lambda: states(app) == {"r@dest.test": "expired"}
-                           or spool_rows(app, "SELECT leased FROM recipients") == [(0,)])
+            await wait_for(
+                lambda: (
+                    states(app) == {"r@dest.test": "expired"}
+                    or spool_rows(app, "SELECT leased FROM recipients") == [(0,)]
+                )
+            )
             if states(app) == {"r@dest.test": "expired"}:
                 break
             clock.advance(601)
@@ -218,36 +240,36 @@ async def test_lost_connection_after_the_dot_is_a_possible_duplicate(
         await app.stop()
 
 
-async def test_opportunistic_tls_and_fallback_to_clear_text(tmp_path: Path) -> None:
+@pytest.mark.parametrize("handshake_fails", [False, True])
+async def test_opportunistic_tls_and_fallback_to_clear_text(
+    tmp_path: Path, handshake_fails: bool
+) -> None:
     cert, key = write_self_signed(tmp_path / "tls", "receiver.test")
-    good = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    good.load_cert_chain(cert, key)
-    broken = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    broken.load_cert_chain(cert, key)
-    broken.verify_mode = ssl.CERT_REQUIRED     # asks a client certificate we never send
-    for context, expect_tls in ((good, True), (broken, False)):
-        handler = ScriptedHandler()
-        sessions: list[bool] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if handshake_fails:
+        context.verify_mode = ssl.CERT_REQUIRED  # asks a client certificate we never send
+    handler = ScriptedHandler()
+    sessions: list[bool] = []
 
-        class Recording(FastSMTP):
-            async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802
-                sessions.append(self._tls_protocol is not None)
-                await super().smtp_MAIL(arg)
+    class Recording(FastSMTP):
+        async def smtp_MAIL(self, arg: str | None) -> None:
+            sessions.append(self._tls_protocol is not None)
+            await super().smtp_MAIL(arg)
 
-        server = await start_server(
-            lambda ctx=context: Recording(handler, hostname="rx.test", data_size_limit=10**6,
-                                          tls_context=ctx),
-            "127.0.0.1", 0,
-        )
-        port = server.sockets[0].getsockname()[1]
-        app = await relay_to(tmp_path / str(expect_tls), port)
-        try:
-            await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], MESSAGE)
-            await wait_for(lambda: len(handler.received) == 1)
-            assert sessions == [expect_tls]
-        finally:
-            await app.stop()
-            server.close()
+    server = await start_server(
+        lambda: Recording(handler, hostname="rx.test", data_size_limit=10**6, tls_context=context),
+        "127.0.0.1",
+        0,
+    )
+    app = await relay_to(tmp_path, server.sockets[0].getsockname()[1])
+    try:
+        await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], MESSAGE)
+        await wait_for(lambda: len(handler.received) == 1)
+        assert sessions == [not handshake_fails]
+    finally:
+        await app.stop()
+        server.close()
 
 
 async def test_graceful_stop_gives_in_flight_recipients_back(
@@ -255,14 +277,16 @@ async def test_graceful_stop_gives_in_flight_recipients_back(
 ) -> None:
     gate = asyncio.Event()
     receiver.handler.stall_dot = gate
-    config = mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{receiver.port}",
-                        spool__shutdown_grace="0.2s")
+    config = mta_config(
+        tmp_path, delivery__relayhost=f"127.0.0.1:{receiver.port}", spool__shutdown_grace="0.2s"
+    )
     app = await started(config)
     await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], MESSAGE)
     await wait_for(lambda: app.running.scheduler.inflight == 1)
     await app.stop()
-    assert spool_rows(config.data_path, "SELECT state, leased, possible_duplicate FROM recipients") \
-        == [("queued", 0, 1)]
+    assert spool_rows(
+        config.data_path, "SELECT state, leased, possible_duplicate FROM recipients"
+    ) == [("queued", 0, 1)]
     receiver.handler.stall_dot = None
     gate.set()
     app = await started(config)

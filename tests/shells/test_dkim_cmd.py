@@ -32,7 +32,12 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-m", "mta.dkim_cmd", "dkim", *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
     )
 
 
@@ -52,8 +57,18 @@ def test_keygen_writes_a_key_that_signs_and_a_record_dkimpy_accepts(
     tmp_path: Path, kind: str, extra: tuple[str, ...]
 ) -> None:
     out = tmp_path / "keys"
-    result = cli("keygen", "--domain", "Example.com", "--selector", "s2024", "--out", out,
-                 "--type", kind, *extra)
+    result = cli(
+        "keygen",
+        "--domain",
+        "Example.com",
+        "--selector",
+        "s2024",
+        "--out",
+        out,
+        "--type",
+        kind,
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
     path = out / "s2024._domainkey.example.com.pem"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -62,7 +77,7 @@ def test_keygen_writes_a_key_that_signs_and_a_record_dkimpy_accepts(
     assert record.startswith(f"v=DKIM1; k={kind}; p=")
     if kind == "rsa" and not extra:
         txt_line = next(x for x in result.stdout.splitlines() if " IN TXT " in x)
-        assert txt_line.count('"') == 4               # 2048-bit: two strings of <= 255
+        assert txt_line.count('"') == 4  # 2048-bit: two strings of <= 255
     assert f'key_file = "{path.resolve()}"' in result.stdout
     assert "[[dkim.keys]]" in result.stdout
     assert f"--dkim example.com:s2024:{path.resolve()}" in result.stdout
@@ -79,8 +94,17 @@ def test_keygen_writes_a_key_that_signs_and_a_record_dkimpy_accepts(
 
 
 def test_keygen_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
-    args = ("keygen", "--domain", "example.com", "--selector", "s1", "--out", tmp_path,
-            "--type", "ed25519")
+    args = (
+        "keygen",
+        "--domain",
+        "example.com",
+        "--selector",
+        "s1",
+        "--out",
+        tmp_path,
+        "--type",
+        "ed25519",
+    )
     assert cli(*args).returncode == 0
     path = tmp_path / "s1._domainkey.example.com.pem"
     before = path.read_bytes()
@@ -94,7 +118,7 @@ def test_keygen_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
     assert forced.returncode == 0, forced.stderr
     assert path.read_bytes() != before
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]    # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
 
 
 @pytest.mark.parametrize(
@@ -103,8 +127,10 @@ def test_keygen_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
         (("--domain", "bad domain", "--selector", "s1"), "--domain 'bad domain' is not a valid"),
         (("--domain", "example.com", "--selector", "a/b"), "--selector 'a/b' is not a valid"),
         (("--domain", "example.com", "--selector", "s1", "--bits", "512"), "--bits must be"),
-        (("--domain", "example.com", "--selector", "s1", "--type", "ed25519", "--bits", "2048"),
-         "--bits applies to rsa keys only"),
+        (
+            ("--domain", "example.com", "--selector", "s1", "--type", "ed25519", "--bits", "2048"),
+            "--bits applies to rsa keys only",
+        ),
     ],
 )
 def test_keygen_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], problem: str) -> None:
@@ -122,8 +148,17 @@ def dual(tmp_path: Path) -> tuple[Path, Path, Path, str, str]:
     """A message signed with an RSA and an Ed25519 key made by keygen, and their TXT records."""
     records = []
     for selector, kind in (("r1", "rsa"), ("e1", "ed25519")):
-        result = cli("keygen", "--domain", "example.com", "--selector", selector, "--out",
-                     tmp_path, "--type", kind)
+        result = cli(
+            "keygen",
+            "--domain",
+            "example.com",
+            "--selector",
+            selector,
+            "--out",
+            tmp_path,
+            "--type",
+            kind,
+        )
         assert result.returncode == 0, result.stderr
         records.append(txt_from_output(result.stdout)[1])
     rsa_path = tmp_path / "r1._domainkey.example.com.pem"
@@ -164,7 +199,7 @@ def test_verify_with_txt_records_and_tampering(
 
 def test_verify_reports_a_missing_or_wrong_key(dual: tuple[Path, Path, Path, str, str]) -> None:
     message, rsa_path, _, _, ed_txt = dual
-    result = cli("verify", message, "--key", rsa_path)      # bound to r1 only
+    result = cli("verify", message, "--key", rsa_path)  # bound to r1 only
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
         "signature 1: d=example.com s=r1 a=rsa-sha256: pass",
@@ -214,8 +249,20 @@ def test_verify_bad_input_is_one_line(
 def test_add_parser_and_run_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="mta")
     dkim_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dkim", "keygen", "--domain", "example.org", "--selector", "k",
-                              "--out", str(tmp_path), "--type", "ed25519"])
+    args = parser.parse_args(
+        [
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.org",
+            "--selector",
+            "k",
+            "--out",
+            str(tmp_path),
+            "--type",
+            "ed25519",
+        ]
+    )
     assert args.command == "dkim" and args.dkim_command == "keygen"
     assert dkim_cmd.run(args) == 0
     assert "k._domainkey.example.org. IN TXT" in capsys.readouterr().out

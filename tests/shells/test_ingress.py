@@ -14,8 +14,14 @@ from tests.helpers import Conversation, mta_config, spool_rows, started
 @pytest.fixture
 async def mta(tmp_path: Path) -> AsyncIterator[MtaApp]:
     # Delivery goes nowhere (port 9 on loopback refuses): these tests look at ingress only.
-    app = await started(mta_config(tmp_path, delivery__relayhost="127.0.0.1:9",
-                                   smtp__max_recipients=3, smtp__max_message_size=4096))
+    app = await started(
+        mta_config(
+            tmp_path,
+            delivery__relayhost="127.0.0.1:9",
+            smtp__max_recipients=3,
+            smtp__max_message_size=4096,
+        )
+    )
     yield app
     await app.stop()
 
@@ -131,7 +137,9 @@ async def test_dot_stuffing_is_removed(mta: MtaApp) -> None:
 
 async def test_pipelined_transaction(mta: MtaApp) -> None:
     conv = await open_conv(mta)
-    conv.writer.write(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@d.test>\r\nDATA\r\n")
+    conv.writer.write(
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@d.test>\r\nDATA\r\n"
+    )
     from tests.helpers import read_reply
 
     replies = [await read_reply(conv.reader) for _ in range(4)]
@@ -175,12 +183,17 @@ async def test_bad_validity_header_is_refused(mta: MtaApp) -> None:
 
 
 async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
-    app = await started(mta_config(tmp_path, smtp__relay_networks=("10.0.0.0/8",),
-                                   delivery__relayhost="127.0.0.1:9"))
+    app = await started(
+        mta_config(
+            tmp_path, smtp__relay_networks=("10.0.0.0/8",), delivery__relayhost="127.0.0.1:9"
+        )
+    )
     try:
         conv = await open_conv(app)
         await conv.command("MAIL FROM:<a@b.test>")
-        assert (await conv.command("RCPT TO:<c@d.test>")).startswith("554 5.7.1 Relay access denied")
+        assert (await conv.command("RCPT TO:<c@d.test>")).startswith(
+            "554 5.7.1 Relay access denied"
+        )
         await conv.close()
     finally:
         await app.stop()
@@ -191,8 +204,10 @@ async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> Non
     import sqlite3
 
     conn = sqlite3.connect(mta.config.data_path / "spool.sqlite3")
-    conn.execute("CREATE TRIGGER fail BEFORE INSERT ON messages BEGIN"
-                 " SELECT RAISE(ABORT, 'disk I/O error at /secret/path'); END")
+    conn.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON messages BEGIN"
+        " SELECT RAISE(ABORT, 'disk I/O error at /secret/path'); END"
+    )
     conn.commit()
     conn.close()
     conv = await open_conv(mta)

@@ -1,0 +1,25 @@
+"""`make bench` / `python -m bench`: every benchmark, one after the other, figures printed."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["bench.bench_relay", "bench.bench_dkim"]
+
+
+def main() -> int:
+    failures = 0
+    for name in BENCHMARKS:
+        print(f"\n=== {name} ===", flush=True)
+        module = importlib.import_module(name)
+        try:
+            result = module.main([])
+        except SystemExit as exc:
+            result = exc.code if isinstance(exc.code, int) else 1
+        failures += 1 if result else 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""End-to-end relay throughput: load generator -> `mta serve` (DKIM RSA-2048, durable spool)
+-> `mta sink`, next to the same load sent straight to the sink (the loopback limit).
+
+    python bench/bench_relay.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
+
+Prints, per message size: the sink's rate (baseline), the MTA's acceptance rate and its
+end-to-end rate (first submission to last remote 250, read from the spool), the MTA's CPU
+milliseconds per message, and the ratio of end to end over the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import make_message, run_load
+from bench.procs import start_mta
+
+
+def delivered(spool: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(
+                conn.execute(
+                    "SELECT COUNT(*) FROM recipients WHERE state = 'delivered'"
+                ).fetchone()[0]
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+async def one_size(
+    size: int, messages: int, sessions: int, dkim: bool, work: Path
+) -> dict[str, float]:
+    message = make_message(size)
+    sink = await start_mta("sink", "--listen", "127.0.0.1:0", "--log-level", "warning")
+    try:
+        await run_load("127.0.0.1", sink.port, 200, sessions, message)  # warm-up
+        cpu0 = sink.cpu_seconds()
+        baseline = await run_load("127.0.0.1", sink.port, messages, sessions, message)
+        sink_cpu = (sink.cpu_seconds() - cpu0) / max(baseline.sent, 1) * 1000
+        data_dir = work / f"spool-{size}"
+        args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--relayhost",
+            f"127.0.0.1:{sink.port}",
+            "--log-level",
+            "warning",
+        ]
+        if dkim:
+            from mta.dkim_cmd import keygen
+
+            key_path, _ = keygen("sender.test", "bench", work / "keys", force=True)
+            args += ["--dkim", f"sender.test:bench:{key_path}"]
+        mta = await start_mta(*args)
+        spool = data_dir / "spool.sqlite3"
+        try:
+            await run_load("127.0.0.1", mta.port, 200, sessions, message)  # warm-up
+            while delivered(spool) < 200:
+                await asyncio.sleep(0.05)
+            cpu0 = mta.cpu_seconds()
+            started = time.perf_counter()
+            accepted = await run_load("127.0.0.1", mta.port, messages, sessions, message)
+            deadline = time.perf_counter() + 300
+            while delivered(spool) < 200 + accepted.sent and time.perf_counter() < deadline:
+                await asyncio.sleep(0.02)
+            end_to_end = time.perf_counter() - started
+            done = delivered(spool) - 200
+            mta_cpu = (mta.cpu_seconds() - cpu0) / max(done, 1) * 1000
+        finally:
+            await mta.stop()
+    finally:
+        await sink.stop()
+    return {
+        "size": size,
+        "sink_rate": baseline.rate,
+        "sink_cpu_ms": sink_cpu,
+        "accept_rate": accepted.rate,
+        "e2e_rate": done / end_to_end,
+        "mta_cpu_ms": mta_cpu,
+        "failed": accepted.failed + (accepted.sent - done),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
+        for size in args.sizes:
+            rows.append(
+                await one_size(size, args.messages, args.sessions, not args.no_dkim, Path(tmp))
+            )
+    print(
+        f"\nrelay benchmark: {args.messages} messages, {args.sessions} sessions, "
+        f"DKIM {'off' if args.no_dkim else 'rsa-2048'}, durable spool (WAL, synchronous=FULL)"
+    )
+    print(
+        f"{'size':>7} {'sink msg/s':>11} {'accept msg/s':>13} {'e2e msg/s':>10} "
+        f"{'MTA CPU ms/msg':>15} {'e2e/sink':>9} {'lost':>5}"
+    )
+    for r in rows:
+        print(
+            f"{r['size']:>7} {r['sink_rate']:>11.0f} {r['accept_rate']:>13.0f} "
+            f"{r['e2e_rate']:>10.0f} {r['mta_cpu_ms']:>15.2f} "
+            f"{r['e2e_rate'] / r['sink_rate']:>9.2f} {r['failed']:>5.0f}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 51200]
+    )
+    parser.add_argument("--no-dkim", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

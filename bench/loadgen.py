@@ -1,0 +1,102 @@
+"""A lean SMTP load generator (like Postfix's smtp-source): N sessions, pipelined envelopes.
+
+Each session sends its share of messages over one connection: MAIL, RCPT and DATA
+in one write (the server offers PIPELINING), then the content and the dot. It
+uses raw asyncio streams so that the generator costs far less CPU than the
+servers it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+
+def make_message(size: int, index: int = 0, sender: str = "news@sender.test") -> bytes:
+    """A plausible message of about `size` bytes (CRLF, lines under 78 characters)."""
+    head = (
+        f"From: Newsletter <{sender}>\r\nTo: <rcpt{index}@dest.test>\r\n"
+        f"Subject: Benchmark message {index}\r\nMessage-ID: <bench.{index}@sender.test>\r\n"
+        "Date: Fri, 27 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "X-Campaign-Delivery-Id: BENCH\r\n\r\n"
+    ).encode()
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        if line[3:4] != b"-":
+            return line
+
+
+@dataclass
+class LoadResult:
+    sent: int
+    failed: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _session(
+    host: str, port: int, count: int, message: bytes, recipient: str, counter: list[int]
+) -> tuple[int, int]:
+    reader, writer = await asyncio.open_connection(host, port)
+    await _reply(reader)
+    writer.write(b"EHLO loadgen.test\r\n")
+    await _reply(reader)
+    stuffed = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    envelope = (
+        f"MAIL FROM:<bounces@sender.test> SIZE={len(message)}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+    ).encode()
+    sent = failed = 0
+    for _ in range(count):
+        writer.write(envelope)
+        mail, rcpt, data = (await _reply(reader), await _reply(reader), await _reply(reader))
+        if not (mail.startswith(b"250") and rcpt.startswith(b"250") and data.startswith(b"354")):
+            failed += 1
+            if data.startswith(b"354"):
+                writer.write(b".\r\n")
+                await _reply(reader)
+            else:
+                writer.write(b"RSET\r\n")
+                await _reply(reader)
+            continue
+        writer.write(stuffed)
+        if (await _reply(reader)).startswith(b"250"):
+            sent += 1
+            counter[0] += 1
+        else:
+            failed += 1
+    writer.write(b"QUIT\r\n")
+    await writer.drain()
+    writer.close()
+    return sent, failed
+
+
+async def run_load(
+    host: str,
+    port: int,
+    total: int,
+    sessions: int,
+    message: bytes,
+    recipient: str = "rcpt@dest.test",
+) -> LoadResult:
+    """Send `total` messages over `sessions` concurrent connections; time the whole."""
+    shares = [total // sessions + (1 if i < total % sessions else 0) for i in range(sessions)]
+    counter = [0]
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(_session(host, port, share, message, recipient, counter) for share in shares if share)
+    )
+    seconds = time.perf_counter() - started
+    return LoadResult(sum(r[0] for r in results), sum(r[1] for r in results), seconds)
