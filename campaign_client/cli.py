@@ -320,16 +320,21 @@ def _secret(args: argparse.Namespace) -> str | None:
     return secret
 
 
-def _make_receiver(args: argparse.Namespace, log: DeliveryLog) -> Any:
+def _rules(args: argparse.Namespace) -> Any:
     from campaign_client.inbound import RulesError, load_rules
+
+    try:
+        return load_rules(args.rules)
+    except RulesError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _make_receiver(args: argparse.Namespace, log: DeliveryLog) -> Any:
     from campaign_client.receiver import Receiver
 
     if args.gap_timeout <= 0 or args.tolerance <= 0:
         raise CliError("--gap-timeout and --tolerance must be > 0 seconds")
-    try:
-        rules = load_rules(args.rules)
-    except RulesError as exc:
-        raise CliError(str(exc)) from None
+    rules = _rules(args)
     if not args.listen and not args.bounce_listen:
         return None
     host, port = parse_hostport(args.listen) if args.listen else ("127.0.0.1", None)
@@ -448,7 +453,7 @@ async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -
         bar = ProgressBar(sys.stderr, tty)
         try:
             result = await submit(delivery, host, port, log=log, sessions=args.sessions,
-                                  progress=bar)
+                                  progress=bar, rules=_rules(args))
         except SubmitError as exc:
             raise CliError(str(exc)) from None
         finally:

@@ -14,6 +14,7 @@ from campaign_client.submit import (
     Recipient,
     SubmitError,
     TemplateError,
+    build_message,
     parse_queue_id,
     submit,
 )
@@ -145,3 +146,43 @@ async def test_unreachable_mta_raises_submit_error(tmp_path: Path) -> None:
         await submit(delivery("a@a.test"), "127.0.0.1", port, log=log)
     line = log.line("D1", "1", "a@a.test")
     assert line is not None and line.status == "Pending"
+
+
+def test_built_messages_parse_back() -> None:
+    import email
+    import email.policy
+
+    plain = Delivery("D1", [Recipient("ann@a.test", "1", {"first_name": "Ann"})],
+                     subject="Hi {first_name}", template="Hello {first_name}\n.\nbye",
+                     headers={"X-Extra": "a\r\nInjected: yes"})
+    raw = build_message(plain, plain.recipients[0], "<m1@sender.test>", 0.0)
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["Injected"] is None and message["X-Extra"] == "a Injected: yes"
+    assert message["Content-Transfer-Encoding"] == "7bit"
+    assert message.get_content().splitlines() == ["Hello Ann", ".", "bye"]
+    wide = Delivery("D1", [Recipient("zoë@a.test", "2", {"first_name": "Zoë"})],
+                    subject="Bonjour {first_name} — " * 5,
+                    template="Hé {first_name}\n" + "x" * 1500)
+    raw = build_message(wide, wide.recipients[0], "<m2@sender.test>", 0.0)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["Subject"] == ("Bonjour Zoë — " * 5).strip()
+    assert message["To"] == "zoë@a.test"
+    assert message.get_content().splitlines() == ["Hé Zoë", "x" * 1500]
+
+
+def test_bad_header_names_are_refused() -> None:
+    bad = Delivery("D1", [Recipient("a@a.test", "1")], headers={"Bad Name": "x"})
+    with pytest.raises(ValueError, match="header name"):
+        bad.check()
+
+
+async def test_internationalised_address_goes_with_smtputf8(
+    mta: tuple[FakeMta, int], tmp_path: Path
+) -> None:
+    fake, port = mta
+    result = await submit(delivery("zoë@a.test"), "127.0.0.1", port)
+    assert result.accepted == 1
+    assert fake.received[0].rcpt == "zoë@a.test"
+    assert fake.received[0].message["To"] == "zoë@a.test"

@@ -1,0 +1,81 @@
+"""Boundaries: campaign_client never imports mta; the pure modules do no I/O; terminal output."""
+
+from __future__ import annotations
+
+import ast
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import campaign_client
+from campaign_client.cli import LiveTable, ProgressBar
+from campaign_client.kpis import Row, compute_kpis
+
+PACKAGE = Path(campaign_client.__file__).resolve().parent
+PURE = {"status", "events", "kpis", "webhook", "inbound"}
+IO_MODULES = {"asyncio", "socket", "sqlite3", "aiohttp", "aiosmtpd", "aiosmtplib", "time",
+              "subprocess", "threading"}
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_campaign_client_never_imports_mta() -> None:
+    files = sorted(PACKAGE.glob("*.py"))
+    assert len(files) >= 10
+    for path in files:
+        bad = {name for name in imported(path) if name == "mta" or name.startswith("mta.")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_no_mta_module_is_loaded_by_the_whole_client() -> None:
+    code = ("import sys, campaign_client.cli, campaign_client.receiver, campaign_client.submit,"
+            " campaign_client.pull, campaign_client.wait;"
+            " print(sorted(m for m in sys.modules if m == 'mta' or m.startswith('mta.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_pure_modules_import_no_io() -> None:
+    for name in PURE:
+        roots = {module.split(".")[0] for module in imported(PACKAGE / f"{name}.py")}
+        assert not roots & IO_MODULES, f"{name}.py imports {roots & IO_MODULES}"
+
+
+def test_progress_bar_on_a_tty_redraws_one_line() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream, tty=True, width=10)
+    bar(1, 4)
+    bar(4, 4)
+    bar.finish()
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert "[##########] 4/4 100.0%" in text
+
+
+def test_progress_without_a_tty_prints_lines() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream, tty=False)
+    bar(1, 2)
+    bar(2, 2)
+    assert stream.getvalue().splitlines()[-1].startswith("submitting: 2/2 (100.0%")
+
+
+def test_live_table_redraws_in_place_on_a_tty() -> None:
+    stream = io.StringIO()
+    live = LiveTable(stream, tty=True)
+    live.update(compute_kpis("D", [Row("Sent", count=2)]))
+    live.last = 0.0
+    live.update(compute_kpis("D", [Row("Sent", count=3)]))
+    live.close()
+    text = stream.getvalue()
+    assert "\x1b[" in text and "Delivery D: 3 recipients" in text
