@@ -203,19 +203,31 @@ class DeliveryLog:
             self._db = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise LogError(f"{self.path}: cannot open the delivery log: {exc}") from None
+        try:
             self._db.execute("PRAGMA busy_timeout=30000")
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            tables = {str(row[0]) for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "lines" not in tables:
+                raise LogError(f"{self.path}: not a delivery log (an SQLite file with other "
+                               "tables)")
             if version > SCHEMA_VERSION:
                 raise LogError(
                     f"{self.path}: delivery log schema {version} is newer than this client's "
                     f"({SCHEMA_VERSION})"
                 )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise LogError(f"{self.path}: not a usable delivery log: {exc}") from None
+        except LogError:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -374,6 +386,12 @@ class DeliveryLog:
         """Apply held events received more than `max_age` seconds ago, gaps and all."""
         report = ApplyReport()
         cutoff = now - max_age
+        with self._lock:
+            stale = self._db.execute(
+                "SELECT 1 FROM held WHERE received_at <= ? LIMIT 1", (cutoff,)
+            ).fetchone()
+        if stale is None:
+            return report
         with self._transaction() as db:
             keys = db.execute(
                 "SELECT DISTINCT delivery_id, log_id, recipient FROM held WHERE received_at <= ?",

@@ -220,3 +220,20 @@ async def test_receive_runs_until_sigterm(tmp_path: Path) -> None:
     assert "stopped" in err.decode()
     with DeliveryLog(path) as log:
         assert log.kpis("D1").by_status["Sent"] == 1
+
+
+def test_report_refuses_a_foreign_sqlite_file_without_touching_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "spool.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE messages (id INTEGER)")
+    db.close()
+    assert main(["report", "D1", "--log", str(path)]) == 2
+    assert "not a delivery log" in capsys.readouterr().err
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert tables == {"messages"}
