@@ -287,6 +287,9 @@ class LiveTable:
         self.last = now
         if self.tty:
             text = render_table(kpis)
+            if text == self.previous:
+                return
+            self.previous = text
             self._erase()
             self.stream.write(text + "\n")
             self.lines = text.count("\n") + 1
