@@ -61,6 +61,8 @@ async def one_size(
             f"127.0.0.1:{sink.port}",
             "--log-level",
             "warning",
+            "--admin",
+            "",
         ]
         if dkim:
             from mta.dkim_cmd import keygen

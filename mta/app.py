@@ -10,6 +10,7 @@ for `spool.shutdown_grace`, close connections, close the spool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import ssl
@@ -17,13 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mta.admin import Admin, AdminSources
 from mta.clock import Clock, make_clock
 from mta.config import MtaConfig
 from mta.core.bounce import BounceRules, load_bounce_rules
+from mta.core.reply import parse_reply
 from mta.core.retry import RetryPolicy
 from mta.delivery import Delivery, DeliverySettings
 from mta.dns import Resolver
+from mta.feedback import Endpoint, Feedback, FeedbackSettings
 from mta.ingress import IngressHandler, IngressSettings, Signer, server_factory
+from mta.model import Condition, Outcome, Phase
 from mta.scheduler import Scheduler, SchedulerSettings
 from mta.settings import parse_hostport
 from mta.smtp_server import bound_port, start_server
@@ -55,6 +60,31 @@ def delivery_settings(config: MtaConfig) -> DeliverySettings:
     )
 
 
+def explain_reply(
+    rules: BounceRules, reply: str, phase: str | None = None, condition: str | None = None
+) -> dict[str, Any]:
+    """The verdict on a reply text as JSON-ready data (for the API)."""
+    try:
+        outcome = Outcome(
+            parse_reply(reply),
+            Phase(phase or "rcpt"),
+            None,
+            Condition(condition) if condition else None,
+        )
+    except ValueError:
+        raise ValueError(f"unknown phase {phase!r} or condition {condition!r}") from None
+    verdict = rules.classify(outcome)
+    return {
+        "bounce_class": {"code": verdict.bounce_class.code, "name": verdict.bounce_class.name},
+        "failure_type": verdict.failure_type,
+        "failure_reason": verdict.failure_reason,
+        "failure_reason_code": verdict.reason_code,
+        "scope": verdict.scope,
+        "permanent": verdict.permanent,
+        "rule": verdict.rule,
+    }
+
+
 def build_signer(config: MtaConfig) -> Signer | None:
     if not config.dkim.keys:
         return None
@@ -71,6 +101,9 @@ class Running:
     handler: IngressHandler
     server: asyncio.Server
     executor: ThreadPoolExecutor
+    feedback: Feedback
+    admin: Admin | None
+    admin_port: int | None
 
 
 class MtaApp:
@@ -101,6 +134,14 @@ class MtaApp:
     def smtp_address(self) -> tuple[str, int]:
         host, _ = parse_hostport(self.config.smtp.listen)
         return host, bound_port(self.running.server)
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        port = self.running.admin_port
+        if port is None:
+            return None
+        host, _ = parse_hostport(self.config.admin.listen)
+        return host, port
 
     async def start(self) -> None:
         config = self.config
@@ -145,16 +186,51 @@ class MtaApp:
             auth_users=dict(config.smtp.auth_users) or None,
         )
         handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.wake)
+        feedback = Feedback(
+            spool,
+            [Endpoint(w.url, w.secret) for w in config.feedback.webhooks],
+            FeedbackSettings(
+                batch_max=config.feedback.batch_max,
+                window=config.feedback.window,
+                timeout=config.feedback.timeout,
+            ),
+        )
+        await feedback.start()
+        spool.add_commit_listener(feedback.notify)
         host, port = parse_hostport(config.smtp.listen)
+        admin: Admin | None = None
+        admin_port: int | None = None
         try:
-            server = await start_server(server_factory(handler, settings, tls_context), host, port)
-        except OSError as exc:
+            if config.admin.listen:
+                admin = Admin(self._admin_sources(spool, scheduler, handler, feedback, rules))
+                spool.add_commit_listener(admin.notify)
+                admin_host, wanted = parse_hostport(config.admin.listen)
+                try:
+                    admin_port = await admin.start(admin_host, wanted)
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot listen on {config.admin.listen} (admin.listen): {exc.strerror}"
+                    ) from None
+            try:
+                server = await start_server(
+                    server_factory(handler, settings, tls_context), host, port
+                )
+            except OSError as exc:
+                raise OSError(
+                    f"cannot listen on {config.smtp.listen} (smtp.listen): {exc.strerror}"
+                ) from None
+        except OSError:
+            if admin is not None:
+                await admin.stop()
+            await feedback.stop()
             await scheduler.stop(0)
             await delivery.close()
             await spool.close()
             executor.shutdown()
-            raise OSError(f"cannot listen on {config.smtp.listen}: {exc.strerror}") from None
-        self.parts = Running(spool, scheduler, delivery, handler, server, executor)
+            raise
+        self.parts = Running(
+            spool, scheduler, delivery, handler, server, executor, feedback, admin, admin_port
+        )
         log.info(
             "listening on %s:%d; spool %s (%d in-flight recipients recovered)",
             host,
@@ -171,10 +247,59 @@ class MtaApp:
         await parts.handler.close(grace=5.0)
         await parts.scheduler.stop(self.config.spool.shutdown_grace)
         await parts.delivery.close()
+        await parts.feedback.stop()
+        if parts.admin is not None:
+            await parts.admin.stop()
         await parts.spool.close()
         parts.executor.shutdown(wait=True)
         self.parts = None
         log.info("stopped")
+
+    def _admin_sources(
+        self,
+        spool: Spool,
+        scheduler: Scheduler,
+        handler: IngressHandler,
+        feedback: Feedback,
+        rules: BounceRules,
+    ) -> AdminSources:
+        def classify(reply: str, phase: str | None, condition: str | None) -> dict[str, Any]:
+            return explain_reply(rules, reply, phase, condition)
+
+        return AdminSources(
+            ready=lambda: self.parts is not None and self.parts.server.is_serving(),
+            status=self.status,
+            events_after=spool.events_after,
+            message=spool.recipient_history,
+            metrics=self.metrics,
+            classify=classify,
+            webhooks=lambda: [dataclasses.asdict(s) for s in feedback.status()],
+        )
+
+    async def metrics(self) -> dict[str, float]:
+        parts = self.running
+        stats = await parts.spool.stats()
+        scheduler = parts.scheduler
+        pool = parts.delivery.pool
+        return {
+            "mta_messages_accepted_total": parts.handler.accepted,
+            "mta_messages_rejected_total": parts.handler.rejected,
+            'mta_recipients{state="queued"}': stats.queued,
+            'mta_recipients{state="delivered"}': stats.delivered,
+            'mta_recipients{state="bounced"}': stats.bounced,
+            'mta_recipients{state="expired"}': stats.expired,
+            "mta_recipients_in_flight": scheduler.inflight,
+            'mta_attempts_total{result="delivered"}': scheduler.delivered,
+            'mta_attempts_total{result="deferred"}': scheduler.deferred,
+            'mta_attempts_total{result="bounced"}': scheduler.bounced,
+            'mta_attempts_total{result="expired"}': scheduler.expired,
+            "mta_connections_opened_total": pool.opened,
+            "mta_connections_reused_total": pool.reused,
+            "mta_connections_open": pool.open_total,
+            "mta_spool_commits_total": parts.spool.commits,
+            "mta_spool_operations_total": parts.spool.ops,
+            "mta_events_total": stats.events,
+        }
 
     async def status(self) -> dict[str, Any]:
         parts = self.running

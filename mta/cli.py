@@ -98,6 +98,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="destination port for MX hosts (default 25)",
     )
+    parser.add_argument("--admin", metavar="HOST:PORT",
+                        help="HTTP API address (default 127.0.0.1:8080; '' disables it)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
@@ -110,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> MtaConfig:
         "time_scale": "clock.time_scale",
         "clock_anchor": "clock.anchor",
         "delivery_port": "delivery.port",
+        "admin": "admin.listen",
         "log_level": "log_level",
     }
     for attr, key in simple.items():
@@ -151,6 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = MtaApp(config)
         await app.start()
         host, port = app.smtp_address
+        admin = app.admin_address
+        if admin is not None:
+            print(f"mta: admin API on http://{admin[0]}:{admin[1]}/", file=sys.stderr, flush=True)
         print(f"mta: listening on {host}:{port}", file=sys.stderr, flush=True)
         try:
             await until_signalled()

@@ -184,6 +184,38 @@ class BounceConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str  # "whsec_<base64>" (Standard Webhooks) or any string used as the key
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        from mta.feedback import secret_key
+
+        secret_key(self.secret)
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Where feedback events go: webhooks (push), and always the pull API."""
+
+    webhooks: tuple[WebhookConfig, ...] = ()
+    batch_max: int = 100
+    window: float = _duration("8h")  # real time a failing batch is retried
+    timeout: float = _duration("10s")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_max <= 10000:
+            raise ValueError("batch_max must be 1-10000")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: str = _hostport("127.0.0.1:8080")  # "" disables the HTTP API
+
+
+@dataclass(frozen=True)
 class MtaConfig:
     data_dir: str = "var/mta"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -195,6 +227,8 @@ class MtaConfig:
     clock: ClockConfig = field(default_factory=ClockConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     @property
     def data_path(self) -> Path:

@@ -216,6 +216,18 @@ class Spool:
         self.recovered = 0
         self.commits = 0
         self.ops = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` in the event loop after every commit (e.g. new events to send)."""
+        self._listeners.append(listener)
+
+    def _committed(
+        self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        _settle(outcomes)
+        for listener in self._listeners:
+            listener()
 
     @classmethod
     async def open(cls, path: Path, batch_max: int = 512) -> Spool:
@@ -282,7 +294,7 @@ class Spool:
                         break
                     batch.append(item)
                 outcomes = self._run_batch(conn, batch)
-                loop.call_soon_threadsafe(_settle, outcomes)
+                loop.call_soon_threadsafe(self._committed, outcomes)
                 if stop_after:
                     break
         finally:

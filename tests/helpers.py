@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiosmtpd.smtp import Envelope, Session
 
 from mta.app import MtaApp
@@ -162,7 +167,11 @@ class ScriptedServer:
 
 
 def mta_config(tmp_path: Path, **flags: Any) -> MtaConfig:
-    base: dict[str, Any] = {"smtp.listen": "127.0.0.1:0", "data_dir": str(tmp_path / "spool")}
+    base: dict[str, Any] = {
+        "smtp.listen": "127.0.0.1:0",
+        "admin.listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "spool"),
+    }
     base.update({key.replace("__", "."): value for key, value in flags.items()})
     return load_config(None, flags=base, environ={})
 
@@ -208,3 +217,60 @@ async def started(config: MtaConfig, clock: Clock | None = None, **kwargs: Any) 
 
 def states(app: MtaApp) -> Mapping[str, str]:
     return dict(spool_rows(app, "SELECT address, state FROM recipients"))
+
+
+SECRET = "whsec_" + base64.b64encode(b"test-secret-key-0123456789").decode()
+KEY = b"test-secret-key-0123456789"
+
+
+class Hook:
+    """A webhook receiver that checks signatures; its answers can be scripted."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.events: list[dict[str, Any]] = []
+        self.batches: list[int] = []
+        self.requests = 0
+        self.bad_signatures = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = await request.read()
+        msg_id = request.headers["webhook-id"]
+        timestamp = request.headers["webhook-timestamp"]
+        expected = base64.b64encode(
+            hmac.new(KEY, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+        ).decode()
+        if (
+            request.headers["webhook-signature"] != f"v1,{expected}"
+            or abs(time.time() - int(timestamp)) > 300
+        ):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            if status >= 300:
+                return web.Response(status=status, headers=headers)
+        batch = json.loads(body)
+        self.batches.append(len(batch))
+        self.events.extend(batch)
+        return web.Response(status=204)
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.add_routes([web.post("/efs", self.handle)])
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/efs"

@@ -15,6 +15,8 @@ import pytest
 
 from mta.sink import Sink
 from tests.helpers import (
+    SECRET,
+    Hook,
     ScriptedHandler,
     ScriptedServer,
     events_of,
@@ -34,7 +36,9 @@ class Serve:
         self.port = port
 
     @classmethod
-    async def start(cls, data_dir: Path, relay_port: int, **env_overrides: str) -> Serve:
+    async def start(
+        cls, data_dir: Path, relay_port: int, *extra: str, **env_overrides: str
+    ) -> Serve:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
         env.update(env_overrides)
         process = await asyncio.create_subprocess_exec(
@@ -48,6 +52,9 @@ class Serve:
             str(data_dir),
             "--relayhost",
             f"127.0.0.1:{relay_port}",
+            "--admin",
+            "",
+            *extra,
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
@@ -129,4 +136,33 @@ async def test_recipients_in_flight_at_a_kill_are_retried_at_once_as_possible_du
         assert [e["kind"] for e in events_of(tmp_path)] == ["relayed", "delivered"]
     finally:
         assert await mta.terminate() == 0
+        await sink.close()
+
+
+async def test_events_committed_before_a_kill_reach_the_webhook_after_restart(
+    tmp_path: Path,
+) -> None:
+    hook = Hook()
+    await hook.start()
+    port = hook.port
+    await hook.stop()  # the endpoint is down while the MTA works
+    config = tmp_path / "mta.toml"
+    config.write_text(
+        f'[[feedback.webhooks]]\nurl = "http://127.0.0.1:{port}/efs"\nsecret = "{SECRET}"\n'
+    )
+    sink = await Sink.start()
+    mta = await Serve.start(tmp_path, sink.port, "--config", str(config))
+    try:
+        await send_message("127.0.0.1", mta.port, "b@sender.test", ["r@dest.test"], MESSAGE)
+        await wait_for(lambda: [e["kind"] for e in events_of(tmp_path)] == ["relayed", "delivered"])
+        await mta.kill()
+        hook = Hook()
+        await hook.start(port)
+        mta = await Serve.start(tmp_path, sink.port, "--config", str(config))
+        await wait_for(lambda: len(hook.events) == 2, timeout=20)
+        assert [e["kind"] for e in hook.events] == ["relayed", "delivered"]
+        assert hook.bad_signatures == 0
+    finally:
+        assert await mta.terminate() == 0
+        await hook.stop()
         await sink.close()

@@ -1,0 +1,273 @@
+"""The HTTP side of the MTA: health, metrics, events (pull), classification, queue and status.
+
+    GET  /livez                      200 while the process runs
+    GET  /readyz                     200 once mail can be accepted and stored, else 503
+    GET  /metrics                    Prometheus text format
+    GET  /api/v1/status              counts by state, in flight, accepted, rejected
+    GET  /api/v1/events?after=N&limit=M&wait=S
+                                     outbox events after cursor N (long-poll up to S seconds):
+                                     {"events": [...], "next": cursor}
+    POST /api/v1/classify            {"reply": "550 5.1.1 ...", "phase": "rcpt"} -> verdict
+    GET  /api/v1/messages/{queue_id} recipients and attempts of one message
+    GET  /api/v1/webhooks            each endpoint's cursor, failures, disabled flag
+    GET  /api/v1/queue/sites         per site: depth, limits, state, last change
+    GET  /api/v1/openapi.json        this API as an OpenAPI 3.1 document
+
+Collaborators are passed in as callables (`AdminSources`); this module imports no other shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("mta.admin")
+
+MAX_EVENTS = 1000
+MAX_WAIT = 60.0
+
+
+@dataclass
+class AdminSources:
+    """What the API can read or ask; each returns JSON-ready data."""
+
+    ready: Callable[[], bool]
+    status: Callable[[], Awaitable[dict[str, Any]]]
+    events_after: Callable[[int, int], Awaitable[list[tuple[int, dict[str, Any]]]]]
+    message: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    metrics: Callable[[], Awaitable[dict[str, float]]]
+    classify: Callable[[str, str | None, str | None], dict[str, Any]] | None = None
+    webhooks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
+    sites: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
+
+
+class Admin:
+    """An aiohttp application over `AdminSources`; `notify()` wakes long-polls."""
+
+    def __init__(self, sources: AdminSources) -> None:
+        self.sources = sources
+        self._new_events = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._errors])
+        self.app.add_routes(
+            [
+                web.get("/livez", self.livez),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics),
+                web.get("/api/v1/status", self.status),
+                web.get("/api/v1/events", self.events),
+                web.post("/api/v1/classify", self.classify),
+                web.get("/api/v1/messages/{queue_id}", self.message),
+                web.get("/api/v1/webhooks", self.webhooks),
+                web.get("/api/v1/queue/sites", self.sites),
+                web.get("/api/v1/openapi.json", self.openapi),
+            ]
+        )
+
+    def notify(self) -> None:
+        self._new_events.set()
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only here
+        sockets = getattr(server, "sockets", None)
+        assert sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("admin API error on %s %s", request.method, request.path)
+            return web.json_response({"error": "internal error"}, status=500)
+
+    # -- handlers ---------------------------------------------------------------
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.sources.ready():
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready\n", status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        values = await self.sources.metrics()
+        lines = []
+        for name, value in sorted(values.items()):
+            metric = name.partition("{")[0]
+            lines.append(f"# TYPE {metric} {'counter' if metric.endswith('_total') else 'gauge'}")
+            lines.append(f"{name} {value:g}")
+        return web.Response(
+            text="\n".join(dict.fromkeys(lines)) + "\n", content_type="text/plain", charset="utf-8"
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.sources.status())
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0") or 0)
+            limit = min(int(request.query.get("limit", "500")), MAX_EVENTS)
+            wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
+        except ValueError:
+            return _bad("after and limit are integers, wait is seconds")
+        if after < 0 or limit < 1 or wait < 0:
+            return _bad("after >= 0, limit >= 1, wait >= 0")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            self._new_events.clear()
+            rows = await self.sources.events_after(after, limit)
+            remaining = deadline - loop.time()
+            if rows or remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_events.wait(), remaining)
+        return web.json_response(
+            {
+                "events": [event for _, event in rows],
+                "next": rows[-1][0] if rows else after,
+            }
+        )
+
+    async def classify(self, request: web.Request) -> web.Response:
+        if self.sources.classify is None:
+            return web.json_response({"error": "classification is not available"}, status=501)
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad('the body must be JSON: {"reply": "550 5.1.1 ..."}')
+        if isinstance(data, str):
+            data = {"reply": data}
+        if not isinstance(data, dict) or not isinstance(data.get("reply"), str):
+            return _bad('the body must be JSON with a string "reply"')
+        phase, condition = data.get("phase"), data.get("condition")
+        if not all(isinstance(value, str | None) for value in (phase, condition)):
+            return _bad("phase and condition are strings")
+        try:
+            verdict = self.sources.classify(data["reply"], phase, condition)
+        except ValueError as exc:
+            return _bad(str(exc))
+        return web.json_response(verdict)
+
+    async def message(self, request: web.Request) -> web.Response:
+        rows = await self.sources.message(request.match_info["queue_id"])
+        if not rows:
+            return web.json_response({"error": "no such queue id"}, status=404)
+        return web.json_response({"queue_id": request.match_info["queue_id"], "attempts": rows})
+
+    async def webhooks(self, request: web.Request) -> web.Response:
+        return web.json_response({"webhooks": self.sources.webhooks()})
+
+    async def sites(self, request: web.Request) -> web.Response:
+        return web.json_response({"sites": self.sources.sites()})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+
+def _bad(text: str) -> web.Response:
+    return web.json_response({"error": text}, status=400)
+
+
+def _get(
+    summary: str, params: list[dict[str, Any]] | None = None, content: str = "application/json"
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": {"description": "OK", "content": {content: {"schema": {}}}}},
+    }
+    if params:
+        operation["parameters"] = params
+    return {"get": operation}
+
+
+def _query(name: str, kind: str, text: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": kind},
+        "description": text,
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "mta-sim admin API", "version": "1"},
+    "paths": {
+        "/livez": _get("Liveness", content="text/plain"),
+        "/readyz": _get("Readiness: 503 until mail can be accepted", content="text/plain"),
+        "/metrics": _get("Prometheus metrics", content="text/plain"),
+        "/api/v1/status": _get("Counts by recipient state"),
+        "/api/v1/events": _get(
+            "Feedback events after a cursor (long-poll)",
+            [
+                _query("after", "integer", "cursor: the `next` of the previous answer"),
+                _query("limit", "integer", "at most this many events (<= 1000)"),
+                _query("wait", "number", "seconds to wait for new events (<= 60)"),
+            ],
+        ),
+        "/api/v1/classify": {
+            "post": {
+                "summary": "Qualify an SMTP reply",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["reply"],
+                                "properties": {
+                                    "reply": {"type": "string"},
+                                    "phase": {"type": "string"},
+                                    "condition": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {"description": "the verdict"},
+                    "400": {"description": "bad request"},
+                },
+            }
+        },
+        "/api/v1/messages/{queue_id}": {
+            "get": {
+                "summary": "Recipients and attempts of one message",
+                "parameters": [
+                    {
+                        "name": "queue_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"200": {"description": "OK"}, "404": {"description": "unknown"}},
+            }
+        },
+        "/api/v1/webhooks": _get("Webhook endpoints and their cursors"),
+        "/api/v1/queue/sites": _get("Per site: queue depth, limits, state, last change"),
+        "/api/v1/openapi.json": _get("This document"),
+    },
+}

@@ -1,0 +1,300 @@
+"""The Email Feedback Service: the spool's event outbox -> signed webhook POSTs, at least once.
+
+One dispatcher per configured endpoint reads events after its durable cursor
+(table `webhook_cursors` in the spool), POSTs them as a JSON array with
+Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`),
+and advances the cursor only after a 2xx, so a crash or restart re-sends (the
+same event ids: receivers deduplicate). Failures are retried with exponential
+backoff and full jitter; `429`/`503` with `Retry-After` are honoured; `410 Gone`
+disables the endpoint; a batch still failing after `window` is skipped (and
+logged) so one dead endpoint cannot hold events forever — the pull API still
+serves them. Webhook timing is real time: receivers check `webhook-timestamp`
+against their own clock, whatever the simulation's clock says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from mta.spool import Spool
+
+log = logging.getLogger("mta.feedback")
+
+CURSORS = """
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    url TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ("whsec_" + base64), or of a plain string."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_") :], validate=True)
+        except ValueError:
+            raise ValueError("webhook secret: 'whsec_' must be followed by base64") from None
+    return secret.encode("utf-8")
+
+
+def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    secret: str
+
+
+@dataclass
+class EndpointStatus:
+    url: str
+    cursor: int = 0
+    disabled: bool = False
+    failing_since: float | None = None
+    delivered: int = 0
+    dropped: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    next_try_at: float | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    batch_max: int = 100
+    window: float = 8 * 3600.0  # real seconds a failing batch is retried
+    timeout: float = 10.0  # per POST
+    backoff_first: float = 1.0
+    backoff_max: float = 300.0
+
+
+@dataclass
+class _State:
+    endpoint: Endpoint
+    key: bytes
+    status: EndpointStatus
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Feedback:
+    """Dispatchers for every endpoint. `await start()`, `notify()` after commits, `await stop()`."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        endpoints: list[Endpoint],
+        settings: FeedbackSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spool = spool
+        self.settings = settings or FeedbackSettings()
+        self.rng = rng or random.Random()
+        self.states = [_State(e, secret_key(e.secret), EndpointStatus(e.url)) for e in endpoints]
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        if not self.states:
+            return
+        rows = await self.spool.execute(
+            lambda c: _load_cursors(c, [s.endpoint.url for s in self.states])
+        )
+        for state in self.states:
+            cursor, disabled, failing_since, delivered, dropped = rows[state.endpoint.url]
+            state.status.cursor = cursor
+            state.status.disabled = bool(disabled)
+            state.status.failing_since = failing_since
+            state.status.delivered = delivered
+            state.status.dropped = dropped
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            headers={"User-Agent": "mta-sim feedback"},
+        )
+        loop = asyncio.get_running_loop()
+        for state in self.states:
+            if not state.status.disabled:
+                state.task = loop.create_task(
+                    self._run(state), name=f"webhook {state.endpoint.url}"
+                )
+
+    def notify(self) -> None:
+        """New events may be in the outbox."""
+        for state in self.states:
+            state.wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for state in self.states:
+            if state.task is not None:
+                state.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state.task
+        if self._session is not None:
+            await self._session.close()
+
+    def status(self) -> list[EndpointStatus]:
+        return [state.status for state in self.states]
+
+    async def _run(self, state: _State) -> None:
+        status = state.status
+        while not self._stopping:
+            state.wake.clear()
+            batch = await self.spool.events_after(status.cursor, self.settings.batch_max)
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.wake.wait(), 1.0)
+                continue
+            last_id = batch[-1][0]
+            body = json.dumps(
+                [event for _, event in batch], separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+            msg_id = f"msg_{batch[0][1].get('event_id', batch[0][0])}"
+            outcome = await self._post(state, msg_id, body)
+            if outcome == "ok":
+                status.delivered += len(batch)
+                await self._advance(state, last_id, delivered=len(batch))
+            elif outcome == "gone":
+                status.disabled = True
+                await self.spool.execute(lambda c: _disable(c, status.url))
+                log.error("webhook %s answered 410 Gone: disabled", status.url)
+                return
+            elif outcome == "expired":
+                status.dropped += len(batch)
+                log.error(
+                    "webhook %s failed for %.0fs: skipping %d events (ids up to %d);"
+                    " they remain available from the pull API",
+                    status.url,
+                    self.settings.window,
+                    len(batch),
+                    last_id,
+                )
+                await self._advance(state, last_id, dropped=len(batch))
+
+    async def _advance(
+        self, state: _State, last_id: int, delivered: int = 0, dropped: int = 0
+    ) -> None:
+        status = state.status
+        status.cursor = last_id
+        status.failing_since = None
+        status.attempts = 0
+        status.next_try_at = None
+        await self.spool.execute(lambda c: _save_cursor(c, status.url, last_id, delivered, dropped))
+
+    async def _post(self, state: _State, msg_id: str, body: bytes) -> str:
+        """POST until a 2xx ("ok"), a 410 ("gone") or the window ends ("expired")."""
+        status = state.status
+        assert self._session is not None
+        while not self._stopping:
+            timestamp = int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature(state.key, msg_id, timestamp, body),
+            }
+            wait: float | None = None
+            try:
+                async with self._session.post(status.url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        return "ok"
+                    if resp.status == 410:
+                        return "gone"
+                    status.last_error = f"HTTP {resp.status}"
+                    if resp.status in (429, 503):
+                        wait = retry_after(resp.headers.get("Retry-After"), time.time())
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status.last_error = f"{type(exc).__name__}: {exc}"
+            now = time.time()
+            if status.failing_since is None:
+                status.failing_since = since = now
+                await self.spool.execute(lambda c, t=since: _failing(c, status.url, t))
+            if now - status.failing_since >= self.settings.window:
+                return "expired"
+            status.attempts += 1
+            if wait is None:
+                cap = min(
+                    self.settings.backoff_max,
+                    self.settings.backoff_first * 2 ** min(status.attempts - 1, 20),
+                )
+                wait = self.rng.uniform(cap / 2, cap)  # jitter, never a stampede
+            wait = min(wait, max(self.settings.window - (now - status.failing_since), 0.0))
+            status.next_try_at = now + wait
+            log.warning(
+                "webhook %s: %s; retry %d in %.1fs",
+                status.url,
+                status.last_error,
+                status.attempts,
+                wait,
+            )
+            await asyncio.sleep(wait)
+        return "stopped"
+
+
+def _load_cursors(conn: sqlite3.Connection, urls: list[str]) -> dict[str, tuple[Any, ...]]:
+    conn.execute(CURSORS)
+    found: dict[str, tuple[Any, ...]] = {}
+    for url in urls:
+        conn.execute("INSERT OR IGNORE INTO webhook_cursors (url) VALUES (?)", (url,))
+        found[url] = conn.execute(
+            "SELECT last_id, disabled, failing_since, delivered, dropped FROM webhook_cursors"
+            " WHERE url = ?",
+            (url,),
+        ).fetchone()
+    return found
+
+
+def _save_cursor(
+    conn: sqlite3.Connection, url: str, last_id: int, delivered: int, dropped: int
+) -> None:
+    conn.execute(
+        "UPDATE webhook_cursors SET last_id = ?, failing_since = NULL,"
+        " delivered = delivered + ?, dropped = dropped + ? WHERE url = ?",
+        (last_id, delivered, dropped, url),
+    )
+
+
+def _failing(conn: sqlite3.Connection, url: str, since: float) -> None:
+    conn.execute("UPDATE webhook_cursors SET failing_since = ? WHERE url = ?", (since, url))
+
+
+def _disable(conn: sqlite3.Connection, url: str) -> None:
+    conn.execute("UPDATE webhook_cursors SET disabled = 1 WHERE url = ?", (url,))
