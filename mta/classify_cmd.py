@@ -1,0 +1,259 @@
+"""The `mta classify` command: explain how the MTA qualifies an SMTP reply.
+
+    mta classify [--json] [--phase PHASE] [--condition COND] [--rules FILE]... [--config FILE]
+                 REPLY | -
+
+REPLY is the reply text ("550 5.1.1 user unknown", multiline with real newlines);
+with a --condition it may be left out. The answer names the rule that matched,
+the Momentum class, the Campaign failure type, reason and reason code, the scope,
+whether the failure is permanent, and the retry decision. `--json` prints one
+object on one line. `-` reads standard input, one JSON value per line: a string
+(the reply; "\\n" for multiline) or an object {"reply", "phase", "condition"};
+each line gives one line of output, a bad line an object with an "error" key,
+and the exit code is 1 if any line was bad. Rule files given with --rules (and
+the `[bounce] rules_files` of --config) come in front of the built-in rules.
+
+`add_parser(subparsers)` registers the command, `run(args)` executes it,
+`verdict_document(...)` is the JSON object (shared with the admin API), and
+`python -m mta.classify_cmd ...` runs it standalone.
+Exit codes: 0 success, 1 a bad input line in `-` mode, 2 bad arguments or rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+from mta.core.bounce import BounceRules, Explanation, condition_reply, load_bounce_rules
+from mta.core.reply import parse_reply
+from mta.core.retry import RetryPolicy, describe
+from mta.model import Condition, Outcome, Phase, Reply
+from mta.settings import ConfigError
+
+__all__ = ["add_parser", "classify_one", "main", "run", "verdict_document"]
+
+MAX_REPLY_CHARS = 64 * 1024
+_PHASES = tuple(phase.value for phase in Phase)
+_CONDITIONS = tuple(condition.value for condition in Condition)
+
+
+class InputError(Exception):
+    """A bad reply, phase or condition; the message is what the user sees."""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `classify` on an argparse sub-parser set."""
+    parser = subparsers.add_parser(
+        "classify",
+        help="explain the verdict for an SMTP reply (bounce class, Campaign type and reason)",
+        description="Classify an SMTP reply with the bounce rules and explain the verdict.",
+    )
+    parser.add_argument(
+        "reply",
+        metavar="REPLY",
+        nargs="?",
+        help='the reply, e.g. "550 5.1.1 user unknown"; "-" reads JSON lines from stdin',
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per reply")
+    parser.add_argument(
+        "--phase",
+        choices=_PHASES,
+        help="SMTP phase (default: rcpt, or connect with --condition)",
+    )
+    parser.add_argument("--condition", choices=_CONDITIONS, help="a local condition")
+    parser.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        dest="rules_files",
+        metavar="FILE",
+        help="a rules file tried before the built-in rules (repeatable, in order)",
+    )
+    parser.add_argument(
+        "--config", dest="classify_config", metavar="FILE",
+        help="an MTA config file whose [bounce] rules_files are used too",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the parsed `classify` command; returns the exit code."""
+    try:
+        rules = _load_rules(args)
+        if args.reply == "-":
+            return _run_lines(rules, args, sys.stdin, sys.stdout)
+        outcome = _outcome(args.reply, args.phase, args.condition)
+    except (ConfigError, InputError) as exc:
+        print(f"mta classify: error: {exc}", file=sys.stderr)
+        return 2
+    explanation = rules.explain(outcome)
+    if args.json:
+        print(json.dumps(verdict_document(explanation, outcome)))
+    else:
+        print(human(explanation, outcome))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mta")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(argv))
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def classify_one(
+    rules: BounceRules, reply: str | None, phase: str = "rcpt", condition: str | None = None
+) -> dict[str, Any]:
+    """The JSON document for one reply (raises InputError on a bad reply, phase or condition)."""
+    outcome = _outcome(reply, phase, condition)
+    return verdict_document(rules.explain(outcome), outcome)
+
+
+def verdict_document(
+    explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None
+) -> dict[str, Any]:
+    """The verdict as `mta classify --json` (and the admin API) shows it."""
+    verdict = explanation.verdict
+    rule = explanation.rule
+    reply = outcome.reply
+    return {
+        "reply": {"code": reply.code, "enhanced": reply.enhanced, "text": reply.text},
+        "phase": outcome.phase.value,
+        "condition": outcome.condition.value if outcome.condition else None,
+        "bounce_class": {"code": verdict.bounce_class.code, "name": verdict.bounce_class.name},
+        "failure_type": verdict.failure_type,
+        "failure_reason": verdict.failure_reason,
+        "failure_reason_code": verdict.reason_code,
+        "scope": verdict.scope,
+        "permanent": verdict.permanent,
+        "rule": verdict.rule,
+        "rule_source": f"{rule.source}: rule {rule.number}",
+        "comment": rule.comment or None,
+        "retry": describe(verdict, policy or RetryPolicy()),
+    }
+
+
+def human(explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None) -> str:
+    """A short aligned explanation."""
+    verdict = explanation.verdict
+    rule = explanation.rule
+    rows = [
+        ("reply", str(outcome.reply) or "(none)"),
+        ("phase", outcome.phase.value),
+    ]
+    if outcome.condition:
+        rows.append(("condition", outcome.condition.value))
+    rows += [
+        ("rule", f"{verdict.rule}  ({rule.source}: rule {rule.number})"),
+        ("class", f"{verdict.bounce_class.code} {verdict.bounce_class.name}"),
+        ("type", verdict.failure_type),
+        ("reason", f"{verdict.failure_reason} ({verdict.reason_code})"),
+        ("scope", verdict.scope),
+        ("permanent", "yes" if verdict.permanent else "no"),
+        ("retry", describe(verdict, policy or RetryPolicy())),
+    ]
+    if rule.comment:
+        rows.append(("why", " ".join(rule.comment.split())))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def _load_rules(args: argparse.Namespace) -> BounceRules:
+    files: list[str] = list(args.rules_files or ())
+    config_path = getattr(args, "classify_config", None)
+    if config_path:
+        from mta.config import load_config
+
+        files.extend(load_config(config_path).bounce.rules_files)
+    return load_bounce_rules(files)
+
+
+def _outcome(reply: Any, phase: Any, condition: Any) -> Outcome:
+    if phase is None:
+        phase = Phase.CONNECT.value if condition else Phase.RCPT.value
+    if not isinstance(phase, str) or phase not in _PHASES:
+        raise InputError(f"unknown phase {phase!r} (expected one of {', '.join(_PHASES)})")
+    if condition is not None and (not isinstance(condition, str) or condition not in _CONDITIONS):
+        raise InputError(
+            f"unknown condition {condition!r} (expected one of {', '.join(_CONDITIONS)})"
+        )
+    cond = Condition(condition) if condition else None
+    if reply is not None and not isinstance(reply, str):
+        raise InputError(f"the reply must be a string, got {type(reply).__name__}")
+    if reply is not None and len(reply) > MAX_REPLY_CHARS:
+        raise InputError(f"the reply is longer than {MAX_REPLY_CHARS} characters")
+    if reply is None or not reply.strip():
+        if cond is None:
+            raise InputError("no reply given (and no --condition)")
+        parsed: Reply = condition_reply(cond)
+    else:
+        parsed = parse_reply(reply)
+    return Outcome(parsed, Phase(phase), None, cond)
+
+
+def _lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) per input line; text None when the line is not UTF-8."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        for number, raw in enumerate(buffer, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+        return
+    for number, line in enumerate(stream, start=1):
+        yield number, line
+
+
+def _run_lines(
+    rules: BounceRules, args: argparse.Namespace, stream: TextIO, out: TextIO
+) -> int:
+    bad = 0
+    for number, line in _lines(stream):
+        try:
+            outcome = _line_outcome(args, line)
+        except InputError as exc:
+            bad += 1
+            if args.json:
+                out.write(json.dumps({"line": number, "error": str(exc)}) + "\n")
+            else:
+                out.write(f"line {number}: error: {exc}\n\n")
+            continue
+        explanation = rules.explain(outcome)
+        if args.json:
+            out.write(json.dumps(verdict_document(explanation, outcome)) + "\n")
+        else:
+            out.write(human(explanation, outcome) + "\n\n")
+    out.flush()
+    return 1 if bad else 0
+
+
+def _line_outcome(args: argparse.Namespace, line: str | None) -> Outcome:
+    if line is None:
+        raise InputError("not UTF-8 text")
+    text = line.strip()
+    if not text:
+        raise InputError("empty line (expected a JSON string or object)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    phase, condition = args.phase, args.condition
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"reply", "phase", "condition"})
+        if unknown:
+            raise InputError(f"unknown key {unknown[0]!r} (expected reply, phase, condition)")
+        phase = value.get("phase", phase)
+        condition = value.get("condition", condition)
+        value = value.get("reply")
+    elif not isinstance(value, str):
+        raise InputError(f"expected a JSON string or object, got {type(value).__name__}")
+    return _outcome(value, phase, condition)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
