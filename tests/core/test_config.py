@@ -77,3 +77,8 @@ def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml", environ={})
+
+
+def test_the_example_config_file_loads_and_matches_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "mta.toml"
+    assert load_config(example, environ={}) == load_config(None, environ={})
