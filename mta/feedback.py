@@ -27,6 +27,7 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -246,7 +247,7 @@ class Feedback:
             now = time.time()
             if status.failing_since is None:
                 status.failing_since = since = now
-                await self.spool.execute(lambda c, t=since: _failing(c, status.url, t))
+                await self.spool.execute(partial(_failing, url=status.url, since=since))
             if now - status.failing_since >= self.settings.window:
                 return "expired"
             status.attempts += 1
