@@ -251,23 +251,29 @@ class BounceRules:
         self.cache_size = cache_size
         self._buckets: dict[tuple[int, Phase, Condition | None], _Bucket] = {}
         # Every alternative of every rule gets an id; literals map to the ids they admit.
-        self._alts: list[tuple[tuple[int, re.Pattern[str], bool], ...]] = []
+        self._alt_regex: list[re.Pattern[str]] = []
+        self._rule_alts: list[frozenset[int]] = []                 # per rule, its filtered ids
+        self._rule_always: list[tuple[re.Pattern[str], ...]] = []  # per rule, unfiltered regexes
         self._always_rules: set[int] = set()
         owners: dict[str, set[int]] = {}
         alt_rule: list[int] = []
         for index, rule in enumerate(self.rules):
-            alts: list[tuple[int, re.Pattern[str], bool]] = []
+            filtered: set[int] = set()
+            always: list[re.Pattern[str]] = []
             for regex, literals in rule.alternatives:
+                if literals is None:
+                    always.append(regex)
+                    continue
                 alt_id = len(alt_rule)
                 alt_rule.append(index)
-                alts.append((alt_id, regex, literals is None))
-                if literals is None:
-                    self._always_rules.add(index)
-                for literal in literals or ():
+                self._alt_regex.append(regex)
+                filtered.add(alt_id)
+                for literal in literals:
                     owners.setdefault(literal, set()).add(alt_id)
-            if rule.pattern is None:
+            if rule.pattern is None or always:
                 self._always_rules.add(index)
-            self._alts.append(tuple(alts))
+            self._rule_alts.append(frozenset(filtered))
+            self._rule_always.append(tuple(always))
         # A scan reports the longest literal starting at each position; every literal that
         # is a prefix of it is there too, so each literal expands to its prefixes' owners.
         self._expand_alts: dict[str, frozenset[int]] = {}
@@ -341,7 +347,7 @@ class BounceRules:
         present: set[int] = set()
         candidates: set[int] = set(bucket.always)
         if self._scan is not None:
-            folded = joined.translate(_FOLD).lower()
+            folded = (joined if joined.isascii() else joined.translate(_FOLD)).lower()
             for literal in set(self._scan.findall(folded)):
                 present.update(self._expand_alts[literal])
                 candidates.update(self._expand_rules[literal])
@@ -353,13 +359,20 @@ class BounceRules:
                     enhanced_parts = _enhanced_parts(reply)
                 if not _enhanced_matches(rule.enhanced, enhanced_parts):
                     continue
-            if rule.pattern is not None and not any(
-                (always or alt_id in present) and regex.search(joined) is not None
-                for alt_id, regex, always in self._alts[index]
-            ):
+            if rule.pattern is not None and not self._pattern_matches(index, joined, present):
                 continue
             return rule
         return FALLBACK_RULE
+
+    def _pattern_matches(self, index: int, joined: str, present: set[int]) -> bool:
+        for regex in self._rule_always[index]:
+            if regex.search(joined) is not None:
+                return True
+        alt_regex = self._alt_regex
+        for alt_id in self._rule_alts[index] & present:
+            if alt_regex[alt_id].search(joined) is not None:
+                return True
+        return False
 
 
 def _enhanced_parts(reply: Reply) -> list[str]:
