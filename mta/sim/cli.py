@@ -1,0 +1,201 @@
+"""`mta sim` (run the simulated internet) and `mta sim ls` (what the personas received).
+
+    mta sim [--config FILE] [--data-dir DIR] [--mta HOST:PORT] [--time-scale X]
+            [--clock-anchor REAL:VIRTUAL:SCALE] [--seed N] [--http HOST:PORT]
+            [--dns HOST:PORT] [--port PORT]
+    mta sim ls [--persona NAME] [--json] [--limit N] [--data-dir DIR] [--config FILE]
+
+`mta/cli.py` registers the command with `add_parser(subparsers)`; the parser's
+default `func` is `run(args) -> int`. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mta.settings import ConfigError, parse_hostport
+from mta.sim.config import SimConfig, load_sim_config
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `sim` (and `sim ls`) on the `mta` command's subparsers."""
+    sim: argparse.ArgumentParser = subparsers.add_parser(
+        "sim", help="run the simulated internet: ISP personas, stub DNS, scenarios"
+    )
+    _common(sim, None)
+    sim.add_argument(
+        "--mta", metavar="HOST:PORT", help="the MTA's submission address (DSNs, replies, ARF)"
+    )
+    sim.add_argument(
+        "--time-scale", type=float, metavar="X", help="run the clock X times faster than real"
+    )
+    sim.add_argument(
+        "--clock-anchor",
+        metavar="REAL:VIRTUAL:SCALE",
+        help="share a clock with the MTA (wins over --time-scale)",
+    )
+    sim.add_argument("--seed", type=int, metavar="N", help="seed of the random behaviour")
+    sim.add_argument("--http", metavar="HOST:PORT", help="the HTTP API address")
+    sim.add_argument("--dns", metavar="HOST:PORT", help="the stub DNS address")
+    sim.add_argument("--port", type=int, metavar="PORT", help="the port every persona uses")
+    sim.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sim.set_defaults(func=run, sim_command=None)
+    sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND")
+    ls = sub.add_parser("ls", help="list the messages the personas received")
+    _common(ls, argparse.SUPPRESS)
+    ls.add_argument("--persona", metavar="NAME", help="only this persona")
+    ls.add_argument("--json", action="store_true", help="one JSON array")
+    ls.add_argument("--limit", type=int, metavar="N", help="the newest N messages only")
+
+
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    # In `ls`, SUPPRESS keeps values given before the subcommand (`mta sim --data-dir X ls`).
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="isps.toml (default: the built-in defaults)",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", default=default, help="Maildirs and state (sim.data_dir)"
+    )
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        flags["sim.data_dir"] = args.data_dir
+    for attr, key in (
+        ("mta", "sim.mta_submit"),
+        ("http", "sim.http_listen"),
+        ("dns", "sim.dns_listen"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            if value:
+                try:
+                    parse_hostport(value)
+                except ValueError as exc:
+                    raise ConfigError(f"--{attr}: {exc}") from None
+            flags[key] = value
+    if getattr(args, "seed", None) is not None:
+        flags["sim.seed"] = args.seed
+    if getattr(args, "port", None) is not None:
+        flags["sim.smtp_port"] = args.port
+    return flags
+
+
+def load_from_args(args: argparse.Namespace) -> SimConfig:
+    return load_sim_config(getattr(args, "config", None), _flags(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_from_args(args)
+        if getattr(args, "sim_command", None) == "ls":
+            return _ls(args, config)
+        return _serve(args, config)
+    except (ConfigError, ValueError) as exc:
+        print(f"mta sim: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mta sim: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- ls -------------------------------------------------------------------------
+
+
+def _when(stamp: float) -> str:
+    if not stamp:
+        return "-"
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ls(args: argparse.Namespace, config: SimConfig) -> int:
+    from mta.sim import store
+
+    data_dir = Path(config.sim.data_dir)
+    persona = args.persona
+    if persona and persona not in store.personas_in(data_dir):
+        known = ", ".join(store.personas_in(data_dir)) or "none yet"
+        print(f"mta sim ls: no messages for persona {persona!r} (known: {known})", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("mta sim ls: --limit must be at least 1", file=sys.stderr)
+        return 2
+    found = store.list_messages(data_dir, persona, args.limit)
+    if args.json:
+        json.dump([s.as_dict() for s in found], sys.stdout, indent=1)
+        print()
+        return 0
+    rows = [
+        (
+            _when(s.time),
+            s.persona,
+            s.mail_from or "<>",
+            ",".join(s.recipients),
+            "yes" if s.dkim else "no",
+            str(s.size),
+            s.subject,
+        )
+        for s in reversed(found)
+    ]
+    header = ("TIME (UTC)", "PERSONA", "FROM", "TO", "DKIM", "SIZE", "SUBJECT")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    counts = store.count_messages(data_dir, persona)
+    total = sum(counts.values())
+    detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    print(f"{total} message{'s' if total != 1 else ''}" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------
+
+
+def _describe(sim: Any) -> str:
+    lines = [f"mta sim: DNS on {sim.dns_address[0]}:{sim.dns_address[1]}"]
+    for name, persona in sim.personas.items():
+        addresses = ",".join(persona.addresses)
+        domains = ", ".join(persona.config.domains)
+        lines.append(f"  {name:10} {addresses}:{sim.smtp_port}  ({domains})")
+    if sim.http_address:
+        lines.append(f"  HTTP on http://{sim.http_address[0]}:{sim.http_address[1]}/sim/v1/stats")
+    submit = sim.mta_submit
+    lines.append(f"  artefacts go to {submit[0]}:{submit[1]}" if submit else "  artefacts: none")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace, config: SimConfig) -> int:
+    from mta.cli import install_uvloop, setup_logging, until_signalled
+    from mta.clock import make_clock
+    from mta.sim.simulation import Simulation
+
+    setup_logging(args.log_level)
+    scale = args.time_scale if args.time_scale is not None else 1.0
+    if scale <= 0:
+        raise ConfigError("--time-scale must be positive")
+    anchor = args.clock_anchor or None
+    clock = make_clock(scale, anchor)
+
+    async def main() -> int:
+        sim = await Simulation.start(config, clock)
+        print(_describe(sim), file=sys.stderr, flush=True)
+        try:
+            await until_signalled()
+        finally:
+            await sim.stop()
+        return 0
+
+    install_uvloop()
+    return asyncio.run(main())

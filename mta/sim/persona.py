@@ -1,0 +1,721 @@
+"""An ISP persona: an SMTP server (FastSMTP subclass + handler) that behaves like a real receiver.
+
+Per session, in order (everything configurable in `isps.toml`, see
+`mta.sim.config`):
+- connect: the per-IP concurrent session cap and connection token bucket;
+  over either, the greeting is the persona's throttling reply (as a 421) and
+  the connection is closed. Sockets are counted per IP (open now, most at
+  once, total), refused ones included.
+- MAIL: a MAIL-stage script on the sender's local part; the per-IP message
+  token bucket (the throttling reply, only when exceeded: the bucket refills
+  while the sender slows down); the reputation rule (a young IP over its daily
+  volume, or too many complaints).
+- RCPT: the recipient's domain must be one of the persona's (else relay
+  denied); the attempt counter of the address goes up; a script in the local
+  part (`mta.sim.scripts`) decides alone; otherwise the mailbox table
+  (unknown, full, disabled, suppressed), greylisting of the (sender,
+  recipient, IP) triple, then seeded random soft/hard failures.
+- DATA and after the final dot: scripted answers, a seeded random disconnect
+  after the dot, then the message is stored in the persona's Maildir and the
+  250 is sent; asynchronous artefacts (DSN, auto-reply, complaint) are handed
+  to the outbox with their due time.
+
+Randomness comes from `chance(seed, persona, recipient, attempt, what)`: the
+same seed and the same arrivals give the same outcomes, whatever the
+concurrency. Time windows (buckets, greylisting, reputation days, artefact
+delays) are virtual, on the shared clock. Latency is configured in real-world
+seconds and waited as latency / clock scale real seconds, so a sped-up run
+keeps the relative slowness of stages without waiting for it. A stall or a
+black hole lasts at most `sim.stall_max` real seconds, then the connection is
+closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mta.clock import Clock
+from mta.maildir import Maildir
+from mta.sim.artefacts import (
+    Original,
+    Outbox,
+    build_autoreply,
+    build_complaint,
+    build_dsn,
+)
+from mta.sim.config import PersonaConfig, SimSection
+from mta.sim.rules import (
+    Greylist,
+    IpRecord,
+    MailboxTable,
+    TokenBucket,
+    bucket_for,
+    reputation_blocked,
+)
+from mta.sim.scripts import Script, Step, chance, parse_local_part
+from mta.smtp_server import FastSMTP, content_of
+
+log = logging.getLogger("mta.sim.persona")
+
+SCRIPT_CACHE_SIZE = 65536
+
+GENERIC_REPLIES = {
+    250: "250 2.0.0 OK",
+    421: "421 4.7.0 Try again later, closing connection",
+    450: "450 4.2.1 Mailbox temporarily unavailable",
+    451: "451 4.3.0 Temporary local problem, please try again later",
+    452: "452 4.2.2 Mailbox full",
+    550: "550 5.1.1 Mailbox unavailable",
+    551: "551 5.1.6 User not local",
+    552: "552 5.2.2 Mailbox full",
+    553: "553 5.1.3 Mailbox name not allowed",
+    554: "554 5.7.1 Message rejected",
+}
+# Which named reply speaks for a scripted code, first match wins.
+_CODE_PRIORITY = (
+    "unknown",
+    "full",
+    "disabled",
+    "throttle",
+    "greylisted",
+    "soft",
+    "hard",
+    "reputation",
+    "suppressed",
+    "relay_denied",
+    "async_bounce",
+)
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill the placeholders; a newline makes a multiline reply (codes repeated on each line)."""
+    text = template
+    if "{" in text:
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+    if "\n" not in text:
+        return text
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    code, enhanced = lines[0][:3], enhanced_code(lines[0])
+    bodies = [lines[0][4:]] + [f"{enhanced} {line}" if enhanced else line for line in lines[1:]]
+    last = len(bodies) - 1
+    return "\r\n".join(f"{code}{' ' if i == last else '-'}{body}" for i, body in enumerate(bodies))
+
+
+def enhanced_code(reply: str) -> str:
+    """The RFC 3463 code after the basic code of a reply's first line ("" if none)."""
+    token = reply[4:].split(" ", 1)[0]
+    parts = token.split(".")
+    if len(parts) == 3 and token[:1] in "245" and all(p.isdigit() for p in parts):
+        return token
+    return ""
+
+
+def one_line(reply: str) -> str:
+    """A rendered (possibly multiline) reply as one line: code, enhanced code, the texts."""
+    lines = reply.split("\r\n")
+    if len(lines) == 1:
+        return reply
+    enhanced = enhanced_code(lines[0])
+    texts = [line[4:] for line in lines]
+    if enhanced:
+        texts = [t[len(enhanced) :].strip() if t.startswith(enhanced) else t for t in texts]
+        return f"{lines[0][:3]} {enhanced} " + " ".join(texts)
+    return f"{lines[0][:3]} " + " ".join(texts)
+
+
+def basic_code(reply: str) -> int:
+    return int(reply[:3])
+
+
+@dataclass(slots=True)
+class RcptPlan:
+    """What was decided at RCPT for one accepted recipient of the transaction."""
+
+    address: str
+    attempt: int
+    step: Step | None = None  # a DATA- or DOT-stage scripted step
+    async_code: int | None = None
+    autoreply: bool = False
+    complaint: bool = False
+    scripted: bool = False
+
+
+class PersonaEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plans: list[RcptPlan] = []
+
+
+@dataclass
+class Counters:
+    accepted: int = 0  # messages
+    recipients_accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # by basic code
+    throttled: int = 0
+    greylisted: int = 0
+    reputation_blocked: int = 0
+    drops: int = 0
+    stalls: int = 0
+    sessions_now: int = 0
+    sessions_max: int = 0
+    sessions_total: int = 0
+    sessions_refused: int = 0
+
+
+class Persona:
+    """One ISP: its state, rules and aiosmtpd hooks. Serve it with `protocol_factory()`."""
+
+    def __init__(
+        self,
+        config: PersonaConfig,
+        sim: SimSection,
+        clock: Clock,
+        outbox: Outbox | None,
+        root: Path,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.sim = sim
+        self.clock = clock
+        self.outbox = outbox
+        self.root = root
+        self.seed = sim.seed if seed is None else seed
+        self.hostname = config.smtp_hostname
+        self.domains = frozenset(d.lower() for d in config.domains)
+        self.maildir = Maildir(root / "Maildir", fsync=sim.store_fsync)
+        self.mailboxes = MailboxTable.from_config(
+            config.mailboxes, f"personas.{config.name}.mailboxes"
+        )
+        self.replies = config.replies.named()
+        self.code_replies = self._code_replies()
+        g = config.greylist
+        self.greylist = Greylist(g.window, g.expiry) if g.enabled else None
+        self.ips: dict[str, IpRecord] = {}
+        self._connection_buckets: dict[str, TokenBucket] = {}
+        self._message_buckets: dict[str, TokenBucket] = {}
+        self.attempts: dict[str, int] = {}
+        self.sender_attempts: dict[str, int] = {}
+        self._scripts: dict[str, Script | None] = {}
+        self._ids = itertools.count(1)
+        self.counters = Counters()
+        self.servers: list[asyncio.Server] = []
+        self.transports: set[asyncio.BaseTransport] = set()
+        self.addresses = tuple(h.address for h in config.mx)
+        self.latency = config.latency
+        self.stall_max = sim.stall_max
+
+    # -- replies --------------------------------------------------------------
+
+    def _code_replies(self) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for name in reversed(_CODE_PRIORITY):
+            text = self.replies[name]
+            found[basic_code(text)] = text
+        for key, text in self.config.replies.codes.items():
+            found[int(key)] = text
+        return found
+
+    def reply(self, name: str, ip: str, recipient: str = "", seconds: int = 0) -> str:
+        return render(
+            self.replies[name],
+            {
+                "ip": ip,
+                "recipient": recipient,
+                "seconds": str(seconds),
+                "hostname": self.hostname,
+                "id": "",
+            },
+        )
+
+    def reply_for_code(self, code: int, ip: str, recipient: str) -> str:
+        template = self.code_replies.get(code)
+        if template is None:
+            template = GENERIC_REPLIES.get(code) or f"{code} {str(code)[0]}.0.0 Scripted reply"
+        seconds = int(self.config.greylist.window)
+        return render(
+            template,
+            {
+                "ip": ip,
+                "recipient": recipient,
+                "seconds": str(seconds),
+                "hostname": self.hostname,
+                "id": "",
+            },
+        )
+
+    def _refuse(self, reply: str) -> str:
+        self.counters.rejected[reply[:3]] = self.counters.rejected.get(reply[:3], 0) + 1
+        return reply
+
+    # -- state ----------------------------------------------------------------
+
+    def ip_record(self, ip: str, now: float) -> IpRecord:
+        record = self.ips.get(ip)
+        if record is None:
+            record = self.ips[ip] = IpRecord(first_seen=now)
+        return record
+
+    def script(self, local: str) -> Script | None:
+        try:
+            return self._scripts[local]
+        except KeyError:
+            pass
+        script = parse_local_part(local)
+        if len(self._scripts) >= SCRIPT_CACHE_SIZE:
+            self._scripts.clear()
+        self._scripts[local] = script
+        return script
+
+    def chance(self, *parts: object) -> float:
+        return chance(self.seed, self.name, *parts)
+
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def load_state(self) -> None:
+        """Attempt counters and greylisting memory from a previous run, if any."""
+        try:
+            data = json.loads(self.state_path().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict):
+            return
+        attempts = data.get("attempts", {})
+        senders = data.get("sender_attempts", {})
+        grey = data.get("greylist", {})
+        if isinstance(attempts, dict):
+            self.attempts.update({str(k): int(v) for k, v in attempts.items()})
+        if isinstance(senders, dict):
+            self.sender_attempts.update({str(k): int(v) for k, v in senders.items()})
+        if self.greylist is not None and isinstance(grey, dict):
+            self.greylist.first_seen.update({str(k): float(v) for k, v in grey.items()})
+
+    def save_state(self) -> None:
+        data = {
+            "attempts": self.attempts,
+            "sender_attempts": self.sender_attempts,
+            "greylist": self.greylist.first_seen if self.greylist is not None else {},
+        }
+        tmp = self.root / "state.json.tmp"
+        try:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, self.state_path())
+        except OSError as exc:
+            log.warning("persona %s: cannot save state: %s", self.name, exc)
+
+    # -- sessions -------------------------------------------------------------
+
+    def session_opened(self, ip: str) -> str | None:
+        """Count the socket; the refusal greeting if over the limits, else None."""
+        now = self.clock.now()
+        record = self.ip_record(ip, now)
+        record.sessions += 1
+        record.sessions_total += 1
+        record.sessions_max = max(record.sessions_max, record.sessions)
+        c = self.counters
+        c.sessions_now += 1
+        c.sessions_total += 1
+        c.sessions_max = max(c.sessions_max, c.sessions_now)
+        limits = self.config.limits
+        refused = bool(limits.sessions) and record.sessions > limits.sessions
+        if not refused:
+            bucket = self._connection_buckets.get(ip)
+            if bucket is None:
+                bucket = bucket_for(limits.connections, limits.connection_burst)
+                if bucket is not None:
+                    self._connection_buckets[ip] = bucket
+            refused = bucket is not None and not bucket.take(now)
+        if not refused:
+            return None
+        record.refused_sessions += 1
+        c.sessions_refused += 1
+        c.throttled += 1
+        reply = self.reply("throttle", ip)
+        if reply[:3] not in ("421", "554"):  # a greeting refusal is 421 or 554
+            reply = "421" + reply[3:].replace(f"\r\n{reply[:3]}", "\r\n421")
+        return self._refuse(reply)
+
+    def session_closed(self, ip: str) -> None:
+        record = self.ips.get(ip)
+        if record is not None:
+            record.sessions -= 1
+        self.counters.sessions_now -= 1
+
+    async def wait(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds / self.clock.scale)
+
+    async def hang(self, server: FastSMTP, seconds: float) -> str:
+        """Stall for `seconds` (real, bounded), then close the connection without a reply."""
+        if seconds > 0:
+            self.counters.stalls += 1
+            await asyncio.sleep(min(seconds, self.stall_max))
+        else:
+            self.counters.drops += 1
+        transport = server.transport
+        if transport is not None:
+            transport.close()
+        await asyncio.sleep(5.0)  # connection_lost cancels this session's task first
+        return "421 4.4.2 Closing connection"
+
+    async def act(self, server: FastSMTP, step: Step, ip: str, recipient: str) -> str:
+        """The reply of a scripted step that does not pass (or no reply at all)."""
+        if step.action == "drop":
+            return await self.hang(server, 0)
+        if step.action == "stall":
+            return await self.hang(server, self.stall_max)
+        return self._refuse(self.reply_for_code(step.code, ip, recipient))
+
+    # -- hooks ----------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        await self.wait(self.latency.mail)
+        ip = _peer_ip(session)
+        now = self.clock.now()
+        if address and "+" in address:
+            script = self.script(address.rpartition("@")[0])
+            if script is not None and script.steps and script.steps[0].stage == "mail":
+                key = address.lower()
+                attempt = self.sender_attempts[key] = self.sender_attempts.get(key, 0) + 1
+                step = script.step(attempt)
+                if step is not None and not step.passes:
+                    return await self.act(server, step, ip, "")
+        limits = self.config.limits
+        if limits.messages > 0:
+            bucket = self._message_buckets.get(ip)
+            if bucket is None:
+                bucket = bucket_for(limits.messages, limits.message_burst)
+                assert bucket is not None
+                self._message_buckets[ip] = bucket
+            if not bucket.take(now):
+                self.counters.throttled += 1
+                return self._refuse(self.reply("throttle", ip))
+        record = self.ip_record(ip, now)
+        if reputation_blocked(record, now, self.config.reputation):
+            self.counters.reputation_blocked += 1
+            return self._refuse(self.reply("reputation", ip))
+        return self.replies["mail_ok"]
+
+    async def handle_RCPT(
+        self,
+        server: FastSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        ip = _peer_ip(session)
+        local, _, domain = address.rpartition("@")
+        if domain.lower() not in self.domains:
+            return self._refuse(self.reply("relay_denied", ip, address))
+        await self.wait(self.latency.rcpt)
+        key = address.lower()
+        attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
+        plan = RcptPlan(address, attempt)
+        script = self.script(local)
+        if script is not None:
+            reply = await self._scripted_rcpt(server, script, plan, ip)
+        else:
+            reply = self._rcpt_rules(envelope, plan, local.lower(), key, ip)
+        if reply is None:
+            assert isinstance(envelope, PersonaEnvelope)
+            envelope.plans.append(plan)
+            return self.replies["rcpt_ok"]
+        return reply
+
+    async def _scripted_rcpt(
+        self, server: FastSMTP, script: Script, plan: RcptPlan, ip: str
+    ) -> str | None:
+        plan.scripted = True
+        step = script.step(plan.attempt)
+        if step is not None and not step.passes:
+            if step.stage in ("mail", "rcpt"):
+                return await self.act(server, step, ip, plan.address)
+            plan.step = step
+        elif step is None or step.stage in ("data", "dot"):
+            # no RCPT-stage step decides: the mailbox simulator does
+            if script.simulator == "bounce":
+                return self._refuse(self.reply("unknown", ip, plan.address))
+            if script.simulator == "suppressionlist":
+                return self._refuse(self.reply("suppressed", ip, plan.address))
+        plan.async_code = script.async_code
+        plan.autoreply = script.autoreply or script.simulator == "ooto"
+        plan.complaint = script.complaint or script.simulator == "complaint"
+        return None
+
+    def _rcpt_rules(
+        self, envelope: Envelope, plan: RcptPlan, local: str, key: str, ip: str
+    ) -> str | None:
+        table = self.mailboxes.lookup(local, key) if self.mailboxes.tables else None
+        if table is not None:
+            return self._refuse(self.reply(table, ip, plan.address))
+        if self.greylist is not None:
+            triple = Greylist.key((envelope.mail_from or "").lower(), key, ip)
+            fraction = self.config.greylist.fraction
+            if fraction >= 1.0 or self.chance("greylist", triple) < fraction:
+                wait = self.greylist.check(triple, self.clock.now())
+                if wait > 0:
+                    self.counters.greylisted += 1
+                    return self._refuse(self.reply("greylisted", ip, plan.address, math.ceil(wait)))
+        faults = self.config.faults
+        if faults.soft or faults.hard:
+            roll = self.chance(key, plan.attempt, "rcpt")
+            if roll < faults.hard:
+                return self._refuse(self.reply("hard", ip, plan.address))
+            if roll < faults.hard + faults.soft:
+                return self._refuse(self.reply("soft", ip, plan.address))
+        artefacts = self.config.async_
+        if artefacts.dsn_fraction and self.chance(key, plan.attempt, "dsn") < (
+            artefacts.dsn_fraction
+        ):
+            plan.async_code = basic_code(self.replies["async_bounce"])
+        if artefacts.autoreply_fraction and self.chance(key, plan.attempt, "ooto") < (
+            artefacts.autoreply_fraction
+        ):
+            plan.autoreply = True
+        if artefacts.complaint_fraction and self.chance(key, plan.attempt, "arf") < (
+            artefacts.complaint_fraction
+        ):
+            plan.complaint = True
+        return None
+
+    async def before_data(self, server: FastSMTP, envelope: PersonaEnvelope) -> str | None:
+        """A reply instead of 354 (a DATA-stage script), or None to go on."""
+        await self.wait(self.latency.data)
+        for plan in envelope.plans:
+            if plan.step is not None and plan.step.stage == "data":
+                return await self.act(server, plan.step, _peer_ip(server.session), plan.address)
+        return None
+
+    async def handle_DATA(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
+        await self.wait(self.latency.dot)
+        assert isinstance(envelope, PersonaEnvelope)
+        ip = _peer_ip(session)
+        plans = envelope.plans
+        for plan in plans:
+            if plan.step is not None and plan.step.stage == "dot":
+                return await self.act(server, plan.step, ip, plan.address)
+        faults = self.config.faults
+        if faults.disconnect and plans and not plans[0].scripted:
+            first = plans[0]
+            if self.chance(first.address.lower(), first.attempt, "dot") < faults.disconnect:
+                return await self.hang(server, 0)
+        content = content_of(envelope)
+        mail_from = envelope.mail_from or ""
+        self.maildir.deliver(mail_from, envelope.rcpt_tos, content)
+        now = self.clock.now()
+        self.ip_record(ip, now).count_message(now)
+        c = self.counters
+        c.accepted += 1
+        c.recipients_accepted += len(envelope.rcpt_tos)
+        if self.outbox is not None and mail_from:
+            for plan in plans:
+                if plan.async_code or plan.autoreply or plan.complaint:
+                    self._artefacts(plan, mail_from, content, ip, now)
+        message_id = f"{next(self._ids):x}.{self.name}"
+        return render(self.replies["accepted"], {"id": message_id, "ip": ip})
+
+    def _artefacts(
+        self, plan: RcptPlan, mail_from: str, content: bytes, ip: str, now: float
+    ) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        original = Original(mail_from, plan.address, content, ip, now)
+        due = now + self.config.async_.delay
+        serial = f"{next(self._ids):x}"
+        domain = self.config.domains[0] if self.config.domains else self.hostname
+        if plan.async_code:
+            if plan.async_code == basic_code(self.replies["async_bounce"]):
+                diagnostic = one_line(self.reply("async_bounce", ip, plan.address))
+            else:
+                diagnostic = one_line(self.reply_for_code(plan.async_code, ip, plan.address))
+            status = enhanced_code(diagnostic) or f"{str(plan.async_code)[0]}.0.0"
+            dsn = build_dsn(
+                original,
+                self.hostname,
+                status,
+                diagnostic,
+                due,
+                f"=_dsn_{serial}",
+                f"<dsn.{serial}.{self.name}@{self.hostname}>",
+            )
+            outbox.schedule(due, "dsn", mail_from, dsn, self.name)
+        if plan.autoreply:
+            reply = build_autoreply(original, due, f"<ooto.{serial}.{self.name}@{self.hostname}>")
+            outbox.schedule(due, "autoreply", mail_from, reply, self.name)
+        if plan.complaint:
+            self.ip_record(ip, now).complaints += 1
+            report = build_complaint(
+                original,
+                self.hostname,
+                f"feedback@{domain}",
+                due,
+                f"=_arf_{serial}",
+                f"<arf.{serial}.{self.name}@{self.hostname}>",
+            )
+            outbox.schedule(due, "complaint", mail_from, report, self.name)
+
+    # -- serving --------------------------------------------------------------
+
+    def protocol_factory(self) -> PersonaSMTP:
+        return PersonaSMTP(self)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "kind": self.config.kind,
+            "domains": list(self.config.domains),
+            "addresses": list(self.addresses),
+            "accepted": c.accepted,
+            "recipients_accepted": c.recipients_accepted,
+            "rejected": dict(sorted(c.rejected.items())),
+            "throttled": c.throttled,
+            "greylisted": c.greylisted,
+            "reputation_blocked": c.reputation_blocked,
+            "drops": c.drops,
+            "stalls": c.stalls,
+            "sessions": {
+                "now": c.sessions_now,
+                "max": c.sessions_max,
+                "total": c.sessions_total,
+                "refused": c.sessions_refused,
+            },
+            "ips": {
+                ip: {
+                    "sessions_now": r.sessions,
+                    "sessions_max": r.sessions_max,
+                    "sessions_total": r.sessions_total,
+                    "sessions_refused": r.refused_sessions,
+                    "messages": r.messages,
+                    "messages_today": r.sent_today(self.clock.now()),
+                    "complaints": r.complaints,
+                    "first_seen": r.first_seen,
+                }
+                for ip, r in sorted(self.ips.items())
+            },
+        }
+
+
+def _peer_ip(session: Session | None) -> str:
+    peer: Any = session.peer if session is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+class PersonaSMTP(FastSMTP):
+    """FastSMTP with the persona's greeting decisions and a DATA-stage hook."""
+
+    def __init__(self, persona: Persona) -> None:
+        limits = persona.config.limits
+        super().__init__(
+            persona,
+            hostname=persona.hostname,
+            data_size_limit=limits.max_message_size,
+            max_recipients=limits.max_recipients,
+            timeout=max(300.0, persona.stall_max + 10.0),
+            ident=persona.config.banner,
+        )
+        self.persona = persona
+        self._peer_ip = ""
+        self._refusal: str | None = None
+        self._counted = False
+        self._socket_transport: asyncio.BaseTransport | None = None
+
+    def _create_envelope(self) -> Envelope:
+        return PersonaEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first and not self._counted:
+            self._counted = True
+            self._socket_transport = transport
+            self.persona.transports.add(transport)
+            self._peer_ip = _peer_ip(self.session)
+            self._refusal = self.persona.session_opened(self._peer_ip)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.persona.session_closed(self._peer_ip)
+            if self._socket_transport is not None:
+                self.persona.transports.discard(self._socket_transport)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        await self.persona.wait(self.persona.latency.connect)
+        refusal = self._refusal
+        if refusal is not None:
+            with contextlib.suppress(ConnectionError):
+                await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        envelope = self.envelope
+        if (
+            not arg
+            and isinstance(envelope, PersonaEnvelope)
+            and envelope.rcpt_tos
+            and any(p.step is not None and p.step.stage == "data" for p in envelope.plans)
+        ):
+            reply = await self.persona.before_data(self, envelope)
+            if reply is not None:
+                self._reset_envelope()
+                await self.push(reply)
+                return
+        elif self.persona.latency.data and envelope is not None and envelope.rcpt_tos:
+            await self.persona.wait(self.persona.latency.data)
+        await super().smtp_DATA(arg)
+
+
+class Blackhole(asyncio.Protocol):
+    """Accepts the TCP connection and never says a word; closes it after `stall_max`."""
+
+    def __init__(self, persona: Persona) -> None:
+        self.persona = persona
+        self.transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.persona.transports.add(transport)
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.persona.session_opened(self._ip)
+        self.persona.counters.stalls += 1
+        self._timer = asyncio.get_running_loop().call_later(self.persona.stall_max, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # swallowed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.persona.transports.discard(self.transport)
+        self.persona.session_closed(self._ip)
