@@ -40,7 +40,7 @@ _PHASES = tuple(phase.value for phase in Phase)
 _CONDITIONS = tuple(condition.value for condition in Condition)
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """A bad reply, phase or condition; the message is what the user sees."""
 
 
