@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_relay", "bench.bench_dkim"]
+BENCHMARKS = ["bench.bench_relay", "bench.bench_dkim", "bench.bench_classify"]
 
 
 def main() -> int:

@@ -19,16 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mta.admin import Admin, AdminSources
+from mta.classify_cmd import classify_one
 from mta.clock import Clock, make_clock
 from mta.config import MtaConfig
 from mta.core.bounce import BounceRules, load_bounce_rules
-from mta.core.reply import parse_reply
 from mta.core.retry import RetryPolicy
 from mta.delivery import Delivery, DeliverySettings
 from mta.dns import Resolver
 from mta.feedback import Endpoint, Feedback, FeedbackSettings
 from mta.ingress import IngressHandler, IngressSettings, Signer, server_factory
-from mta.model import Condition, Outcome, Phase
 from mta.scheduler import Scheduler, SchedulerSettings
 from mta.settings import parse_hostport
 from mta.smtp_server import bound_port, start_server
@@ -58,31 +57,6 @@ def delivery_settings(config: MtaConfig) -> DeliverySettings:
         max_messages_per_connection=d.max_messages_per_connection,
         timeouts=d.timeouts,
     )
-
-
-def explain_reply(
-    rules: BounceRules, reply: str, phase: str | None = None, condition: str | None = None
-) -> dict[str, Any]:
-    """The verdict on a reply text as JSON-ready data (for the API)."""
-    try:
-        outcome = Outcome(
-            parse_reply(reply),
-            Phase(phase or "rcpt"),
-            None,
-            Condition(condition) if condition else None,
-        )
-    except ValueError:
-        raise ValueError(f"unknown phase {phase!r} or condition {condition!r}") from None
-    verdict = rules.classify(outcome)
-    return {
-        "bounce_class": {"code": verdict.bounce_class.code, "name": verdict.bounce_class.name},
-        "failure_type": verdict.failure_type,
-        "failure_reason": verdict.failure_reason,
-        "failure_reason_code": verdict.reason_code,
-        "scope": verdict.scope,
-        "permanent": verdict.permanent,
-        "rule": verdict.rule,
-    }
 
 
 def build_signer(config: MtaConfig) -> Signer | None:
@@ -264,7 +238,7 @@ class MtaApp:
         rules: BounceRules,
     ) -> AdminSources:
         def classify(reply: str, phase: str | None, condition: str | None) -> dict[str, Any]:
-            return explain_reply(rules, reply, phase, condition)
+            return classify_one(rules, reply, phase or "rcpt", condition)
 
         return AdminSources(
             ready=lambda: self.parts is not None and self.parts.server.is_serving(),
