@@ -1,0 +1,535 @@
+"""Load the adaptive-delivery data: MX rules, ramp-up and the retry schedule.
+
+The files are TOML; the built-in ones ship in the `mta.defaults` package
+(``mx-rules.toml``, ``retry-schedule.toml``) and users' files come in front of
+them: their rules are tried first, a rule with the same name as one from a
+later file replaces it, and their ``[default]`` / ``[rampup]`` keys override.
+Tables are checked with the config engine (`mta.settings`), then turned into
+the pure types of `mta.core.throttle`, `mta.core.rampup` and `mta.core.retry`.
+Every problem is a `ConfigError` naming the file and the rule, e.g.
+``config/mx-rules.toml: mx 2 'gmail': rate: not a rate: 'fast' (use e.g. ...)``.
+
+Inheritance: a ``[[mx]]`` rule takes every limit it does not give from
+``[default]``, and the global ``[[adaptive]]`` rules after its own
+``[[mx.adaptive]]`` ones (unless ``inherit_adaptive = false``); a
+``[[policy]]`` entry takes the timing keys it does not give from the schedule's
+``[default]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.resources
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mta.core.bounce import BOUNCE_CLASSES
+from mta.core.rampup import Binding, RampStep, RampUp, day_index
+from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
+from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
+from mta.durations import parse_duration
+from mta.settings import ConfigError, build
+
+__all__ = [
+    "BUILTIN_MX_SOURCE",
+    "BUILTIN_RETRY_SOURCE",
+    "BindingConfig",
+    "MxData",
+    "load_mx_data",
+    "load_mx_rules",
+    "load_rampup",
+    "load_retry_schedule",
+    "parse_mx_texts",
+    "parse_retry_texts",
+]
+
+BUILTIN_MX_SOURCE = "mta/defaults/mx-rules.toml"
+BUILTIN_RETRY_SOURCE = "mta/defaults/retry-schedule.toml"
+
+
+def _duration(default: str) -> Any:
+    return field(default=parse_duration(default), metadata={"kind": "duration"})
+
+
+def _rate(default: float = 0.0) -> Any:
+    return field(default=default, metadata={"kind": "rate"})
+
+
+# --- the tables, as the config engine checks them ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitsTable:
+    """[default] and the limits of an [[mx]] rule."""
+
+    max_connections: int = 20
+    min_connections: int = 1
+    max_messages_per_connection: int = 100
+    rate: float = _rate()
+    min_rate: float = _rate(1 / 60)
+    max_rate: float = _rate()
+    burst: float = 0.0
+    recover_after: int = 10
+    increase: float = 0.05
+    down_after: int = 5
+    down_for: float = _duration("5m")
+    rampup_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class AdaptiveTable:
+    name: str
+    action: Literal["suspend", "set_rate", "halve_concurrency"]
+    rule: str = ""
+    classes: tuple[int, ...] = ()
+    match: str = ""
+    trigger: str = "immediate"
+    duration: float = _duration("0s")
+    rate: float = _rate()  # 0: not given
+    factor: float = 0.0  # 0: not given
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class RampupTable:
+    strategy: Literal["spread", "oldest"] = "spread"
+    caps: dict[str, int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    name: str = "default"
+    classes: tuple[int, ...] = ()
+    rule: str = ""
+    scope: tuple[Literal["recipient", "message", "site"], ...] = ()
+    first: float = _duration("10m")
+    factor: float = 2.0
+    max_interval: float = _duration("4h")
+    jitter: float = 0.2
+    waits_for_site: bool = False
+    site_backoff: float = _duration("1m")
+    comment: str = ""
+
+
+_MATCH_KEYS = ("classes", "rule", "scope")
+_MX_OWN_KEYS = ("name", "hosts", "adaptive", "inherit_adaptive", "comment")
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    return source, _parse(text, source)
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_text(name: str) -> str:
+    return importlib.resources.files("mta.defaults").joinpath(name).read_text(encoding="utf-8")
+
+
+def _check_top(document: Mapping[str, Any], source: str, allowed: Sequence[str]) -> None:
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} (expected {', '.join(allowed)})"
+        )
+
+
+def _tables(document: Mapping[str, Any], key: str, source: str) -> list[Any]:
+    value = document.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: '{key}' must be an array of tables ([[{key}]])")
+    return value
+
+
+def _table(document: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = document.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: '{key}' must be a table ([{key}])")
+    return value
+
+
+def _label(source: str, kind: str, number: int, table: Any) -> str:
+    name = table.get("name") if isinstance(table, Mapping) else None
+    return f"{source}: {kind} {number}" + (f" {name!r}" if isinstance(name, str) else "")
+
+
+def _regex(text: str, label: str, key: str) -> re.Pattern[str] | None:
+    if not text:
+        return None
+    try:
+        pattern = re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{label}: {key}: bad regex {text!r}: {exc}") from None
+    if pattern.search("") is not None:
+        raise ConfigError(f"{label}: {key}: regex {text!r} matches an empty text")
+    return pattern
+
+
+def _classes(codes: tuple[int, ...], label: str) -> frozenset[int] | None:
+    for code in codes:
+        if code not in BOUNCE_CLASSES:
+            known = ", ".join(str(c) for c in BOUNCE_CLASSES)
+            raise ConfigError(f"{label}: classes: unknown bounce class {code} (expected {known})")
+    return frozenset(codes) if codes else None
+
+
+def _unique(items: list[tuple[str, Any]], label_of: Any) -> None:
+    seen: dict[str, Any] = {}
+    for name, where in items:
+        if name in seen:
+            raise ConfigError(f"{label_of(where)}: duplicate name (also {seen[name]})")
+        seen[name] = where
+
+
+# --- MX rules and ramp-up ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MxData:
+    """Everything mx-rules files say: the rules (with the default) and the ramp-up."""
+
+    rules: MxRules
+    rampup: RampUp
+    global_adaptive: tuple[AdaptiveRule, ...]
+
+
+def _adaptive(table: Any, label: str) -> AdaptiveRule:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{label}: expected a table")
+    checked = build(AdaptiveTable, table, label)
+    try:
+        trigger = parse_trigger(checked.trigger)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: trigger: {exc}") from None
+    try:
+        return AdaptiveRule(
+            name=checked.name,
+            action=checked.action,
+            trigger=trigger,
+            duration=checked.duration,
+            rule=_regex(checked.rule, label, "rule"),
+            classes=_classes(checked.classes, label),
+            match=_regex(checked.match, label, "match"),
+            rate=checked.rate or None,
+            factor=checked.factor or None,
+            where=label,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _hosts(value: Any, label: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else None
+    if not items or not all(isinstance(item, str) and item.strip() for item in items):
+        raise ConfigError(f"{label}: hosts: expected a non-empty list of host patterns")
+    return tuple(item.strip().rstrip(".").lower() for item in items)
+
+
+def _mx_rule(
+    table: Any,
+    label: str,
+    default: Mapping[str, Any],
+    global_adaptive: Sequence[AdaptiveRule],
+) -> MxRule:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{label}: expected a table")
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{label}: missing key 'name'")
+    if "hosts" not in table:
+        raise ConfigError(f"{label}: missing key 'hosts'")
+    hosts = _hosts(table["hosts"], label)
+    inherit = table.get("inherit_adaptive", True)
+    if not isinstance(inherit, bool):
+        raise ConfigError(f"{label}: inherit_adaptive: expected true or false, got {inherit!r}")
+    if not isinstance(table.get("comment", ""), str):
+        raise ConfigError(f"{label}: comment: expected a string")
+    own_tables = table.get("adaptive", [])
+    if not isinstance(own_tables, list):
+        raise ConfigError(f"{label}: 'adaptive' must be an array of tables ([[mx.adaptive]])")
+    own = [
+        _adaptive(item, _label(label, "adaptive", n, item))
+        for n, item in enumerate(own_tables, start=1)
+    ]
+    _unique([(a.name, a.where) for a in own], str)
+    limits = {k: v for k, v in table.items() if k not in _MX_OWN_KEYS}
+    return _rule_from_limits(
+        name.strip(), hosts, {**default, **limits}, label,
+        tuple(own), global_adaptive if inherit else (),
+    )
+
+
+def _rule_from_limits(
+    name: str,
+    hosts: tuple[str, ...],
+    limits: Mapping[str, Any],
+    label: str,
+    own: tuple[AdaptiveRule, ...],
+    global_adaptive: Sequence[AdaptiveRule],
+) -> MxRule:
+    checked = build(LimitsTable, limits, label)
+    try:
+        return MxRule(
+            name, hosts, adaptive=effective_rules(own, global_adaptive), where=label,
+            **_limit_values(checked),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _limit_values(checked: LimitsTable) -> dict[str, Any]:
+    return {
+        "max_connections": checked.max_connections,
+        "min_connections": checked.min_connections,
+        "max_messages_per_connection": checked.max_messages_per_connection,
+        "rate": checked.rate,
+        "min_rate": checked.min_rate,
+        "max_rate": checked.max_rate,
+        "burst": checked.burst,
+        "recover_after": checked.recover_after,
+        "increase": checked.increase,
+        "down_after": checked.down_after,
+        "down_for": checked.down_for,
+        "rampup_scale": checked.rampup_scale,
+    }
+
+
+def _caps(caps: Mapping[str, int | str], label: str) -> tuple[RampStep, ...]:
+    steps: list[RampStep] = []
+    for key, value in caps.items():
+        if not key.strip().isdigit() or int(key) < 1:
+            raise ConfigError(f"{label}: caps: bad day {key!r} (expected a day number from 1)")
+        if isinstance(value, str):
+            if value.strip().lower() != "unlimited":
+                raise ConfigError(
+                    f"{label}: caps.{key}: expected a number or 'unlimited', got {value!r}"
+                )
+            cap: int | None = None
+        elif value < 0:
+            raise ConfigError(f"{label}: caps.{key}: a cap must not be negative")
+        else:
+            cap = value
+        steps.append(RampStep(int(key), cap))
+    steps.sort(key=lambda step: step.day)
+    if steps and steps[0].day != 1:
+        raise ConfigError(f"{label}: caps: the schedule must start at day 1")
+    return tuple(steps)
+
+
+def parse_mx_texts(texts: Sequence[tuple[str, str]]) -> MxData:
+    """MX data from (source, TOML text) pairs, most important first."""
+    documents = [(source, _parse(text, source)) for source, text in texts]
+    return _mx_data(documents)
+
+
+def _mx_data(documents: Sequence[tuple[str, dict[str, Any]]]) -> MxData:
+    allowed = ("default", "adaptive", "mx", "rampup")
+    default: dict[str, Any] = {}
+    rampup: dict[str, Any] = {}
+    for source, document in reversed(documents):  # the first file has the last word
+        _check_top(document, source, allowed)
+        table = _table(document, "default", source)
+        build(LimitsTable, table, f"{source}: [default]")
+        default.update(table)
+        section = _table(document, "rampup", source)
+        rampup.update({key: (source, value) for key, value in section.items()})
+    default_label = " + ".join(source for source, _ in documents) + ": [default]"
+    build(LimitsTable, default, default_label)
+
+    global_adaptive: list[AdaptiveRule] = []
+    names: set[str] = set()
+    for source, document in documents:
+        rules = [
+            _adaptive(item, _label(source, "adaptive", n, item))
+            for n, item in enumerate(_tables(document, "adaptive", source), start=1)
+        ]
+        _unique([(a.name, a.where) for a in rules], str)
+        global_adaptive.extend(a for a in rules if a.name not in names)
+        names.update(a.name for a in rules)
+
+    mx_rules: list[MxRule] = []
+    mx_names: set[str] = set()
+    for source, document in documents:
+        found: list[MxRule] = []
+        for n, item in enumerate(_tables(document, "mx", source), start=1):
+            found.append(_mx_rule(item, _label(source, "mx", n, item), default, global_adaptive))
+        _unique([(r.name, r.where) for r in found], str)
+        mx_rules.extend(r for r in found if r.name not in mx_names)
+        mx_names.update(r.name for r in found)
+    if "default" in mx_names:
+        raise ConfigError("mx rules: the name 'default' is reserved for the [default] rule")
+    default_rule = _rule_from_limits(
+        "default", (), default, default_label, (), global_adaptive
+    )
+    mx = MxRules(tuple(mx_rules), default_rule)
+
+    sources = {key: source for key, (source, _) in rampup.items()}
+    values = {key: value for key, (_, value) in rampup.items()}
+    label = f"{sources.get('caps', sources.get('strategy', 'mx rules'))}: [rampup]"
+    ramp_table = build(RampupTable, values, label)
+    steps = _caps(ramp_table.caps, label) if ramp_table.caps else RampUp().steps
+    scales = {r.name: r.rampup_scale for r in mx_rules}
+    try:
+        ramp = RampUp(steps, scales, default_rule.rampup_scale, ramp_table.strategy)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    return MxData(mx, ramp, tuple(global_adaptive))
+
+
+def load_mx_data(extra_files: Sequence[str | Path] = (), *, builtin: bool = True) -> MxData:
+    """Users' files (in the order given) in front of the built-in mx-rules.toml."""
+    documents = [_read(path) for path in extra_files]
+    if builtin:
+        documents.append((BUILTIN_MX_SOURCE, _parse(_builtin_text("mx-rules.toml"),
+                                                     BUILTIN_MX_SOURCE)))
+    return _mx_data(documents)
+
+
+def load_mx_rules(extra_files: Sequence[str | Path] = ()) -> MxRules:
+    """The MX rules: users' files in front of the built-in ones."""
+    return load_mx_data(extra_files).rules
+
+
+def load_rampup(extra_files: Sequence[str | Path] = ()) -> RampUp:
+    """The ramp-up schedule and per-ISP scales from the same files."""
+    return load_mx_data(extra_files).rampup
+
+
+# --- the retry schedule --------------------------------------------------------------------
+
+
+def _policy(table: Mapping[str, Any], label: str) -> RetryPolicy:
+    checked = build(PolicyTable, table, label)
+    try:
+        return RetryPolicy(
+            first=checked.first,
+            factor=checked.factor,
+            max_interval=checked.max_interval,
+            jitter=checked.jitter,
+            name=checked.name,
+            waits_for_site=checked.waits_for_site,
+            site_backoff=checked.site_backoff,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def parse_retry_texts(texts: Sequence[tuple[str, str]]) -> RetrySchedule:
+    """A retry schedule from (source, TOML text) pairs, most important first."""
+    return _schedule([(source, _parse(text, source)) for source, text in texts])
+
+
+def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
+    default: dict[str, Any] = {}
+    for source, document in reversed(documents):
+        _check_top(document, source, ("policy", "default"))
+        table = _table(document, "default", source)
+        for key in (*_MATCH_KEYS, "waits_for_site", "site_backoff"):
+            if key in table:
+                raise ConfigError(f"{source}: [default]: {key!r} belongs to [[policy]] entries")
+        build(PolicyTable, table, f"{source}: [default]")
+        default.update(table)
+    default_label = " + ".join(source for source, _ in documents) + ": [default]"
+    default_policy = _policy(default, default_label)
+    timing = {k: v for k, v in default.items() if k in ("first", "factor", "max_interval",
+                                                       "jitter")}
+    entries: list[ScheduleEntry] = []
+    names: set[str] = set()
+    for source, document in documents:
+        found: list[ScheduleEntry] = []
+        for n, table in enumerate(_tables(document, "policy", source), start=1):
+            label = _label(source, "policy", n, table)
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{label}: expected a table")
+            if "name" not in table:
+                raise ConfigError(f"{label}: missing key 'name'")
+            if not any(key in table for key in _MATCH_KEYS):
+                raise ConfigError(f"{label}: needs classes, rule or scope to match verdicts")
+            policy = _policy({**timing, **table}, label)
+            checked = build(PolicyTable, table, label)
+            found.append(
+                ScheduleEntry(
+                    policy=policy,
+                    classes=_classes(checked.classes, label),
+                    rule=_regex(checked.rule, label, "rule"),
+                    scopes=frozenset(checked.scope) if checked.scope else None,
+                    where=label,
+                )
+            )
+        _unique([(e.policy.name, e.where) for e in found], str)
+        entries.extend(e for e in found if e.policy.name not in names)
+        names.update(e.policy.name for e in found)
+    return RetrySchedule(tuple(entries), default_policy)
+
+
+def load_retry_schedule(
+    extra_files: Sequence[str | Path] = (), *, builtin: bool = True
+) -> RetrySchedule:
+    """Users' files (in the order given) in front of the built-in retry-schedule.toml."""
+    documents = [_read(path) for path in extra_files]
+    if builtin:
+        documents.append(
+            (BUILTIN_RETRY_SOURCE, _parse(_builtin_text("retry-schedule.toml"),
+                                          BUILTIN_RETRY_SOURCE))
+        )
+    return _schedule(documents)
+
+
+# --- source bindings -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BindingConfig:
+    """A source address to send from (for `[[delivery.bindings]]` in mta.toml).
+
+    `first_use` is the (UTC) date of its first day of sending, "2025-01-31";
+    without it, `age` is how many days it had already sent when the MTA started
+    (0: a new address, on day 1 of its ramp-up).
+    """
+
+    address: str
+    name: str = ""
+    first_use: str = ""
+    age: int = 0
+
+    def __post_init__(self) -> None:
+        if self.age < 0:
+            raise ValueError("age must not be negative")
+        if self.first_use:
+            try:
+                dt.date.fromisoformat(self.first_use)
+            except ValueError:
+                raise ValueError(
+                    f"first_use: expected a date like 2025-01-31, got {self.first_use!r}"
+                ) from None
+
+    def binding(self, now: float) -> Binding:
+        """The binding as the ramp-up sees it, `now` being the MTA's start."""
+        if self.first_use:
+            day = dt.date.fromisoformat(self.first_use)
+            first = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+        else:
+            first = (day_index(now) - self.age) * 86400.0
+        return Binding(self.name or self.address, self.address, first)
