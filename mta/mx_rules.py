@@ -2,8 +2,10 @@
 
 The files are TOML; the built-in ones ship in the `mta.defaults` package
 (``mx-rules.toml``, ``retry-schedule.toml``) and users' files come in front of
-them: their rules are tried first, a rule with the same name as one from a
-later file replaces it, and their ``[default]`` / ``[rampup]`` keys override.
+them: their rules are tried first; a rule with the same name as one in a later
+file (a built-in one) is merged with it, its keys winning, so ``name = "gmail"``
+and ``rate = "600/m"`` change only Gmail's rate; their ``[default]`` and
+``[rampup]`` keys override key by key.
 Tables are checked with the config engine (`mta.settings`), then turned into
 the pure types of `mta.core.throttle`, `mta.core.rampup` and `mta.core.retry`.
 Every problem is a `ConfigError` naming the file and the rule, e.g.
@@ -203,6 +205,66 @@ def _unique(items: list[tuple[str, Any]], label_of: Any) -> None:
         seen[name] = where
 
 
+Labelled = tuple[str, dict[str, Any]]  # ("file: mx 2 'gmail'", its table)
+
+
+def _named(documents: Sequence[tuple[str, Mapping[str, Any]]], key: str) -> list[Labelled]:
+    """The named tables of `key` ([[key]]) of every document, most important first.
+
+    A name used by a more important document too is merged under it: its keys
+    fill only what the more important table leaves out (nested ``adaptive`` lists
+    merge by name the same way). The label is the most important table's."""
+    found: dict[str, Labelled] = {}
+    for source, document in documents:
+        here: list[tuple[str, str]] = []
+        for number, table in enumerate(_tables(document, key, source), start=1):
+            label = _label(source, key, number, table)
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{label}: expected a table")
+            name = table.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{label}: missing key 'name'")
+            name = name.strip()
+            here.append((name, label))
+            table = dict(table, name=name)
+            if "adaptive" in table:
+                table["adaptive"] = _labelled_list(table["adaptive"], label)
+            if name in found:
+                first_label, first = found[name]
+                found[name] = (first_label, _merge(first, table))
+            else:
+                found[name] = (label, table)
+        _unique(here, str)
+    return list(found.values())
+
+
+def _labelled_list(value: Any, label: str) -> list[Labelled]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: 'adaptive' must be an array of tables ([[mx.adaptive]])")
+    items: list[Labelled] = []
+    for number, table in enumerate(value, start=1):
+        where = _label(label, "adaptive", number, table)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        items.append((where, dict(table)))
+    names = [(str(t.get("name")), where) for where, t in items if "name" in t]
+    _unique(names, str)
+    return items
+
+
+def _merge(important: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    merged = {**other, **important}
+    if "adaptive" in important and "adaptive" in other:
+        theirs: dict[Any, dict[str, Any]] = {t.get("name"): t for _, t in other["adaptive"]}
+        mine: list[Labelled] = [
+            (where, {**theirs.get(t.get("name"), {}), **t}) for where, t in important["adaptive"]
+        ]
+        names = {t.get("name") for _, t in mine}
+        rest = [(w, t) for w, t in other["adaptive"] if t.get("name") not in names]
+        merged["adaptive"] = [*mine, *rest]
+    return merged
+
+
 # --- MX rules and ramp-up ------------------------------------------------------------------
 
 
@@ -248,16 +310,12 @@ def _hosts(value: Any, label: str) -> tuple[str, ...]:
 
 
 def _mx_rule(
-    table: Any,
+    table: Mapping[str, Any],
     label: str,
     default: Mapping[str, Any],
     global_adaptive: Sequence[AdaptiveRule],
 ) -> MxRule:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{label}: expected a table")
-    name = table.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{label}: missing key 'name'")
+    name = str(table["name"])
     if "hosts" not in table:
         raise ConfigError(f"{label}: missing key 'hosts'")
     hosts = _hosts(table["hosts"], label)
@@ -266,18 +324,11 @@ def _mx_rule(
         raise ConfigError(f"{label}: inherit_adaptive: expected true or false, got {inherit!r}")
     if not isinstance(table.get("comment", ""), str):
         raise ConfigError(f"{label}: comment: expected a string")
-    own_tables = table.get("adaptive", [])
-    if not isinstance(own_tables, list):
-        raise ConfigError(f"{label}: 'adaptive' must be an array of tables ([[mx.adaptive]])")
-    own = [
-        _adaptive(item, _label(label, "adaptive", n, item))
-        for n, item in enumerate(own_tables, start=1)
-    ]
-    _unique([(a.name, a.where) for a in own], str)
+    own_tables: list[Labelled] = table.get("adaptive", [])
+    own = [_adaptive(item, where) for where, item in own_tables]
     limits = {k: v for k, v in table.items() if k not in _MX_OWN_KEYS}
     return _rule_from_limits(
-        name.strip(), hosts, {**default, **limits}, label,
-        tuple(own), global_adaptive if inherit else (),
+        name, hosts, {**default, **limits}, label, tuple(own), global_adaptive if inherit else ()
     )
 
 
@@ -348,54 +399,37 @@ def _mx_data(documents: Sequence[tuple[str, dict[str, Any]]]) -> MxData:
     allowed = ("default", "adaptive", "mx", "rampup")
     default: dict[str, Any] = {}
     rampup: dict[str, Any] = {}
+    rampup_label: dict[str, str] = {}
     for source, document in reversed(documents):  # the first file has the last word
         _check_top(document, source, allowed)
         table = _table(document, "default", source)
         build(LimitsTable, table, f"{source}: [default]")
         default.update(table)
         section = _table(document, "rampup", source)
-        rampup.update({key: (source, value) for key, value in section.items()})
+        checked = build(RampupTable, section, f"{source}: [rampup]")
+        if checked.caps:
+            _caps(checked.caps, f"{source}: [rampup]")
+        rampup.update(section)
+        rampup_label.update({key: f"{source}: [rampup]" for key in section})
     default_label = " + ".join(source for source, _ in documents) + ": [default]"
     build(LimitsTable, default, default_label)
 
-    global_adaptive: list[AdaptiveRule] = []
-    names: set[str] = set()
-    for source, document in documents:
-        rules = [
-            _adaptive(item, _label(source, "adaptive", n, item))
-            for n, item in enumerate(_tables(document, "adaptive", source), start=1)
-        ]
-        _unique([(a.name, a.where) for a in rules], str)
-        global_adaptive.extend(a for a in rules if a.name not in names)
-        names.update(a.name for a in rules)
-
-    mx_rules: list[MxRule] = []
-    mx_names: set[str] = set()
-    for source, document in documents:
-        found: list[MxRule] = []
-        for n, item in enumerate(_tables(document, "mx", source), start=1):
-            found.append(_mx_rule(item, _label(source, "mx", n, item), default, global_adaptive))
-        _unique([(r.name, r.where) for r in found], str)
-        mx_rules.extend(r for r in found if r.name not in mx_names)
-        mx_names.update(r.name for r in found)
-    if "default" in mx_names:
+    global_adaptive = tuple(_adaptive(t, where) for where, t in _named(documents, "adaptive"))
+    mx_rules = [
+        _mx_rule(table, label, default, global_adaptive)
+        for label, table in _named(documents, "mx")
+    ]
+    if any(rule.name == "default" for rule in mx_rules):
         raise ConfigError("mx rules: the name 'default' is reserved for the [default] rule")
-    default_rule = _rule_from_limits(
-        "default", (), default, default_label, (), global_adaptive
-    )
-    mx = MxRules(tuple(mx_rules), default_rule)
+    default_rule = _rule_from_limits("default", (), default, default_label, (), global_adaptive)
 
-    sources = {key: source for key, (source, _) in rampup.items()}
-    values = {key: value for key, (_, value) in rampup.items()}
-    label = f"{sources.get('caps', sources.get('strategy', 'mx rules'))}: [rampup]"
-    ramp_table = build(RampupTable, values, label)
-    steps = _caps(ramp_table.caps, label) if ramp_table.caps else RampUp().steps
+    ramp_table = build(RampupTable, rampup, "mx rules: [rampup]")
+    steps = (
+        _caps(ramp_table.caps, rampup_label["caps"]) if ramp_table.caps else RampUp().steps
+    )
     scales = {r.name: r.rampup_scale for r in mx_rules}
-    try:
-        ramp = RampUp(steps, scales, default_rule.rampup_scale, ramp_table.strategy)
-    except ValueError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
-    return MxData(mx, ramp, tuple(global_adaptive))
+    ramp = RampUp(steps, scales, default_rule.rampup_scale, ramp_table.strategy)
+    return MxData(MxRules(tuple(mx_rules), default_rule), ramp, global_adaptive)
 
 
 def load_mx_data(extra_files: Sequence[str | Path] = (), *, builtin: bool = True) -> MxData:
@@ -456,31 +490,20 @@ def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
     timing = {k: v for k, v in default.items() if k in ("first", "factor", "max_interval",
                                                        "jitter")}
     entries: list[ScheduleEntry] = []
-    names: set[str] = set()
-    for source, document in documents:
-        found: list[ScheduleEntry] = []
-        for n, table in enumerate(_tables(document, "policy", source), start=1):
-            label = _label(source, "policy", n, table)
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"{label}: expected a table")
-            if "name" not in table:
-                raise ConfigError(f"{label}: missing key 'name'")
-            if not any(key in table for key in _MATCH_KEYS):
-                raise ConfigError(f"{label}: needs classes, rule or scope to match verdicts")
-            policy = _policy({**timing, **table}, label)
-            checked = build(PolicyTable, table, label)
-            found.append(
-                ScheduleEntry(
-                    policy=policy,
-                    classes=_classes(checked.classes, label),
-                    rule=_regex(checked.rule, label, "rule"),
-                    scopes=frozenset(checked.scope) if checked.scope else None,
-                    where=label,
-                )
+    for label, table in _named(documents, "policy"):
+        if not any(key in table for key in _MATCH_KEYS):
+            raise ConfigError(f"{label}: needs classes, rule or scope to match verdicts")
+        policy = _policy({**timing, **table}, label)
+        checked = build(PolicyTable, table, label)
+        entries.append(
+            ScheduleEntry(
+                policy=policy,
+                classes=_classes(checked.classes, label),
+                rule=_regex(checked.rule, label, "rule"),
+                scopes=frozenset(checked.scope) if checked.scope else None,
+                where=label,
             )
-        _unique([(e.policy.name, e.where) for e in found], str)
-        entries.extend(e for e in found if e.policy.name not in names)
-        names.update(e.policy.name for e in found)
+        )
     return RetrySchedule(tuple(entries), default_policy)
 
 
