@@ -49,12 +49,12 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a retry policy needs a name")
-        if self.first <= 0:
-            raise ValueError("first must be more than 0")
+        if self.first < 0:
+            raise ValueError("first must not be negative")
         if self.factor < 1:
             raise ValueError("factor must be >= 1")
-        if self.max_interval <= 0:
-            raise ValueError("max_interval must be more than 0")
+        if self.max_interval < 0:
+            raise ValueError("max_interval must not be negative")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
         if self.site_backoff < 0:

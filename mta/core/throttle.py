@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mta.durations import format_duration
+from mta.durations import format_duration, parse_duration
 from mta.model import Condition, Outcome, Phase, Verdict
 
 Action = Literal["suspend", "set_rate", "halve_concurrency"]
@@ -93,8 +93,6 @@ _TRIGGER = re.compile(r"^\s*(\d+)\s*/\s*(.+?)\s*$")
 
 def parse_trigger(text: str) -> Trigger:
     """"immediate" or "N/DURATION" ("3/5m": three matches within five minutes)."""
-    from mta.durations import parse_duration
-
     if text.strip().lower() == "immediate":
         return Trigger()
     match = _TRIGGER.match(text)
@@ -102,7 +100,7 @@ def parse_trigger(text: str) -> Trigger:
         raise ValueError(f"bad trigger {text!r} (expected 'immediate' or N/DURATION like '3/5m')")
     count = int(match.group(1))
     span = match.group(2)
-    window = parse_duration(span if span[0].isdigit() else f"1{span}")
+    window = parse_duration(f"1{span}" if span[0].isalpha() else span)
     return Trigger(count, window)
 
 
