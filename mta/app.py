@@ -23,11 +23,13 @@ from mta.classify_cmd import classify_one
 from mta.clock import Clock, make_clock
 from mta.config import MtaConfig
 from mta.core.bounce import BounceRules, load_bounce_rules
+from mta.core.rampup import DAY, Binding, day_index
 from mta.core.retry import RetryPolicy
 from mta.delivery import Delivery, DeliverySettings
 from mta.dns import Resolver
 from mta.feedback import Endpoint, Feedback, FeedbackSettings
 from mta.ingress import IngressHandler, IngressSettings, Signer, server_factory
+from mta.mx_rules import load_mx_data, load_retry_schedule
 from mta.scheduler import Scheduler, SchedulerSettings
 from mta.settings import parse_hostport
 from mta.smtp_server import bound_port, start_server
@@ -37,6 +39,20 @@ from mta.tls import server_context
 log = logging.getLogger("mta")
 
 SPOOL_FILE = "spool.sqlite3"
+
+
+def bindings_of(config: MtaConfig, first_days: dict[str, int]) -> list[Binding]:
+    """The configured source bindings for the ramp-up: a `first_use` date fixes a binding's
+    first day; otherwise it is the day the spool first saw it, less its configured `age`."""
+    found = []
+    for spec in config.delivery.bindings:
+        name = spec.name or spec.address
+        if spec.first_use:
+            first_use = spec.binding(0.0).first_use
+        else:
+            first_use = (first_days[name] - spec.age) * DAY
+        found.append(Binding(name, spec.address, first_use))
+    return found
 
 
 def retry_policy(config: MtaConfig) -> RetryPolicy:
@@ -51,7 +67,6 @@ def delivery_settings(config: MtaConfig) -> DeliverySettings:
         relayhost=parse_hostport(d.relayhost) if d.relayhost else None,
         helo_name=d.helo_name or config.smtp.hostname,
         tls=d.tls,
-        source_addresses=d.source_addresses,
         max_connections=d.max_connections,
         max_connections_per_host=d.max_connections_per_host,
         max_messages_per_connection=d.max_messages_per_connection,
@@ -119,8 +134,13 @@ class MtaApp:
 
     async def start(self) -> None:
         config = self.config
-        signer = build_signer(config)  # config errors before anything is opened
+        # Config errors (keys, rule files) before anything is opened.
+        signer = build_signer(config)
         rules = self._rules or load_bounce_rules(config.bounce.rules_files)
+        mx = load_mx_data(config.delivery.mx_rules_files)
+        schedule = load_retry_schedule(config.retry.schedule_files).with_default(
+            retry_policy(config)
+        )
         tls_context: ssl.SSLContext | None = None
         if config.smtp.tls_cert:
             tls_context = server_context(config.smtp.tls_cert, config.smtp.tls_key)
@@ -135,20 +155,27 @@ class MtaApp:
         )
         delivery = Delivery(delivery_settings(config), resolver, self.clock, self.rng)
         delivery.start()
+        names = [spec.name or spec.address for spec in config.delivery.bindings]
+        first_days = await spool.binding_first_days(names, day_index(self.clock.now()))
         scheduler = Scheduler(
             spool,
             delivery,
+            resolver,
             rules,
             self.clock,
-            retry_policy(config),
+            schedule,
+            mx.rules,
+            mx.rampup,
+            bindings_of(config, first_days) or None,
             SchedulerSettings(
                 max_inflight=config.spool.max_inflight,
                 pick_batch=config.spool.pick_batch,
                 max_recipients_per_transaction=config.delivery.max_recipients_per_transaction,
+                relayhost=config.delivery.relayhost or None,
             ),
             self.rng,
         )
-        scheduler.start()
+        await scheduler.start()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
         settings = IngressSettings(
             hostname=config.smtp.hostname,
@@ -159,7 +186,7 @@ class MtaApp:
             idle_timeout=config.smtp.idle_timeout,
             auth_users=dict(config.smtp.auth_users) or None,
         )
-        handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.wake)
+        handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
         feedback = Feedback(
             spool,
             [Endpoint(w.url, w.secret) for w in config.feedback.webhooks],
@@ -248,6 +275,7 @@ class MtaApp:
             metrics=self.metrics,
             classify=classify,
             webhooks=lambda: [dataclasses.asdict(s) for s in feedback.status()],
+            sites=scheduler.site_report,
         )
 
     async def metrics(self) -> dict[str, float]:
@@ -265,6 +293,7 @@ class MtaApp:
             "mta_recipients_in_flight": scheduler.inflight,
             'mta_attempts_total{result="delivered"}': scheduler.delivered,
             'mta_attempts_total{result="deferred"}': scheduler.deferred,
+            'mta_attempts_total{result="throttled"}': scheduler.throttled,
             'mta_attempts_total{result="bounced"}': scheduler.bounced,
             'mta_attempts_total{result="expired"}': scheduler.expired,
             "mta_connections_opened_total": pool.opened,

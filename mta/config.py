@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mta import settings
+from mta.mx_rules import BindingConfig
 from mta.settings import ConfigError
 
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
@@ -78,7 +79,8 @@ class DeliveryConfig:
     relayhost: str = _hostport("")
     helo_name: str = ""  # default: smtp.hostname
     tls: Literal["opportunistic", "required", "none"] = "opportunistic"
-    source_addresses: tuple[str, ...] = ()
+    bindings: tuple[BindingConfig, ...] = ()  # source addresses; none: the system's choice
+    mx_rules_files: tuple[str, ...] = ()  # your MX rules, merged over the built-in ones
     max_connections: int = 500
     max_connections_per_host: int = 20
     max_messages_per_connection: int = 100
@@ -143,6 +145,7 @@ class RetryConfig:
     max_interval: float = _duration("4h")
     jitter: float = 0.2
     validity: float = _duration("3.5d")  # the default and the cap of X-Campaign-Validity
+    schedule_files: tuple[str, ...] = ()  # your retry policies, tried before the built-in ones
 
     def __post_init__(self) -> None:
         if self.factor < 1:

@@ -22,6 +22,7 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -54,7 +55,6 @@ class DeliverySettings:
     relayhost: tuple[str, int] | None = None
     helo_name: str = "mta.localhost"
     tls: str = "opportunistic"
-    source_addresses: tuple[str, ...] = ()
     max_connections: int = 500
     max_connections_per_host: int = 20
     max_messages_per_connection: int = 100
@@ -72,6 +72,9 @@ class Job:
     recipients: tuple[str, ...]
     smtputf8: bool = False
     source: str | None = None  # source address to bind, None: the configured default
+    group: Hashable = None  # connections limited together (site, binding); None: per key
+    group_limit: int | None = None  # open connections allowed in the group
+    max_messages_per_connection: int | None = None  # None: the configured default
 
 
 class _Failure(Exception):
@@ -90,10 +93,14 @@ def local_reply(code: int, enhanced: str, text: str) -> Reply:
     return Reply(code, enhanced, text)
 
 
+Key = tuple[str, int, str | None]  # (address, port, source address)
+
+
 @dataclass(eq=False)
 class Connection:
     smtp: aiosmtplib.SMTP
-    key: tuple[str, int, str | None]
+    key: Key
+    group: Hashable
     host: str
     tls: bool
     messages: int = 0
@@ -105,14 +112,21 @@ class Connection:
 
 
 class Pool:
-    """Connections per (address, port, source) with a per-key and a global limit."""
+    """Open connections (busy and idle) per key, per group and in all, each under a limit.
+
+    A key is one (address, port, source); a group is what the scheduler limits
+    together (a site and a source binding): a site's several MX addresses share
+    its connection limit, idle connections included, because the receiving
+    server counts them all.
+    """
 
     def __init__(self, per_key: int, total: int, idle_timeout: float) -> None:
         self.per_key = per_key
         self.total = total
         self.idle_timeout = idle_timeout
-        self.idle: dict[tuple[str, int, str | None], list[Connection]] = {}
-        self.counts: dict[tuple[str, int, str | None], int] = {}
+        self.idle: dict[Key, list[Connection]] = {}
+        self.counts: dict[Key, int] = {}
+        self.group_counts: dict[Hashable, int] = {}
         self.open_total = 0
         self._changed = asyncio.Condition()
         self.opened = 0
@@ -124,7 +138,7 @@ class Pool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def take_idle(self, key: tuple[str, int, str | None]) -> Connection | None:
+    def take_idle(self, key: Key) -> Connection | None:
         idle = self.idle.get(key)
         now = time.monotonic()
         while idle:
@@ -136,39 +150,58 @@ class Pool:
             conn.smtp.close()
         return None
 
-    async def reserve(self, key: tuple[str, int, str | None]) -> Connection | None:
+    async def reserve(
+        self, key: Key, group: Hashable, group_limit: int | None = None
+    ) -> Connection | None:
         """An idle connection, or None once a slot for a new one is reserved (waits at limits)."""
         async with self._changed:
             while True:
                 conn = self.take_idle(key)
                 if conn is not None:
                     return conn
-                if self.counts.get(key, 0) < self.per_key and self.open_total < self.total:
+                group_full = group_limit is not None and (
+                    self.group_counts.get(group, 0) >= group_limit
+                )
+                key_full = self.counts.get(key, 0) >= self.per_key
+                if not group_full and not key_full and self.open_total < self.total:
                     self.counts[key] = self.counts.get(key, 0) + 1
+                    self.group_counts[group] = self.group_counts.get(group, 0) + 1
                     self.open_total += 1
                     return None
-                if self._close_one_idle_elsewhere(key):
+                if group_full:
+                    if self._close_idle(lambda c: c.group == group and c.key != key):
+                        continue
+                elif not key_full and self._close_idle(lambda c: c.key != key):
                     continue
                 await self._changed.wait()
 
-    def _close_one_idle_elsewhere(self, key: tuple[str, int, str | None]) -> bool:
-        if self.counts.get(key, 0) >= self.per_key:
-            return False
-        for other, conns in self.idle.items():
-            if other != key and conns:
-                conn = conns.pop(0)
-                self._forget(conn)
-                conn.smtp.close()
-                return True
+    def _close_idle(self, which: Callable[[Connection], bool]) -> bool:
+        """Close the oldest idle connection that `which` accepts; False if there is none."""
+        for conns in self.idle.values():
+            for conn in conns:
+                if which(conn):
+                    conns.remove(conn)
+                    self._forget(conn)
+                    self._quit_later(conn)
+                    return True
         return False
+
+    async def trim(self, group: Hashable, limit: int) -> None:
+        """Close idle connections of a group while it has more open than `limit`."""
+        async with self._changed:
+            while self.group_counts.get(group, 0) > limit:
+                if not self._close_idle(lambda c: c.group == group):
+                    break
 
     def _forget(self, conn: Connection) -> None:
         self.counts[conn.key] = self.counts.get(conn.key, 1) - 1
+        self.group_counts[conn.group] = self.group_counts.get(conn.group, 1) - 1
         self.open_total -= 1
 
-    async def unreserve(self, key: tuple[str, int, str | None]) -> None:
+    async def unreserve(self, key: Key, group: Hashable) -> None:
         async with self._changed:
             self.counts[key] = self.counts.get(key, 1) - 1
+            self.group_counts[group] = self.group_counts.get(group, 1) - 1
             self.open_total -= 1
             self._changed.notify_all()
 
@@ -193,13 +226,10 @@ class Pool:
         """Close idle connections older than the idle timeout."""
         now = time.monotonic()
         async with self._changed:
-            for conns in self.idle.values():
-                for conn in [
-                    c for c in conns if now - c.last_used >= self.idle_timeout or not c.usable
-                ]:
-                    conns.remove(conn)
-                    self._forget(conn)
-                    self._quit_later(conn)
+            while self._close_idle(
+                lambda c: now - c.last_used >= self.idle_timeout or not c.usable
+            ):
+                pass
             self._changed.notify_all()
 
     async def close(self) -> None:
@@ -251,7 +281,6 @@ class Delivery:
         self.pool = Pool(settings.max_connections_per_host, settings.max_connections, t.idle)
         self.tls_context = opportunistic_client_context()
         self._no_tls_until: dict[str, float] = {}
-        self._source_turn = 0
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -268,15 +297,6 @@ class Delivery:
         while True:
             await asyncio.sleep(max(self.settings.timeouts.idle / 2, 0.5))
             await self.pool.reap()
-
-    def _source(self, job: Job) -> str | None:
-        if job.source is not None:
-            return job.source
-        sources = self.settings.source_addresses
-        if not sources:
-            return None
-        self._source_turn = (self._source_turn + 1) % len(sources)
-        return sources[self._source_turn]
 
     # -- routing --------------------------------------------------------------
 
@@ -315,7 +335,7 @@ class Delivery:
         if isinstance(targets, Outcome):
             return [targets] * len(job.recipients)
         port = self.settings.relayhost[1] if self.settings.relayhost else self.settings.port
-        source = self._source(job)
+        source = job.source
         last: Outcome | None = None
         tried = 0
         for host in targets:
@@ -358,13 +378,17 @@ class Delivery:
         self, job: Job, host: str, address: str, port: int, source: str | None
     ) -> list[Outcome]:
         key = (address, port, source)
+        group = key if job.group is None else job.group
+        per_connection = (
+            job.max_messages_per_connection or self.settings.max_messages_per_connection
+        )
         for _ in range(3):  # a reused connection may have died while idle
-            conn = await self.pool.reserve(key)
+            conn = await self.pool.reserve(key, group, job.group_limit)
             if conn is None:
                 try:
-                    conn = await self._open(key, host)
+                    conn = await self._open(key, group, host)
                 except BaseException:
-                    await self.pool.unreserve(key)
+                    await self.pool.unreserve(key, group)
                     raise
                 fresh = True
             else:
@@ -386,7 +410,7 @@ class Delivery:
             except BaseException:
                 await self.pool.discard(conn)
                 raise
-            await self.pool.give_back(conn, reusable, self.settings.max_messages_per_connection)
+            await self.pool.give_back(conn, reusable, per_connection)
             return outcomes
         raise _Failure(
             Outcome(
@@ -397,19 +421,19 @@ class Delivery:
             )
         )
 
-    async def _open(self, key: tuple[str, int, str | None], host: str) -> Connection:
+    async def _open(self, key: Key, group: Hashable, host: str) -> Connection:
         use_tls = (
             self.settings.tls != "none" and self._no_tls_until.get(host, 0) <= self.clock.now()
         )
-        conn = await self._connect(key, host, use_tls)
+        conn = await self._connect(key, group, host, use_tls)
         if conn is None:  # the TLS handshake failed: opportunistic mode falls back to clear text
             self._no_tls_until[host] = self.clock.now() + NO_TLS_MEMORY
-            conn = await self._connect(key, host, False)
+            conn = await self._connect(key, group, host, False)
             assert conn is not None
         return conn
 
     async def _connect(
-        self, key: tuple[str, int, str | None], host: str, use_tls: bool
+        self, key: Key, group: Hashable, host: str, use_tls: bool
     ) -> Connection | None:
         address, port, source = key
         t = self.settings.timeouts
@@ -489,7 +513,7 @@ class Delivery:
             smtp.close()
             raise
         self.pool.opened += 1
-        return Connection(smtp, key, host, tls)
+        return Connection(smtp, key, group, host, tls)
 
     async def _socket(
         self, address: str, port: int, source: str | None, host: str

@@ -73,7 +73,7 @@ class IngressHandler:
         clock: Clock,
         signer: Signer | None = None,
         executor: Executor | None = None,
-        on_queued: Callable[[], None] = lambda: None,
+        on_queued: Callable[[NewMessage], None] = lambda message: None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -200,7 +200,7 @@ class IngressHandler:
             log.error("spool failure, message refused with 451: %s", exc)
             return "451 4.3.0 Local error in processing; please try again later"
         self.accepted += 1
-        self.on_queued()
+        self.on_queued(message)
         return f"250 2.0.0 {queue_id} queued"
 
     def _relayed_event(

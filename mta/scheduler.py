@@ -1,40 +1,93 @@
-"""The queue manager: due recipients -> delivery jobs -> outcomes -> spool.
+"""The queue manager: per-site queues, adaptive limits, ramp-up, delivery, settlement.
 
-It leases due recipients from the spool (earliest first, as many as there is
-room for in flight), groups them by message and domain into jobs, runs each job
-through `Delivery`, settles every outcome with the pure `mta.core.settle` and
-records the results (state, attempt, event) in one group commit. It sleeps
-until the next due time on the shared clock, or until the ingress wakes it.
+Recipients wait in the spool, indexed by (domain, next attempt). In memory the
+scheduler keeps one small record per domain with work (when its next recipient
+is due, how many are queued) and one per site: the set of MX hosts a domain
+resolves to, so that domains hosted by one provider share a site, with a
+throttle state per source binding (`mta.core.throttle`). Each round, for every
+domain with due work whose site admits more now (token bucket, connection
+limit, suspension, cohort "down") from a binding under its ramp-up cap for
+that ISP (`mta.core.rampup`), it leases just that many recipients (an index
+seek per domain, whatever the size of the queue) and starts one job per
+message. Outcomes are settled by the pure `mta.core.settle`, recorded in one
+group commit, and fed back to the site's throttle; every change of a site's
+limits is logged, kept in the spool and shown by `mta queue sites`. Validity
+ends are swept from their own index, so recipients waiting behind a suspended
+or capped site still expire on time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from mta.clock import Clock
-from mta.core import events
-from mta.core.retry import RetryPolicy
+from mta.core import events, rampup, throttle
+from mta.core.rampup import Binding, RampUp, VolumeLedger
+from mta.core.retry import RetryPolicy, RetrySchedule
+from mta.core.routing import site_key
 from mta.core.settle import Attempted, Classifier, Settlement, expire_unattempted, settle
+from mta.core.throttle import Change, MxRule, MxRules, SiteThrottle
 from mta.delivery import Delivery, Job
+from mta.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
-from mta.spool import DueRecipient, Pick, Release, Spool, SpoolError, Update
+from mta.spool import DueRecipient, NewMessage, Release, Spool, SpoolError, Update
 
 log = logging.getLogger("mta.scheduler")
 
 RECORD_RETRIES = 5
+SITE_REFRESH = 60.0  # real seconds before a domain's MX hosts are looked up again
+EXPIRY_BATCH = 500
+CHANGES_KEPT = 20
 
 
 @dataclass(frozen=True)
 class SchedulerSettings:
     max_inflight: int = 2000  # recipients leased and not yet recorded
-    pick_batch: int = 256
+    pick_batch: int = 256  # recipients leased per domain per round, at most
     max_recipients_per_transaction: int = 100
+    relayhost: str | None = None  # "host:port": every domain goes to one site
+
+
+@dataclass
+class Site:
+    """Domains that share MX hosts, with one throttle state per source binding."""
+
+    key: str
+    hosts: tuple[str, ...]
+    rule: MxRule
+    states: dict[str, SiteThrottle] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    domains: set[str] = field(default_factory=set)
+    changes: deque[Change] = field(default_factory=lambda: deque(maxlen=CHANGES_KEPT))
+
+    def state(self, binding: str, now: float) -> SiteThrottle:
+        found = self.states.get(binding)
+        if found is None:
+            found = self.states[binding] = throttle.new_state(self.key, binding, self.rule, now)
+        return found
+
+
+@dataclass
+class DomainWork:
+    """What the scheduler knows of one domain's queue."""
+
+    name: str
+    next_due: float | None = None  # earliest unleased next attempt (None: nothing waiting)
+    queued: int = 0  # recipients not yet final, in flight included
+    site: Site | None = None
+    resolving: bool = False
+    resolved_at: float = -math.inf  # monotonic
+    not_before: float = -math.inf  # virtual: its site or bindings admit nothing before this
 
 
 def _before(r: DueRecipient) -> Attempted:
@@ -54,7 +107,13 @@ def _last_outcome(r: DueRecipient) -> Outcome | None:
     return Outcome(Reply(r.last_code, r.last_enhanced, r.last_text or ""), phase, r.last_mx)
 
 
-def _update(r: DueRecipient, s: Settlement, now: float) -> Update:
+def _update(
+    r: DueRecipient,
+    s: Settlement,
+    now: float,
+    site: str | None = None,
+    binding: str | None = None,
+) -> Update:
     outcome = s.outcome
     reply = outcome.reply
     return Update(
@@ -74,6 +133,8 @@ def _update(r: DueRecipient, s: Settlement, now: float) -> Update:
         attempted=s.attempted,
         possible_duplicate=s.possible_duplicate,
         event=(str(s.event["event_id"]), str(s.event["kind"]), events.dumps(s.event)),
+        site=site,
+        binding=binding,
     )
 
 
@@ -101,6 +162,12 @@ def group_jobs(
             )
 
 
+def default_bindings() -> list[Binding]:
+    """No bindings configured: one, the system's choice of source address, old enough
+    to have no ramp-up cap."""
+    return [Binding("default", "", first_use=-1e12)]
+
+
 class Scheduler:
     """See the module docstring."""
 
@@ -108,29 +175,41 @@ class Scheduler:
         self,
         spool: Spool,
         delivery: Delivery,
+        resolver: Resolver,
         rules: Classifier,
         clock: Clock,
-        policy: RetryPolicy,
+        policy: RetryPolicy | RetrySchedule,
+        mx_rules: MxRules,
+        ramp: RampUp,
+        bindings: Sequence[Binding] | None = None,
         settings: SchedulerSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.spool = spool
         self.delivery = delivery
+        self.resolver = resolver
         self.rules = rules
         self.clock = clock
         self.policy = policy
+        self.mx_rules = mx_rules
+        self.ramp = ramp
+        self.bindings = list(bindings or default_bindings())
         self.settings = settings or SchedulerSettings()
         self.rng = rng or random.Random()
+        self.ledger = VolumeLedger()
+        self.domains: dict[str, DomainWork] = {}
+        self.sites: dict[str, Site] = {}
         self._wake = asyncio.Event()
-        self._capacity = asyncio.Event()
         self._inflight = 0
         self._jobs: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        # While idle: the due time the loop sleeps until (inf: until woken); None: busy.
-        self._sleeping_until: float | None = None
+        self._next_expiry = -math.inf
+        self._turn = 0
         self.delivered = 0
         self.deferred = 0
+        self.throttled = 0
         self.bounced = 0
         self.expired = 0
 
@@ -139,17 +218,39 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def start(self) -> None:
+    def queued(self, message: NewMessage) -> None:
+        """The ingress committed a message: its recipients are due now."""
+        for recipient in message.recipients:
+            work = self._work(recipient.domain)
+            work.queued += 1
+            if work.next_due is None or message.received_at < work.next_due:
+                work.next_due = message.received_at
+        self._next_expiry = min(self._next_expiry, message.expires_at)
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Load the queue's shape from the spool (a scan, once), today's volumes per binding
+        and ISP (for the ramp-up caps), and start the loop."""
+        for queue in await self.spool.queues():
+            work = self._work(queue.domain)
+            work.next_due, work.queued = queue.next_due, queue.queued
+        today = rampup.day_index(self.clock.now())
+        volumes = await self.spool.volume_since(today * rampup.DAY)
+        self.ledger.restore(
+            (binding, self.mx_rules.match(tuple(site.split(","))).name, today, count)
+            for binding, site, count in volumes
+        )
         self._task = asyncio.get_running_loop().create_task(self.run(), name="scheduler")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop picking; let in-flight jobs finish for `grace` real seconds, then cancel them."""
         self._stopping = True
         self._wake.set()
-        self._capacity.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._background):
+            task.cancel()
         if self._jobs:
             _, pending = await asyncio.wait(set(self._jobs), timeout=grace)
             for task in pending:
@@ -161,70 +262,221 @@ class Scheduler:
     def inflight(self) -> int:
         return self._inflight
 
+    def _work(self, domain: str) -> DomainWork:
+        work = self.domains.get(domain)
+        if work is None:
+            work = self.domains[domain] = DomainWork(domain)
+        return work
+
     # -- the loop -------------------------------------------------------------
 
     async def run(self) -> None:
         while not self._stopping:
-            room = self.settings.max_inflight - self._inflight
-            if room <= 0:
-                self._capacity.clear()
-                await self._capacity.wait()
-                continue
             self._wake.clear()
             now = self.clock.now()
             try:
-                pick = await self.spool.pick(now, min(room, self.settings.pick_batch))
+                if now >= self._next_expiry:
+                    await self._expire(now)
+                requests, plans = self._plan(now)
+                if requests:
+                    await self._dispatch(requests, plans, now)
+                    continue
             except SpoolError as exc:
-                log.error("cannot pick due recipients: %s", exc)
+                log.error("cannot read the queue: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if pick.recipients:
-                await self._dispatch(pick, now)
-                continue
-            await self._idle(pick.next_due)
+            await self._idle(self._next_wake())
 
-    async def _idle(self, next_due: float | None) -> None:
-        waits: list[asyncio.Task[object]] = [asyncio.ensure_future(self._wake.wait())]
-        if next_due is not None:
-            waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
-        self._sleeping_until = math.inf if next_due is None else next_due
+    def _next_wake(self) -> float | None:
+        times = [
+            max(w.next_due, w.not_before)
+            for w in self.domains.values()
+            if w.next_due is not None and w.site is not None
+        ]
+        if self._next_expiry > -math.inf:
+            times.append(self._next_expiry)
+        return min(times) if times else None
+
+    async def _idle(self, until: float | None) -> None:
+        if until is not None and until <= self.clock.now():
+            await asyncio.sleep(0)
+            return
+        waits: list[asyncio.Task[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        if until is not None and math.isfinite(until):
+            waits.append(asyncio.ensure_future(self.clock.sleep_until(until)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._sleeping_until = None
             for task in waits:
                 task.cancel()
 
-    def _due_at(self, when: float) -> None:
-        """A recipient became due at `when`: wake the loop if it sleeps past that."""
-        if self._sleeping_until is not None and when < self._sleeping_until:
+    # -- planning -------------------------------------------------------------
+
+    def _plan(
+        self, now: float
+    ) -> tuple[list[tuple[str, int]], dict[str, list[tuple[Binding, int]]]]:
+        """How many recipients to lease per domain now, and from which bindings."""
+        room = self.settings.max_inflight - self._inflight
+        requests: list[tuple[str, int]] = []
+        plans: dict[str, list[tuple[Binding, int]]] = {}
+        works = list(self.domains.values())
+        if not works:
+            return requests, plans
+        self._turn = (self._turn + 1) % len(works)
+        for work in works[self._turn :] + works[: self._turn]:
+            if room <= 0:
+                break
+            if work.next_due is None or work.next_due > now or work.not_before > now:
+                continue
+            self._refresh_site(work)
+            site = work.site
+            if site is None:
+                continue
+            plan, wake = self._admit(site, now, min(room, self.settings.pick_batch))
+            if plan:
+                total = sum(n for _, n in plan)
+                requests.append((work.name, total))
+                plans[work.name] = plan
+                room -= total
+            else:
+                work.not_before = wake
+        return requests, plans
+
+    def _admit(self, site: Site, now: float, room: int) -> tuple[list[tuple[Binding, int]], float]:
+        """Per binding, how many transactions the site takes now; else when to look again
+        (-inf: when a transaction in flight ends)."""
+        isp = site.rule.name
+        plan: list[tuple[Binding, int]] = []
+        wake = math.inf
+        waits_for_a_job = False
+        for binding in self._binding_order(isp, now):
+            if room <= 0:
+                break
+            ramp = rampup.admit(self.ramp, self.ledger, binding, isp, now)
+            if not ramp.allowed:
+                wake = min(wake, ramp.next_day_at or math.inf)
+                continue
+            state = site.state(binding.name, now)
+            admission = throttle.admit(state, now, site.in_flight.get(binding.name, 0))
+            if admission.allowed <= 0:
+                if admission.next_check_at is None:
+                    waits_for_a_job = True
+                else:
+                    wake = min(wake, admission.next_check_at)
+                continue
+            count = min(admission.allowed, room)
+            if ramp.remaining is not None:
+                count = min(count, ramp.remaining)
+            plan.append((binding, count))
+            room -= count
+        if plan or waits_for_a_job:
+            return plan, -math.inf
+        return plan, wake
+
+    def _binding_order(self, isp: str, now: float) -> list[Binding]:
+        """Bindings in the ramp-up's order of preference for this ISP."""
+        if len(self.bindings) == 1:
+            return self.bindings
+        if self.ramp.strategy == "oldest":
+            return sorted(self.bindings, key=lambda b: b.first_use)
+        return sorted(
+            self.bindings, key=lambda b: (self.ledger.sent(b.name, isp, now), b.first_use)
+        )
+
+    # -- sites ------------------------------------------------------------------
+
+    def _refresh_site(self, work: DomainWork) -> None:
+        if work.resolving:
+            return
+        if work.site is not None and time.monotonic() - work.resolved_at < SITE_REFRESH:
+            return
+        work.resolving = True
+        task = asyncio.get_running_loop().create_task(self._resolve(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resolve(self, work: DomainWork) -> None:
+        try:
+            hosts: tuple[str, ...]
+            if self.settings.relayhost:
+                hosts, key = (), f"relayhost {self.settings.relayhost}"
+            else:
+                answer = await self.resolver.mx(work.name)
+                hosts = tuple(sorted({r.host for r in answer.records if r.host}))
+                key = site_key(hosts) if answer.kind in ("records", "implicit") else ""
+                key = key or f"{work.name} ({answer.kind})"
+            site = self.sites.get(key)
+            if site is None:
+                rule = self.mx_rules.match(hosts) if hosts else self.mx_rules.default
+                site = self.sites[key] = Site(key, hosts, rule)
+            if work.site is not None and work.site is not site:
+                work.site.domains.discard(work.name)
+            site.domains.add(work.name)
+            work.site = site
+            work.resolved_at = time.monotonic()
+        except Exception:
+            log.exception("cannot find the site of %s", work.name)
+        finally:
+            work.resolving = False
             self._wake.set()
 
-    async def _dispatch(self, pick: Pick, now: float) -> None:
-        expired = [r for r in pick.recipients if r.expires_at <= now]
-        if expired:
-            updates = []
-            for r in expired:
-                s = expire_unattempted(
-                    _before(r),
-                    _last_outcome(r),
-                    now=now,
-                    rules=self.rules,
-                    event_id=events.new_event_id(),
-                )
-                updates.append(_update(r, s, now))
-            self.expired += len(updates)
-            await self._record(updates)
-        live = [r for r in pick.recipients if r.expires_at > now]
-        for job, members in group_jobs(
-            live, pick.contents, self.settings.max_recipients_per_transaction
-        ):
-            self._inflight += len(members)
-            task = asyncio.get_running_loop().create_task(self._run_job(job, members))
-            self._jobs.add(task)
-            task.add_done_callback(self._jobs.discard)
+    # -- dispatch ---------------------------------------------------------------
 
-    async def _run_job(self, job: Job, members: list[DueRecipient]) -> None:
+    async def _dispatch(
+        self,
+        requests: list[tuple[str, int]],
+        plans: dict[str, list[tuple[Binding, int]]],
+        now: float,
+    ) -> None:
+        pick = await self.spool.pick(requests, now)
+        for domain, next_due in pick.next_due.items():
+            self.domains[domain].next_due = next_due
+        by_domain: dict[str, list[DueRecipient]] = {}
+        for r in pick.recipients:
+            by_domain.setdefault(r.domain, []).append(r)
+        per_transaction = self.settings.max_recipients_per_transaction
+        for domain, due in by_domain.items():
+            site = self.domains[domain].site
+            assert site is not None
+            slots = [binding for binding, count in plans[domain] for _ in range(count)]
+            for index, (job, members) in enumerate(group_jobs(due, pick.contents, per_transaction)):
+                binding = slots[min(index, len(slots) - 1)]
+                self._start_job(job, members, site, binding, now)
+
+    def _start_job(
+        self, job: Job, members: list[DueRecipient], site: Site, binding: Binding, now: float
+    ) -> None:
+        state = site.state(binding.name, now)
+        throttle.on_attempt(state, now)
+        self.ledger.record(binding.name, site.rule.name, now, len(members))
+        job = Job(
+            queue_id=job.queue_id,
+            mail_from=job.mail_from,
+            content=job.content,
+            domain=job.domain,
+            recipients=job.recipients,
+            smtputf8=job.smtputf8,
+            source=binding.address or None,
+            group=(site.key, binding.name),
+            group_limit=state.concurrency,
+            max_messages_per_connection=site.rule.max_messages_per_connection,
+        )
+        site.in_flight[binding.name] = site.in_flight.get(binding.name, 0) + 1
+        self._inflight += len(members)
+        task = asyncio.get_running_loop().create_task(
+            self._run_job(job, members, site, binding, now)
+        )
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _run_job(
+        self,
+        job: Job,
+        members: list[DueRecipient],
+        site: Site,
+        binding: Binding,
+        started: float,
+    ) -> None:
         recorded = False
         try:
             try:
@@ -241,9 +493,8 @@ class Scheduler:
                 )
                 outcomes = [local] * len(members)
             now = self.clock.now()
-            updates = []
-            for r, outcome in zip(members, outcomes, strict=True):
-                s = settle(
+            settlements = [
+                settle(
                     _before(r),
                     outcome,
                     now=now,
@@ -252,13 +503,17 @@ class Scheduler:
                     rand=self.rng.random(),
                     event_id=events.new_event_id(),
                 )
-                self._count(s)
-                updates.append(_update(r, s, now))
+                for r, outcome in zip(members, outcomes, strict=True)
+            ]
+            updates = [
+                _update(r, s, now, site.key, binding.name)
+                for r, s in zip(members, settlements, strict=True)
+            ]
             recorded = True
             await self._record(updates)
-            retries = [u.next_attempt_at for u in updates if u.next_attempt_at is not None]
-            if retries:
-                self._due_at(min(retries))
+            self._count(settlements)
+            self._requeue(members, settlements)
+            await self._learn(site, binding, settlements, started)
         except asyncio.CancelledError:
             if not recorded:
                 # Stopped mid-attempt: give the recipients back; the outcome is unknown.
@@ -270,18 +525,75 @@ class Scheduler:
                     await asyncio.shield(self.spool.release(releases))
             raise
         finally:
+            site.in_flight[binding.name] -= 1
             self._inflight -= len(members)
-            self._capacity.set()
+            self._wake.set()
 
-    def _count(self, s: Settlement) -> None:
-        if s.result == "delivered":
-            self.delivered += 1
-        elif s.result == "retry":
-            self.deferred += 1
-        elif s.result == "bounce":
-            self.bounced += 1
-        else:
-            self.expired += 1
+    def _requeue(self, members: list[DueRecipient], settlements: list[Settlement]) -> None:
+        for r, s in zip(members, settlements, strict=True):
+            work = self._work(r.domain)
+            if s.next_attempt_at is None:
+                work.queued -= 1
+            elif work.next_due is None or s.next_attempt_at < work.next_due:
+                work.next_due = s.next_attempt_at
+
+    async def _learn(
+        self, site: Site, binding: Binding, settlements: list[Settlement], started: float
+    ) -> None:
+        """Feed the results to the site's throttle; log and keep each change it makes."""
+        state = site.states[binding.name]
+        before = state.concurrency
+        now = self.clock.now()
+        changes: list[Change] = []
+        for result in throttle.job_results([(s.outcome, s.verdict) for s in settlements], started):
+            changes += throttle.on_result(state, now, result)
+        for change in changes:
+            log.info("site %s via %s: %s", site.key, binding.name, change.describe())
+            site.changes.append(change)
+            await self.spool.site_event(
+                change.at, site.key, binding.name, json.dumps(change.as_dict())
+            )
+        if state.concurrency < before:
+            await self.delivery.pool.trim((site.key, binding.name), state.concurrency)
+        if changes:
+            for domain in site.domains:
+                self._work(domain).not_before = -math.inf
+
+    async def _expire(self, now: float) -> None:
+        """Expire recipients whose validity ended while they waited (never attempted since)."""
+        while True:
+            due, next_expiry = await self.spool.pick_expired(now, EXPIRY_BATCH)
+            self._next_expiry = math.inf if next_expiry is None else next_expiry
+            if not due:
+                return
+            settlements = [
+                expire_unattempted(
+                    _before(r),
+                    _last_outcome(r),
+                    now=now,
+                    rules=self.rules,
+                    event_id=events.new_event_id(),
+                )
+                for r in due
+            ]
+            await self._record([_update(r, s, now) for r, s in zip(due, settlements, strict=True)])
+            self._count(settlements)
+            self._requeue(due, settlements)
+            if len(due) < EXPIRY_BATCH:
+                return
+
+    def _count(self, settlements: Sequence[Settlement]) -> None:
+        for s in settlements:
+            if s.result == "delivered":
+                self.delivered += 1
+            elif s.result == "bounce":
+                self.bounced += 1
+            elif s.result == "expire":
+                self.expired += 1
+            elif s.attempted and s.verdict is not None and throttle.is_throttle(s.verdict):
+                self.throttled += 1
+            else:
+                self.deferred += 1
 
     async def _record(self, updates: list[Update]) -> None:
         delay = 0.1
@@ -300,3 +612,26 @@ class Scheduler:
                 log.error("cannot record results, retrying: %s", exc)
                 await asyncio.sleep(delay)
                 delay *= 2
+
+    # -- reporting --------------------------------------------------------------
+
+    def site_report(self) -> list[dict[str, Any]]:
+        """Per site and binding: queue depth, limits, state, last change, throughput."""
+        now = self.clock.now()
+        rows: list[dict[str, Any]] = []
+        for site in sorted(self.sites.values(), key=lambda s: s.key):
+            queued = sum(self.domains[d].queued for d in site.domains if d in self.domains)
+            states = site.states or {"-": throttle.new_state(site.key, "-", site.rule, now)}
+            for binding, state in sorted(states.items()):
+                row = throttle.status(state, now).as_dict()
+                row.update(
+                    site=site.key,
+                    binding=binding,
+                    hosts=list(site.hosts),
+                    domains=sorted(site.domains),
+                    queued=queued,
+                    in_flight=site.in_flight.get(binding, 0),
+                    changes=[c.as_dict() for c in site.changes if c.binding == binding],
+                )
+                rows.append(row)
+        return rows

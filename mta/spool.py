@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     state TEXT NOT NULL DEFAULT 'queued',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
+    expires_at REAL NOT NULL,
     leased INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL DEFAULT 0,
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
@@ -64,7 +65,9 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_mx TEXT,
     updated_at REAL
 );
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_attempt_at)
+CREATE INDEX IF NOT EXISTS recipients_domain_due ON recipients(domain, next_attempt_at)
+    WHERE state = 'queued' AND leased = 0;
+CREATE INDEX IF NOT EXISTS recipients_expiry ON recipients(expires_at)
     WHERE state = 'queued' AND leased = 0;
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -76,9 +79,22 @@ CREATE TABLE IF NOT EXISTS attempts (
     text TEXT,
     phase TEXT,
     mx TEXT,
-    result TEXT NOT NULL
+    result TEXT NOT NULL,
+    site TEXT,
+    binding TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_recipient ON attempts(recipient_id);
+CREATE TABLE IF NOT EXISTS site_events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    site TEXT NOT NULL,
+    binding TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    name TEXT PRIMARY KEY,
+    first_day INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
@@ -89,6 +105,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 """
+SCHEMA_VERSION = 2
 
 
 class SpoolError(Exception):
@@ -149,7 +166,14 @@ class DueRecipient:
 class Pick:
     recipients: list[DueRecipient]
     contents: dict[int, bytes]  # message id -> content
-    next_due: float | None  # earliest next_attempt_at not picked
+    next_due: dict[str, float | None]  # per domain asked: the earliest next attempt left
+
+
+@dataclass(frozen=True, slots=True)
+class DomainQueue:
+    domain: str
+    next_due: float | None
+    queued: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +192,9 @@ class Update:
     text: str | None = None
     phase: str | None = None
     mx: str | None = None
-    result: str = ""  # attempts.result: delivered, deferred, bounced, expired
+    result: str = ""  # attempts.result: delivered, retry, bounce, expire
+    site: str | None = None
+    binding: str | None = None
     attempted: bool = True  # False: no connection was tried (e.g. validity over)
     possible_duplicate: bool = False
     event: tuple[str, str, str] | None = None  # (event_id, kind, body json)
@@ -265,7 +291,16 @@ class Spool:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=OFF")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()
+        if tables[0] and version != SCHEMA_VERSION:
+            conn.close()
+            raise sqlite3.DatabaseError(
+                f"spool schema version {version}, this MTA needs {SCHEMA_VERSION}:"
+                " move the old data directory away"
+            )
         conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -344,9 +379,33 @@ class Spool:
         """Store a message, its recipients and their "relayed" events; returns after commit."""
         await self._submit(lambda conn: _ingest(conn, message))
 
-    async def pick(self, now: float, limit: int) -> Pick:
-        """Lease up to `limit` due recipients (next attempt <= now), earliest first."""
-        return await self._submit(lambda conn: _pick(conn, now, limit))
+    async def pick(self, requests: Sequence[tuple[str, int]], now: float) -> Pick:
+        """Lease, per (domain, limit), up to `limit` recipients due by `now`, earliest first.
+
+        Each domain costs index seeks: the size of the queue does not matter. The
+        answer also says when each domain's next remaining recipient is due.
+        """
+        return await self._submit(lambda conn: _pick(conn, requests, now))
+
+    async def pick_expired(self, now: float, limit: int) -> tuple[list[DueRecipient], float | None]:
+        """Lease waiting recipients whose validity ended, and the next expiry after them."""
+        return await self._submit(lambda conn: _pick_expired(conn, now, limit))
+
+    async def queues(self) -> list[DomainQueue]:
+        """Per domain with queued recipients: next due time and count (a scan, for start-up)."""
+        return await self._submit(_queues)
+
+    async def binding_first_days(self, names: Sequence[str], today: int) -> dict[str, int]:
+        """The day each binding was first seen; new ones are recorded as first seen today."""
+        return await self._submit(lambda conn: _first_days(conn, names, today))
+
+    async def site_event(self, at: float, site: str, binding: str, body: str) -> None:
+        """Keep a change of a site's limits (also logged) for `mta queue sites --history`."""
+        await self._submit(lambda conn: _site_event(conn, at, site, binding, body))
+
+    async def volume_since(self, since: float) -> list[tuple[str, str, int]]:
+        """Messages attempted per (binding, site) since a time (to restore ramp-up counts)."""
+        return await self._submit(lambda conn: _volume_since(conn, since))
 
     async def record(self, updates: Sequence[Update]) -> None:
         """Apply attempt results: recipient state, attempt history and events, in one commit."""
@@ -430,14 +489,15 @@ def _ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
     recipient_ids: list[int] = []
     for r in m.recipients:
         cursor = conn.execute(
-            "INSERT INTO recipients (message_id, address, domain, log_id, next_attempt_at, seq,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO recipients (message_id, address, domain, log_id, next_attempt_at,"
+            " expires_at, seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message_id,
                 r.address,
                 r.domain,
                 r.log_id,
                 m.received_at,
+                m.expires_at,
                 1 if m.events else 0,
                 m.received_at,
             ),
@@ -461,45 +521,62 @@ _PICK_COLUMNS = (
 )
 
 
-def _pick(conn: sqlite3.Connection, now: float, limit: int) -> Pick:
-    rows = conn.execute(
-        f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
-        " WHERE r.id IN (SELECT id FROM recipients WHERE state = 'queued' AND leased = 0"
-        " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-        " ORDER BY r.next_attempt_at",
-        (now, limit),
-    ).fetchall()
-    recipients = [
-        DueRecipient(
-            recipient_id=row[0],
-            message_id=row[1],
-            queue_id=row[2],
-            mail_from=row[3],
-            delivery_id=row[4],
-            address=row[5],
-            domain=row[6],
-            log_id=row[7],
-            attempts=row[8],
-            seq=row[9],
-            received_at=row[10],
-            expires_at=row[11],
-            smtputf8=bool(row[12]),
-            possible_duplicate=bool(row[13]),
-            last_code=row[14],
-            last_enhanced=row[15],
-            last_text=row[16],
-            last_phase=row[17],
-            last_mx=row[18],
-        )
-        for row in rows
-    ]
-    if recipients:
-        conn.executemany(
-            "UPDATE recipients SET leased = 1 WHERE id = ?",
-            [(r.recipient_id,) for r in recipients],
-        )
+def _due(row: Sequence[Any]) -> DueRecipient:
+    return DueRecipient(
+        recipient_id=row[0],
+        message_id=row[1],
+        queue_id=row[2],
+        mail_from=row[3],
+        delivery_id=row[4],
+        address=row[5],
+        domain=row[6],
+        log_id=row[7],
+        attempts=row[8],
+        seq=row[9],
+        received_at=row[10],
+        expires_at=row[11],
+        smtputf8=bool(row[12]),
+        possible_duplicate=bool(row[13]),
+        last_code=row[14],
+        last_enhanced=row[15],
+        last_text=row[16],
+        last_phase=row[17],
+        last_mx=row[18],
+    )
+
+
+def _lease(conn: sqlite3.Connection, recipients: Sequence[DueRecipient]) -> None:
+    conn.executemany(
+        "UPDATE recipients SET leased = 1 WHERE id = ?", [(r.recipient_id,) for r in recipients]
+    )
+
+
+def _next_due(conn: sqlite3.Connection, domain: str) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM recipients"
+        " WHERE domain = ? AND state = 'queued' AND leased = 0",
+        (domain,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _pick(conn: sqlite3.Connection, requests: Sequence[tuple[str, int]], now: float) -> Pick:
+    recipients: list[DueRecipient] = []
+    next_due: dict[str, float | None] = {}
+    for domain, limit in requests:
+        rows = conn.execute(
+            f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.id IN (SELECT id FROM recipients WHERE domain = ? AND state = 'queued'"
+            " AND leased = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+            " ORDER BY r.next_attempt_at",
+            (domain, now, limit),
+        ).fetchall()
+        picked = [_due(row) for row in rows]
+        _lease(conn, picked)
+        recipients.extend(picked)
+        next_due[domain] = _next_due(conn, domain)
     contents: dict[int, bytes] = {}
-    message_ids = sorted({r.message_id for r in recipients if r.expires_at > now})
+    message_ids = sorted({r.message_id for r in recipients})
     for start in range(0, len(message_ids), 500):
         chunk = message_ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
@@ -507,10 +584,60 @@ def _pick(conn: sqlite3.Connection, now: float, limit: int) -> Pick:
             f"SELECT id, content FROM messages WHERE id IN ({marks})", chunk
         ):
             contents[message_id] = content
+    return Pick(recipients, contents, next_due)
+
+
+def _pick_expired(
+    conn: sqlite3.Connection, now: float, limit: int
+) -> tuple[list[DueRecipient], float | None]:
+    rows = conn.execute(
+        f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
+        " WHERE r.id IN (SELECT id FROM recipients WHERE state = 'queued' AND leased = 0"
+        " AND expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, limit),
+    ).fetchall()
+    picked = [_due(row) for row in rows]
+    _lease(conn, picked)
     row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM recipients WHERE state = 'queued' AND leased = 0"
+        "SELECT MIN(expires_at) FROM recipients WHERE state = 'queued' AND leased = 0"
     ).fetchone()
-    return Pick(recipients, contents, row[0] if row else None)
+    return picked, row[0] if row else None
+
+
+def _queues(conn: sqlite3.Connection) -> list[DomainQueue]:
+    return [
+        DomainQueue(domain, next_due, count)
+        for domain, next_due, count in conn.execute(
+            "SELECT domain, MIN(CASE WHEN leased = 0 THEN next_attempt_at END), COUNT(*)"
+            " FROM recipients WHERE state = 'queued' GROUP BY domain"
+        )
+    ]
+
+
+def _first_days(conn: sqlite3.Connection, names: Sequence[str], today: int) -> dict[str, int]:
+    conn.executemany(
+        "INSERT OR IGNORE INTO bindings (name, first_day) VALUES (?, ?)",
+        [(name, today) for name in names],
+    )
+    return dict(conn.execute("SELECT name, first_day FROM bindings").fetchall())
+
+
+def _site_event(conn: sqlite3.Connection, at: float, site: str, binding: str, body: str) -> None:
+    conn.execute(
+        "INSERT INTO site_events (at, site, binding, body) VALUES (?, ?, ?, ?)",
+        (at, site, binding, body),
+    )
+
+
+def _volume_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, str, int]]:
+    return [
+        (binding, site, count)
+        for binding, site, count in conn.execute(
+            "SELECT binding, site, COUNT(*) FROM attempts WHERE at >= ? AND binding IS NOT NULL"
+            " AND site IS NOT NULL GROUP BY binding, site",
+            (since,),
+        )
+    ]
 
 
 def _record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
@@ -540,10 +667,21 @@ def _record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
         ],
     )
     conn.executemany(
-        "INSERT INTO attempts (recipient_id, at, code, enhanced, text, phase, mx, result)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO attempts (recipient_id, at, code, enhanced, text, phase, mx, result, site,"
+        " binding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (u.recipient_id, u.at, u.code, u.enhanced, u.text, u.phase, u.mx, u.result)
+            (
+                u.recipient_id,
+                u.at,
+                u.code,
+                u.enhanced,
+                u.text,
+                u.phase,
+                u.mx,
+                u.result,
+                u.site,
+                u.binding,
+            )
             for u in updates
             if u.attempted
         ],

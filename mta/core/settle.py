@@ -52,11 +52,15 @@ def settle(
     *,
     now: float,
     rules: Classifier,
-    policy: retry.RetryPolicy,
+    policy: retry.RetryPolicy | retry.RetrySchedule,
     rand: float,
     event_id: str,
 ) -> Settlement:
-    """The consequence of one attempt's outcome."""
+    """The consequence of one attempt's outcome.
+
+    A reply that asks us to slow down (the retry policy "waits for the site")
+    is the site's doing, not the recipient's: it does not use an attempt.
+    """
     attempts = before.attempts + 1
     duplicate = before.possible_duplicate or outcome.possible_duplicate
     verdict: Verdict | None = None
@@ -69,6 +73,8 @@ def settle(
         decision = retry.decide(verdict, attempts, now, before.expires_at, policy, rand)
         result = decision.action
         next_at = decision.at
+        if decision.waits_for_site:
+            attempts = before.attempts
     return _settlement(
         before,
         outcome,

@@ -1,5 +1,7 @@
 """What an outcome does to a recipient: the state table, events and retry timing together."""
 
+import re
+
 import pytest
 
 from mta.core import events
@@ -131,3 +133,21 @@ def test_every_event_kind_of_the_table_is_a_known_kind() -> None:
     from mta.core.status import TRANSITIONS
 
     assert {kind for _, kind in TRANSITIONS.values()} <= set(EventKind)
+
+
+def test_a_throttling_reply_does_not_use_an_attempt() -> None:
+    from mta.core.retry import RetrySchedule, ScheduleEntry
+
+    waiting = RetryPolicy(first=600, factor=2, max_interval=3600, jitter=0.0, name="throttle",
+                          waits_for_site=True, site_backoff=60.0)
+    schedule = RetrySchedule((ScheduleEntry(waiting, rule=re.compile("^throttle-")),), POLICY)
+
+    class Throttling(ByCode):
+        def classify(self, outcome: Outcome) -> Verdict:
+            return Verdict(BounceClass(70, "Transient Failure"), "Soft", "Unreachable", 3, "site",
+                           False, "throttle-rate")
+
+    s = settle(BEFORE, Outcome(Reply(421, "4.7.28", "slow down"), Phase.RCPT), now=1000.0,
+               rules=Throttling(), policy=schedule, rand=0.5, event_id="E")
+    assert (s.state, s.attempts, s.next_attempt_at) == (RecipientState.QUEUED, 0, 1060.0)
+    assert s.event["kind"] == "soft_bounce" and s.event["next_attempt_at"] == 1060.0
