@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_relay", "bench.bench_dkim", "bench.bench_classify"]
+BENCHMARKS = [
+    "bench.bench_relay",
+    "bench.bench_dkim",
+    "bench.bench_classify",
+    "bench.bench_throttle",
+    "bench.bench_queue",
+]
 
 
 def main() -> int:

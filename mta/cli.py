@@ -267,11 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[Any], None]]:
     """Subcommands that live in their own modules (each sets `func` on its parser)."""
-    from mta import classify_cmd, dkim_cmd
+    from mta import classify_cmd, dkim_cmd, queue_cmd
 
     return [
         _with_func(dkim_cmd.add_parser, "dkim", dkim_cmd.run),
         _with_func(classify_cmd.add_parser, "classify", classify_cmd.run),
+        _with_func(queue_cmd.add_parser, "queue", queue_cmd.run),
     ]
 
 

@@ -1,0 +1,124 @@
+"""`mta queue sites | status | show QUEUE_ID`: look into a running MTA through its HTTP API.
+
+    mta queue sites [--api http://127.0.0.1:8080] [--json]
+
+Per site (the set of MX hosts) and source binding: the queue depth, the current
+rate and connection limits against the configured ones, the state (ok, slowed,
+suspended, down), delivered / deferred / throttled counts, the effective
+delivery rate, and the reason for the last change of limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from typing import Any
+
+import aiohttp
+
+from mta.core.throttle import rate_text
+
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+class QueueError(Exception):
+    pass
+
+
+async def fetch(api: str, path: str) -> Any:
+    url = api.rstrip("/") + path
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(url) as resp,
+        ):
+            if resp.status == 404:
+                raise QueueError(f"{url}: not found")
+            if resp.status != 200:
+                raise QueueError(f"{url}: HTTP {resp.status}")
+            return await resp.json()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise QueueError(f"cannot reach the MTA's API at {api}: {exc}") from None
+
+
+def _rate(value: float | None) -> str:
+    return rate_text(math.inf if value is None else value)
+
+
+def render_sites(sites: list[dict[str, Any]]) -> str:
+    """The `mta queue sites` table."""
+    if not sites:
+        return "no sites yet: nothing has been queued since the MTA started"
+    header = ("site", "binding", "state", "queued", "flight", "rate/limit", "conns",
+              "delivered", "deferred", "throttled", "eff. rate", "last change")
+    rows = []
+    for s in sites:
+        name = s.get("rule", "") + " " + (",".join(s.get("domains", [])[:3]) or s["site"])
+        rows.append((
+            name.strip()[:34],
+            str(s["binding"]),
+            str(s["state"]),
+            str(s["queued"]),
+            str(s["in_flight"]),
+            f"{_rate(s['rate'])}/{_rate(s['configured_rate'])}",
+            f"{s['concurrency']}/{s['max_connections']}",
+            str(s["delivered"]),
+            str(s["deferred"]),
+            str(s["throttled"]),
+            _rate(s["effective_rate"]) if s["effective_rate"] else "-",
+            (s.get("last_reason") or "-")[:60],
+        ))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    return "\n".join(f"{key:<12} {value}" for key, value in status.items())
+
+
+def render_message(message: dict[str, Any]) -> str:
+    lines = [f"queue id {message['queue_id']}"]
+    for row in message["attempts"]:
+        reply = " ".join(str(row[k]) for k in ("code", "enhanced", "text") if row.get(k))
+        lines.append(f"  {row['address']:<40} {row['state']:<10} attempts={row['attempts']}"
+                     f"  {row.get('phase') or ''} {reply}".rstrip())
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api", default=DEFAULT_API, metavar="URL",
+                        help=f"the MTA's admin API (default {DEFAULT_API})")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    parser = subparsers.add_parser("queue", help="inspect a running MTA's queue and sites")
+    sub = parser.add_subparsers(dest="queue_command", required=True, metavar="WHAT")
+    sub.add_parser("sites", parents=[common],
+                   help="per site: depth, limits, state, last change, throughput")
+    sub.add_parser("status", parents=[common],
+                   help="recipients by state, in flight, accepted, rejected")
+    show = sub.add_parser("show", parents=[common], help="one message's recipients and attempts")
+    show.add_argument("queue_id")
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = {"sites": "/api/v1/queue/sites", "status": "/api/v1/status"}
+    path = paths.get(args.queue_command) or f"/api/v1/messages/{args.queue_id}"
+    try:
+        data = asyncio.run(fetch(args.api, path))
+    except QueueError as exc:
+        print(f"mta queue: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.queue_command == "sites":
+        print(render_sites(data["sites"]))
+    elif args.queue_command == "status":
+        print(render_status(data))
+    else:
+        print(render_message(data))
+    return 0
