@@ -46,7 +46,6 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mta.clock import Clock
-from mta.maildir import Maildir
 from mta.sim.artefacts import (
     Original,
     Outbox,
@@ -64,7 +63,8 @@ from mta.sim.rules import (
     reputation_blocked,
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
-from mta.smtp_server import FastSMTP, content_of
+from mta.sim.store import MAILDIR, LeanMaildir, StoreWriter
+from mta.smtp_server import FastSMTP, content_of, with_enhanced_code
 
 log = logging.getLogger("mta.sim.persona")
 
@@ -185,6 +185,7 @@ class Persona:
         outbox: Outbox | None,
         root: Path,
         seed: int | None = None,
+        writer: StoreWriter | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -195,7 +196,8 @@ class Persona:
         self.seed = sim.seed if seed is None else seed
         self.hostname = config.smtp_hostname
         self.domains = frozenset(d.lower() for d in config.domains)
-        self.maildir = Maildir(root / "Maildir", fsync=sim.store_fsync)
+        self.maildir = LeanMaildir(root / MAILDIR, fsync=sim.store_fsync)
+        self.writer = writer
         self.mailboxes = MailboxTable.from_config(
             config.mailboxes, f"personas.{config.name}.mailboxes"
         )
@@ -228,33 +230,27 @@ class Persona:
             found[int(key)] = text
         return found
 
+    def _fill(self, template: str, ip: str, recipient: str, seconds: int) -> str:
+        values = {
+            "ip": ip,
+            "recipient": recipient,
+            "seconds": str(seconds),
+            "hostname": self.hostname,
+            "id": "",
+        }
+        return render(template, values)
+
     def reply(self, name: str, ip: str, recipient: str = "", seconds: int = 0) -> str:
-        return render(
-            self.replies[name],
-            {
-                "ip": ip,
-                "recipient": recipient,
-                "seconds": str(seconds),
-                "hostname": self.hostname,
-                "id": "",
-            },
-        )
+        """The persona's named reply (`replies.<name>`), filled in."""
+        return self._fill(self.replies[name], ip, recipient, seconds)
 
     def reply_for_code(self, code: int, ip: str, recipient: str) -> str:
+        """A scripted code in the persona's words: `replies.codes`, a named reply with
+        that code, or a generic text."""
         template = self.code_replies.get(code)
         if template is None:
             template = GENERIC_REPLIES.get(code) or f"{code} {str(code)[0]}.0.0 Scripted reply"
-        seconds = int(self.config.greylist.window)
-        return render(
-            template,
-            {
-                "ip": ip,
-                "recipient": recipient,
-                "seconds": str(seconds),
-                "hostname": self.hostname,
-                "id": "",
-            },
-        )
+        return self._fill(template, ip, recipient, int(self.config.greylist.window))
 
     def _refuse(self, reply: str) -> str:
         self.counters.rejected[reply[:3]] = self.counters.rejected.get(reply[:3], 0) + 1
@@ -293,15 +289,17 @@ class Persona:
             return
         if not isinstance(data, dict):
             return
-        attempts = data.get("attempts", {})
-        senders = data.get("sender_attempts", {})
-        grey = data.get("greylist", {})
-        if isinstance(attempts, dict):
-            self.attempts.update({str(k): int(v) for k, v in attempts.items()})
-        if isinstance(senders, dict):
-            self.sender_attempts.update({str(k): int(v) for k, v in senders.items()})
-        if self.greylist is not None and isinstance(grey, dict):
-            self.greylist.first_seen.update({str(k): float(v) for k, v in grey.items()})
+        try:
+            attempts = {str(k): int(v) for k, v in dict(data.get("attempts", {})).items()}
+            senders = {str(k): int(v) for k, v in dict(data.get("sender_attempts", {})).items()}
+            grey = {str(k): float(v) for k, v in dict(data.get("greylist", {})).items()}
+        except (TypeError, ValueError):
+            log.warning("persona %s: ignoring an unreadable %s", self.name, self.state_path())
+            return
+        self.attempts.update(attempts)
+        self.sender_attempts.update(senders)
+        if self.greylist is not None:
+            self.greylist.first_seen.update(grey)
 
     def save_state(self) -> None:
         data = {
@@ -389,7 +387,8 @@ class Persona:
         address: str,
         options: list[str],
     ) -> str:
-        await self.wait(self.latency.mail)
+        if self.latency.mail:
+            await self.wait(self.latency.mail)
         ip = _peer_ip(session)
         now = self.clock.now()
         if address and "+" in address:
@@ -428,7 +427,8 @@ class Persona:
         local, _, domain = address.rpartition("@")
         if domain.lower() not in self.domains:
             return self._refuse(self.reply("relay_denied", ip, address))
-        await self.wait(self.latency.rcpt)
+        if self.latency.rcpt:
+            await self.wait(self.latency.rcpt)
         key = address.lower()
         attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
         plan = RcptPlan(address, attempt)
@@ -508,7 +508,8 @@ class Persona:
         return None
 
     async def handle_DATA(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
-        await self.wait(self.latency.dot)
+        if self.latency.dot:
+            await self.wait(self.latency.dot)
         assert isinstance(envelope, PersonaEnvelope)
         ip = _peer_ip(session)
         plans = envelope.plans
@@ -522,7 +523,14 @@ class Persona:
                 return await self.hang(server, 0)
         content = content_of(envelope)
         mail_from = envelope.mail_from or ""
-        self.maildir.deliver(mail_from, envelope.rcpt_tos, content)
+        try:
+            if self.writer is not None:
+                await self.writer.write(self.maildir, mail_from, envelope.rcpt_tos, content)
+            else:
+                self.maildir.deliver(mail_from, envelope.rcpt_tos, content)
+        except OSError as exc:
+            log.error("persona %s cannot store a message: %s", self.name, exc)
+            return self._refuse("451 4.3.0 Temporary local problem, please try again later")
         now = self.clock.now()
         self.ip_record(ip, now).count_message(now)
         c = self.counters
@@ -623,8 +631,17 @@ def _peer_ip(session: Session | None) -> str:
     return str(peer or "")
 
 
+_TERMINATOR = b"\r\n.\r\n"
+
+
 class PersonaSMTP(FastSMTP):
-    """FastSMTP with the persona's greeting decisions and a DATA-stage hook."""
+    """FastSMTP with the persona's greeting decisions and a DATA-stage hook.
+
+    Two changes keep the per-message path lean (a persona must out-run the MTA):
+    the data is read with one `readuntil(CRLF.CRLF)` rather than one per line
+    ending in a dot, and replies to pipelined commands are sent together
+    (RFC 2920: a reply is held while the next command has already arrived).
+    """
 
     def __init__(self, persona: Persona) -> None:
         limits = persona.config.limits
@@ -641,6 +658,72 @@ class PersonaSMTP(FastSMTP):
         self._refusal: str | None = None
         self._counted = False
         self._socket_transport: asyncio.BaseTransport | None = None
+        self._held: list[bytes] = []
+
+    # -- replies: hold them while more pipelined commands are waiting -----------
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        if not self._greeted:
+            self._greeted = True  # the 220 greeting carries no enhanced code
+        elif not status.startswith(("334", "354")):
+            status = with_enhanced_code(status)
+        data = status.encode("utf-8") + b"\r\n"
+        closing = status.startswith("421")
+        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if not closing and b"\n" in buffered:
+            self._held.append(data)  # the next command is already here: answer both at once
+            return
+        if self._held:
+            data = b"".join(self._held) + data
+            self._held.clear()
+        self._writer.write(data)
+        await self._writer.drain()
+        if closing and self.transport is not None:
+            self.transport.close()  # RFC 5321 3.8: 421 closes the channel
+
+    async def _push_lines(self, code: int, lines: list[str]) -> None:
+        if self._held:
+            self._writer.write(b"".join(self._held))
+            self._held.clear()
+        await super()._push_lines(code, lines)
+
+    # -- data: one read up to CRLF.CRLF ------------------------------------------
+
+    async def _read_data(self) -> tuple[bytes | None, bool]:
+        """Like FastSMTP's: raw bytes before the terminator, and whether they were too large.
+
+        The CRLF that ended the DATA command line starts the terminator of an empty
+        message, so it is put back in front of the buffer and one search finds the
+        end of any message.
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+        buffered[0:0] = b"\r\n"
+        saved_limit: int = reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(limit, 1 << 20) + 65536  # type: ignore[attr-defined]
+        too_big = False
+        total = 0
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(_TERMINATOR)
+                except asyncio.LimitOverrunError as exc:
+                    too_big = True
+                    total += exc.consumed
+                    await reader.readexactly(exc.consumed)
+                    continue
+                except asyncio.IncompleteReadError:
+                    return None, too_big
+                total += len(raw)
+                break
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        if too_big or (limit and total - 5 > limit):
+            return b"", True
+        return raw[2:-3], False  # drop our CRLF and ".CRLF"; the last line keeps its CRLF
 
     def _create_envelope(self) -> Envelope:
         return PersonaEnvelope()
@@ -664,7 +747,8 @@ class PersonaSMTP(FastSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        await self.persona.wait(self.persona.latency.connect)
+        if self.persona.latency.connect:
+            await self.persona.wait(self.persona.latency.connect)
         refusal = self._refusal
         if refusal is not None:
             with contextlib.suppress(ConnectionError):

@@ -55,6 +55,7 @@ class Simulation:
         self.dns: StubDns | None = None
         self.http: HttpServer | None = None
         self.smtp_port = 0
+        self.writer: store.StoreWriter | None = None
         self._servers: list[asyncio.Server] = []
 
     @property
@@ -88,14 +89,19 @@ class Simulation:
         root.mkdir(parents=True, exist_ok=True)
         submit = parse_hostport(config.sim.mta_submit) if config.sim.mta_submit else None
         outbox = Outbox(clock, submit)
+        writer = store.StoreWriter()
         personas = {
-            p.name: Persona(p, config.sim, clock, outbox, store.persona_root(root, p.name))
+            p.name: Persona(
+                p, config.sim, clock, outbox, store.persona_root(root, p.name), writer=writer
+            )
             for p in config.personas
         }
         for persona in personas.values():
             persona.load_state()
         zone = Zone.from_config(config)
         sim = cls(config, clock, root, personas, outbox, zone)
+        sim.writer = writer
+        writer.start()
         try:
             await sim._bind_personas(config.sim.smtp_port)
             host, port = parse_hostport(config.sim.dns_listen)
@@ -174,6 +180,9 @@ class Simulation:
             await close_server(server)
         self._servers = []
         await self.outbox.stop()
+        if self.writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+            self.writer = None
         if self.dns is not None:
             await self.dns.stop()
         if self.http is not None:

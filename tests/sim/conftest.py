@@ -3,8 +3,9 @@
 Each test gets its own loopback network 127.3.N.0/24: personas bind 127.3.N.x on
 one port picked by the first bind (port 0), the stub DNS and HTTP on port 0.
 The MTA resolves through the stub DNS and delivers to the personas' port; its
-classifier here is deliberately simple (5xx permanent, the rest retried) so the
-assertions are about what the personas answered.
+classifier here is deliberately simple (5xx permanent, the rest retried) and an
+MX rule for `*.test` turns off its pacing, ramp-up and adaptive rules, so the
+assertions are about what the personas answered, not about the MTA's shaping.
 """
 
 from __future__ import annotations
@@ -89,6 +90,30 @@ def sim_config(net: str, personas: str = ISP, seed: int = 1) -> SimConfig:
     return parse_sim_config(text, "test isps.toml")
 
 
+MX_RULE = {
+    "name": "sim-tests",
+    "hosts": ["*.test"],
+    "max_connections": 20,
+    "max_messages_per_connection": 100,
+    "rate": 0,
+    "rampup_scale": 0,
+    "inherit_adaptive": False,
+}
+
+
+def toml_table(values: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, str):
+            return f'"{v}"'
+        return str(v)
+
+    return "".join(f"{k} = {value(v)}\n" for k, v in values.items())
+
+
 class SimpleRules:
     """5xx: permanent; anything else: retry. Enough to watch what the personas said."""
 
@@ -140,11 +165,17 @@ class Stack:
         mta_flags: dict[str, Any] | None = None,
         sink: bool = False,
         config: SimConfig | None = None,
+        mx_rule: dict[str, Any] | None = None,
     ) -> Stack:
+        """Start the sim (`personas` TOML with {net}), the MTA (flags over the test
+        defaults, `mx_rule` keys over the test MX rule) and optionally a sender mailbox."""
         config = config or self.config(personas, seed)
         self.sim = await Simulation.start(config, self.clock, self.root / "sim")
         dns_host, dns_port = self.sim.dns_address
+        rules_file = self.root / "mx-rules.toml"
+        rules_file.write_text("[[mx]]\n" + toml_table({**MX_RULE, **(mx_rule or {})}))
         flags: dict[str, Any] = {
+            "delivery.mx_rules_files": (str(rules_file),),
             "smtp.listen": "127.0.0.1:0",
             "data_dir": str(self.root / "mta"),
             "dns.nameservers": (dns_host,),

@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
 async def test_http_lists_serves_and_counts(stack: Any) -> None:
     await stack.start()
     await stack.submit(["ann@isp.test", "nobody@isp.test"], subject="First")
+    await stack.quiet()
     await stack.submit(["ben@isp.test"], subject="Second")
     await stack.quiet()
     host, port = stack.sim.http_address

@@ -60,7 +60,7 @@ async def test_sessions_over_the_cap_are_refused_and_counted(stack: Any) -> None
     # a slow greeting keeps sessions open while the MTA opens more for the next messages
     await stack.start(
         persona('[personas.limits]\nsessions = 2\n[personas.latency]\nconnect = "300ms"'),
-        mta_flags={"delivery.max_connections_per_host": 6},
+        mx_rule={"max_connections": 6},
     )
     addresses = [f"s{i}@isp.test" for i in range(12)]
     await asyncio.gather(*(stack.submit([address]) for address in addresses))
@@ -78,7 +78,7 @@ async def test_sessions_over_the_cap_are_refused_and_counted(stack: Any) -> None
 async def test_connection_rate_limits_new_sessions(stack: Any) -> None:
     await stack.start(
         persona('[personas.limits]\nconnections = "1/m"'),
-        mta_flags={"delivery.max_messages_per_connection": 1},  # a connection per message
+        mx_rule={"max_messages_per_connection": 1},  # a connection per message
     )
     for i in range(3):
         await stack.submit([f"c{i}@isp.test"])
