@@ -173,9 +173,13 @@ class StubDns:
         loop = asyncio.get_running_loop()
         last: OSError | None = None
         for _ in range(5):  # port 0: the UDP port may be taken for TCP; try another
-            transport, _protocol = await loop.create_datagram_endpoint(
-                lambda: _Udp(zone), local_addr=(host, port)
-            )
+            try:
+                transport, _protocol = await loop.create_datagram_endpoint(
+                    lambda: _Udp(zone), local_addr=(host, port)
+                )
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(f"cannot listen for DNS on {host}:{port}: {reason}") from None
             bound = transport.get_extra_info("sockname")[1]
             try:
                 tcp = await loop.create_server(server._serve_tcp_client, host, bound)
