@@ -116,7 +116,8 @@ class RepliesConfig:
     mail_ok: str = "250 2.1.0 OK"
     rcpt_ok: str = "250 2.1.5 OK"
     accepted: str = "250 2.0.0 OK {id}"
-    throttle: str = "421 4.7.0 Too many connections or messages from {ip}, try again later"
+    throttle: str = "450 4.7.1 Client host [{ip}] rejected: too many messages, slow down"
+    throttle_connections: str = ""  # greeting refusal over the connection limits; "": throttle
     unknown: str = "550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
     full: str = "452 4.2.2 <{recipient}>: Mailbox full"
     disabled: str = "550 5.2.1 <{recipient}>: Mailbox disabled"
@@ -134,6 +135,8 @@ class RepliesConfig:
 
     def __post_init__(self) -> None:
         for name, value in [*self.named().items(), *self.codes.items()]:
+            if name == "throttle_connections" and not value:
+                continue
             text = value.split("\n", 1)[0]
             if len(text) < 3 or not text[:3].isdigit() or text[0] not in "2345":
                 raise ValueError(f"replies.{name}: must start with an SMTP code, got {value!r}")
@@ -150,6 +153,7 @@ _REPLY_NAMES = (
     "rcpt_ok",
     "accepted",
     "throttle",
+    "throttle_connections",
     "unknown",
     "full",
     "disabled",

@@ -341,7 +341,9 @@ class Persona:
         record.refused_sessions += 1
         c.sessions_refused += 1
         c.throttled += 1
-        reply = self.reply("throttle", ip)
+        reply = self.reply(
+            "throttle_connections" if self.replies["throttle_connections"] else "throttle", ip
+        )
         if reply[:3] not in ("421", "554"):  # a greeting refusal is 421 or 554
             reply = "421" + reply[3:].replace(f"\r\n{reply[:3]}", "\r\n421")
         return self._refuse(reply)

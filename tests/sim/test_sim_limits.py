@@ -76,8 +76,9 @@ async def test_sessions_over_the_cap_are_refused_and_counted(stack: Any) -> None
 
 
 async def test_connection_rate_limits_new_sessions(stack: Any) -> None:
+    refusal = 'throttle_connections = "421 4.7.0 {hostname} Error: too many connections from {ip}"'
     await stack.start(
-        persona('[personas.limits]\nconnections = "1/m"'),
+        persona(refusal + '\n[personas.limits]\nconnections = "1/m"'),
         mx_rule={"max_messages_per_connection": 1},  # a connection per message
     )
     for i in range(3):
@@ -85,6 +86,11 @@ async def test_connection_rate_limits_new_sessions(stack: Any) -> None:
     await stack.quiet()
     first = stack.rows()
     assert sorted(r.history[0][0] or 0 for r in first.values()) == [250, 421, 421]
+    refused = [r.history[0] for r in first.values() if r.history[0][0] == 421]
+    assert all(
+        phase == "connect" and text == "mx.isp.test Error: too many connections from 127.0.0.1"
+        for _, phase, text in refused
+    )
     rows = await stack.run_until(stack.all_final, step=60.0)
     assert all(r.state == "delivered" for r in rows.values())
     # one new connection per virtual minute: the second passes at t=60, the third at t=120
