@@ -101,6 +101,13 @@ __all__ = [
 ]
 
 
+# Two functions share their names with their modules. Importing a submodule binds the
+# package attribute to the module the first time it loads, so load both modules here,
+# then bind the names to the functions: later imports of the modules leave them alone.
+import campaign_client.kpis  # noqa: E402, F401
+from campaign_client.submit import submit  # noqa: E402
+
+
 def kpis(log: DeliveryLog, delivery_id: str) -> Kpis:
     """KPIs of one delivery in `log` (counts by status, Success %, failures by type/reason)."""
     return log.kpis(delivery_id)

@@ -98,8 +98,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="destination port for MX hosts (default 25)",
     )
-    parser.add_argument("--admin", metavar="HOST:PORT",
-                        help="HTTP API address (default 127.0.0.1:8080; '' disables it)")
+    parser.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="HTTP API address (default 127.0.0.1:8080; '' disables it)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
@@ -204,15 +207,20 @@ def cmd_tls_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """A health check for containers and scripts: can we talk SMTP to HOST:PORT?"""
+    """A health check for containers and scripts (no curl needed): exit 0 when every
+    given service answers: SMTP (EHLO), HTTP (a 2xx), DNS (any answer)."""
+    if not (args.smtp or args.http or args.dns):
+        raise CliError("check: give --smtp HOST:PORT, --http URL or --dns HOST:PORT")
     try:
-        host, port = parse_hostport(args.smtp)
+        for target in (*args.smtp, *args.dns):
+            parse_hostport(target)
     except ValueError as exc:
-        raise CliError(f"--smtp: {exc}") from None
+        raise CliError(f"check: {exc}") from None
 
-    async def main() -> int:
+    async def smtp_ok(target: str) -> str | None:
         import aiosmtplib
 
+        host, port = parse_hostport(target)
         smtp = aiosmtplib.SMTP(
             hostname=host,
             port=port,
@@ -225,9 +233,114 @@ def cmd_check(args: argparse.Namespace) -> int:
             code, _ = await smtp.ehlo()
             await smtp.quit()
         except (aiosmtplib.SMTPException, OSError) as exc:
-            print(f"mta check: {host}:{port}: {exc}", file=sys.stderr)
-            return 1
-        return 0 if code == 250 else 1
+            return f"SMTP {target}: {exc}"
+        return None if code == 250 else f"SMTP {target}: EHLO answered {code}"
+
+    async def http_ok(url: str) -> str | None:
+        import aiohttp
+
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as http,
+                http.get(url) as resp,
+            ):
+                return None if 200 <= resp.status < 300 else f"HTTP {url}: {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"HTTP {url}: {exc or type(exc).__name__}"
+
+    async def dns_ok(target: str) -> str | None:
+        import dns.asyncquery
+        import dns.exception
+        import dns.message
+
+        host, port = parse_hostport(target)
+        query = dns.message.make_query("healthcheck.test.", "A")
+        try:
+            await dns.asyncquery.udp(query, host, port=port, timeout=args.timeout)
+        except (dns.exception.DNSException, OSError) as exc:
+            return f"DNS {target}: {exc or type(exc).__name__}"
+        return None
+
+    async def main() -> int:
+        checks = [
+            *(smtp_ok(t) for t in args.smtp),
+            *(http_ok(u) for u in args.http),
+            *(dns_ok(t) for t in args.dns),
+        ]
+        problems = [p for p in await asyncio.gather(*checks) if p]
+        for problem in problems:
+            print(f"mta check: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+
+    return run_async(main)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The MTA and the simulated internet together, as two processes sharing a clock."""
+    import time
+
+    from mta.clock import Anchor
+    from mta.topology import Addresses, Supervisor, mta_service, sim_service
+
+    setup_logging(args.log_level)
+    for name in ("listen", "admin", "dns", "sim_http"):
+        try:
+            parse_hostport(getattr(args, name))
+        except ValueError as exc:
+            raise CliError(f"--{name.replace('_', '-')}: {exc}") from None
+    if args.time_scale <= 0:
+        raise CliError("--time-scale must be positive")
+    data = Path(args.data_dir)
+    addresses = Addresses(
+        smtp=args.listen,
+        admin=args.admin,
+        dns=args.dns,
+        sim_http=args.sim_http,
+        persona_port=args.persona_port,
+    )
+    wall = time.time()
+    anchor = Anchor(wall, wall, args.time_scale)
+
+    async def main() -> int:
+        supervisor = Supervisor()
+        data.mkdir(parents=True, exist_ok=True)
+        try:
+            await supervisor.start(
+                sim_service(
+                    addresses, anchor, data / "sim", args.sim_config, args.seed, args.log_level
+                ),
+                log=data / "sim.log",
+            )
+            await supervisor.start(
+                mta_service(addresses, anchor, data / "mta", args.config, args.log_level),
+                log=data / "mta.log",
+            )
+        except RuntimeError as exc:
+            await supervisor.stop()
+            raise CliError(str(exc)) from None
+        print(
+            f"mta up: submit mail to {addresses.smtp} (SMTP); admin API http://{addresses.admin}/\n"
+            f"  simulated ISPs on port {addresses.persona_port} of 127.0.0.11-15, stub DNS"
+            f" {addresses.dns}\n"
+            f"  what they received: mta sim ls --data-dir {data / 'sim'}"
+            f"  or http://{addresses.sim_http}/sim/v1/messages\n"
+            f"  time x{args.time_scale:g}; logs: {data / 'mta.log'}, {data / 'sim.log'};"
+            " Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        watcher = asyncio.ensure_future(supervisor.wait_any())
+        signalled = asyncio.ensure_future(until_signalled())
+        done, _ = await asyncio.wait({watcher, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if watcher in done:
+            service, code = watcher.result()
+            print(f"mta up: {service.name} exited with status {code}", file=sys.stderr)
+            status = 1
+        signalled.cancel()
+        watcher.cancel()
+        statuses = await supervisor.stop()
+        return status or (1 if any(statuses.values()) else 0)
 
     return run_async(main)
 
@@ -255,10 +368,47 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--hostname", default="mta.localhost")
     tls.set_defaults(func=cmd_tls_cert)
 
-    check = sub.add_parser("check", help="health check: exit 0 if an SMTP server answers")
-    check.add_argument("--smtp", default="127.0.0.1:2525", metavar="HOST:PORT")
+    check = sub.add_parser("check", help="health check: exit 0 when the given services answer")
+    check.add_argument("--smtp", action="append", default=[], metavar="HOST:PORT")
+    check.add_argument("--http", action="append", default=[], metavar="URL")
+    check.add_argument("--dns", action="append", default=[], metavar="HOST:PORT")
     check.add_argument("--timeout", type=float, default=5.0)
     check.set_defaults(func=cmd_check)
+
+    up = sub.add_parser("up", help="run the MTA and the simulated internet together")
+    up.add_argument("--config", metavar="FILE", help="the MTA's mta.toml")
+    up.add_argument("--sim-config", metavar="FILE", help="the simulation's isps.toml")
+    up.add_argument(
+        "--data-dir",
+        default="var",
+        metavar="DIR",
+        help="DIR/mta (spool), DIR/sim (Maildirs), logs (default var)",
+    )
+    up.add_argument("--time-scale", type=float, default=1.0, metavar="X")
+    up.add_argument(
+        "--listen",
+        default="127.0.0.1:2525",
+        metavar="HOST:PORT",
+        help="the MTA's SMTP submission address",
+    )
+    up.add_argument("--admin", default="127.0.0.1:8080", metavar="HOST:PORT")
+    up.add_argument(
+        "--dns",
+        default="127.0.0.1:5300",
+        metavar="HOST:PORT",
+        help="the stub DNS the MTA resolves through",
+    )
+    up.add_argument("--sim-http", default="127.0.0.1:8025", metavar="HOST:PORT")
+    up.add_argument(
+        "--persona-port",
+        type=int,
+        default=2525,
+        metavar="PORT",
+        help="the port every simulated ISP listens on (each on its own address)",
+    )
+    up.add_argument("--seed", type=int, metavar="N")
+    up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    up.set_defaults(func=cmd_up)
 
     for register in _plugins():
         register(sub)
@@ -267,12 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[Any], None]]:
     """Subcommands that live in their own modules (each sets `func` on its parser)."""
-    from mta import classify_cmd, dkim_cmd, queue_cmd
+    from mta import classify_cmd, demo, dkim_cmd, queue_cmd
+    from mta.sim import cli as sim_cli
 
     return [
         _with_func(dkim_cmd.add_parser, "dkim", dkim_cmd.run),
         _with_func(classify_cmd.add_parser, "classify", classify_cmd.run),
         _with_func(queue_cmd.add_parser, "queue", queue_cmd.run),
+        _with_func(sim_cli.add_parser, "sim", sim_cli.run),
+        _with_func(demo.add_parser, "demo", demo.run),
     ]
 
 

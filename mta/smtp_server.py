@@ -78,7 +78,6 @@ _DEFAULT_ENHANCED = {
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _TERMINATOR = b"\r\n.\r\n"
-_LONE_DOT = b".\r\n"
 
 
 def content_of(envelope: Envelope) -> bytes:
@@ -158,6 +157,7 @@ class FastSMTP(SMTP):
         )
         self.max_recipients = max_recipients
         self._greeted = False
+        self._held: list[bytes] = []
         self._auth_offered = bool(auth_users)
         # aiosmtpd keeps these limits in a class-level dict it mutates per EHLO.
         self.command_size_limits = collections.defaultdict(lambda: 1024)
@@ -168,22 +168,37 @@ class FastSMTP(SMTP):
     # -- replies --------------------------------------------------------------
 
     async def push(self, status: Any) -> None:
+        """Send a reply; while the next pipelined command is already buffered, hold it and
+        send the replies together (RFC 2920), saving a write per command."""
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         if not self._greeted:
             self._greeted = True  # the 220 greeting carries no enhanced code
         elif not status.startswith(("334", "354")):
             status = with_enhanced_code(status)
-        await super().push(status)
-        if status.startswith("421") and self.transport is not None:
+        data = status.encode("utf-8") + b"\r\n"
+        closing = status.startswith("421")
+        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if not closing and b"\n" in buffered:
+            self._held.append(data)
+            return
+        if self._held:
+            data = b"".join(self._held) + data
+            self._held.clear()
+        self._writer.write(data)
+        await self._writer.drain()
+        if closing and self.transport is not None:
             self.transport.close()  # RFC 5321 3.8: 421 closes the channel
 
     async def _push_lines(self, code: int, lines: list[str]) -> None:
         last = len(lines) - 1
         payload = "".join(
             f"{code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(lines)
-        )
-        self._writer.write(payload.encode("utf-8"))
+        ).encode("utf-8")
+        if self._held:
+            payload = b"".join(self._held) + payload
+            self._held.clear()
+        self._writer.write(payload)
         await self._writer.drain()
 
     async def handle_exception(self, error: Exception) -> str:
@@ -324,42 +339,38 @@ class FastSMTP(SMTP):
     async def _read_data(self) -> tuple[bytes | None, bool]:
         """Raw bytes up to CRLF.CRLF (terminator removed) and whether they were too large.
 
-        Returns (None, ...) when the connection closed before the terminator.
+        The CRLF that ended the DATA command line also starts the terminator of an
+        empty message, so it is put back in front of the buffer: one search for
+        CRLF.CRLF then finds the end of any message. Returns (None, ...) when the
+        connection closed before the terminator.
         """
         reader = self._reader
         limit = self.data_size_limit or 0
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # asyncio's own
+        buffered[0:0] = b"\r\n"
+        saved_limit: int = reader._limit  # type: ignore[attr-defined]
         # Let one readuntil() span a whole message; restored after the read.
-        saved_limit: int = reader._limit  # type: ignore[attr-defined]  # asyncio's own field
         reader._limit = max(limit, 1 << 20) + 65536  # type: ignore[attr-defined]
-        pieces: list[bytes] = []
-        total = 0
         too_big = False
+        total = 0
         try:
             while True:
                 try:
-                    piece = await reader.readuntil(_LONE_DOT)
+                    raw = await reader.readuntil(_TERMINATOR)
                 except asyncio.LimitOverrunError as exc:
-                    total += exc.consumed
                     too_big = True
-                    pieces.clear()
+                    total += exc.consumed
                     await reader.readexactly(exc.consumed)
                     continue
                 except asyncio.IncompleteReadError:
                     return None, too_big
-                total += len(piece)
-                if limit and total > limit + len(_TERMINATOR):
-                    too_big = True
-                    pieces.clear()
-                elif not too_big:
-                    pieces.append(piece)
-                if piece == _LONE_DOT or piece.endswith(_TERMINATOR):
-                    break
+                total += len(raw)
+                break
         finally:
             reader._limit = saved_limit  # type: ignore[attr-defined]
-        if too_big:
+        if too_big or (limit and total - len(_TERMINATOR) - 2 > limit):
             return b"", True
-        raw = b"".join(pieces)
-        return raw[:-3], False  # drop ".\r\n"; the CRLF before it ends the last line
+        return raw[2:-3], False  # drop our CRLF and ".CRLF"; the last line keeps its CRLF
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):

@@ -41,6 +41,12 @@ def add_parser(subparsers: Any) -> None:
         help="share a clock with the MTA (wins over --time-scale)",
     )
     sim.add_argument("--seed", type=int, metavar="N", help="seed of the random behaviour")
+    sim.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="no seeded random faults nor random async artefacts: only scripts, mailbox"
+        " tables, greylisting and limits decide (exact, repeatable runs)",
+    )
     sim.add_argument("--http", metavar="HOST:PORT", help="the HTTP API address")
     sim.add_argument("--dns", metavar="HOST:PORT", help="the stub DNS address")
     sim.add_argument("--port", type=int, metavar="PORT", help="the port every persona uses")
@@ -86,6 +92,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             flags[key] = value
     if getattr(args, "seed", None) is not None:
         flags["sim.seed"] = args.seed
+    if getattr(args, "deterministic", False):
+        flags["sim.random_faults"] = False
     if getattr(args, "port", None) is not None:
         flags["sim.smtp_port"] = args.port
     return flags

@@ -302,6 +302,7 @@ class SimSection:
     dns_ttl: float = _duration("5m")
     stall_max: float = _duration("60s")  # real seconds a stall or black hole lasts at most
     store_fsync: bool = False  # fsync each stored message (slower; off for benchmarks)
+    random_faults: bool = True  # false: no seeded faults nor random artefacts (exact runs)
 
     def __post_init__(self) -> None:
         if not 0 <= self.smtp_port <= 65535:

@@ -64,7 +64,7 @@ from mta.sim.rules import (
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
 from mta.sim.store import MAILDIR, LeanMaildir, StoreWriter
-from mta.smtp_server import FastSMTP, content_of, with_enhanced_code
+from mta.smtp_server import FastSMTP, content_of
 
 log = logging.getLogger("mta.sim.persona")
 
@@ -479,6 +479,8 @@ class Persona:
                 if wait > 0:
                     self.counters.greylisted += 1
                     return self._refuse(self.reply("greylisted", ip, plan.address, math.ceil(wait)))
+        if not self.sim.random_faults:
+            return None
         faults = self.config.faults
         if faults.soft or faults.hard:
             roll = self.chance(key, plan.attempt, "rcpt")
@@ -519,7 +521,7 @@ class Persona:
             if plan.step is not None and plan.step.stage == "dot":
                 return await self.act(server, plan.step, ip, plan.address)
         faults = self.config.faults
-        if faults.disconnect and plans and not plans[0].scripted:
+        if self.sim.random_faults and faults.disconnect and plans and not plans[0].scripted:
             first = plans[0]
             if self.chance(first.address.lower(), first.attempt, "dot") < faults.disconnect:
                 return await self.hang(server, 0)
@@ -633,17 +635,8 @@ def _peer_ip(session: Session | None) -> str:
     return str(peer or "")
 
 
-_TERMINATOR = b"\r\n.\r\n"
-
-
 class PersonaSMTP(FastSMTP):
-    """FastSMTP with the persona's greeting decisions and a DATA-stage hook.
-
-    Two changes keep the per-message path lean (a persona must out-run the MTA):
-    the data is read with one `readuntil(CRLF.CRLF)` rather than one per line
-    ending in a dot, and replies to pipelined commands are sent together
-    (RFC 2920: a reply is held while the next command has already arrived).
-    """
+    """FastSMTP with the persona's greeting decisions and a DATA-stage hook."""
 
     def __init__(self, persona: Persona) -> None:
         limits = persona.config.limits
@@ -660,72 +653,6 @@ class PersonaSMTP(FastSMTP):
         self._refusal: str | None = None
         self._counted = False
         self._socket_transport: asyncio.BaseTransport | None = None
-        self._held: list[bytes] = []
-
-    # -- replies: hold them while more pipelined commands are waiting -----------
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, bytes):
-            status = status.decode("utf-8", "replace")
-        if not self._greeted:
-            self._greeted = True  # the 220 greeting carries no enhanced code
-        elif not status.startswith(("334", "354")):
-            status = with_enhanced_code(status)
-        data = status.encode("utf-8") + b"\r\n"
-        closing = status.startswith("421")
-        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
-        if not closing and b"\n" in buffered:
-            self._held.append(data)  # the next command is already here: answer both at once
-            return
-        if self._held:
-            data = b"".join(self._held) + data
-            self._held.clear()
-        self._writer.write(data)
-        await self._writer.drain()
-        if closing and self.transport is not None:
-            self.transport.close()  # RFC 5321 3.8: 421 closes the channel
-
-    async def _push_lines(self, code: int, lines: list[str]) -> None:
-        if self._held:
-            self._writer.write(b"".join(self._held))
-            self._held.clear()
-        await super()._push_lines(code, lines)
-
-    # -- data: one read up to CRLF.CRLF ------------------------------------------
-
-    async def _read_data(self) -> tuple[bytes | None, bool]:
-        """Like FastSMTP's: raw bytes before the terminator, and whether they were too large.
-
-        The CRLF that ended the DATA command line starts the terminator of an empty
-        message, so it is put back in front of the buffer and one search finds the
-        end of any message.
-        """
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
-        buffered[0:0] = b"\r\n"
-        saved_limit: int = reader._limit  # type: ignore[attr-defined]
-        reader._limit = max(limit, 1 << 20) + 65536  # type: ignore[attr-defined]
-        too_big = False
-        total = 0
-        try:
-            while True:
-                try:
-                    raw = await reader.readuntil(_TERMINATOR)
-                except asyncio.LimitOverrunError as exc:
-                    too_big = True
-                    total += exc.consumed
-                    await reader.readexactly(exc.consumed)
-                    continue
-                except asyncio.IncompleteReadError:
-                    return None, too_big
-                total += len(raw)
-                break
-        finally:
-            reader._limit = saved_limit  # type: ignore[attr-defined]
-        if too_big or (limit and total - 5 > limit):
-            return b"", True
-        return raw[2:-3], False  # drop our CRLF and ".CRLF"; the last line keeps its CRLF
 
     def _create_envelope(self) -> Envelope:
         return PersonaEnvelope()

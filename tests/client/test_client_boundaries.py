@@ -79,3 +79,18 @@ def test_live_table_redraws_in_place_on_a_tty() -> None:
     live.close()
     text = stream.getvalue()
     assert "\x1b[" in text and "Delivery D: 3 recipients" in text
+
+
+def test_functions_named_like_their_modules_stay_functions() -> None:
+    """`submit` and `kpis` are both modules and functions; importing the modules must not
+    turn the package's names into modules (a fresh interpreter sees the package cold)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from campaign_client import DeliveryLog, render_table\n"
+        "import campaign_client.submit, campaign_client.kpis\n"
+        "from campaign_client import submit, kpis\n"
+        "assert callable(submit) and callable(kpis), (submit, kpis)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

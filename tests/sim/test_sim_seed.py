@@ -49,3 +49,24 @@ async def test_same_seed_same_outcomes(stack: Any, tmp_path: Path) -> None:
     counts = {code: list(one.values()).count(code) for code in set(one.values())}
     assert set(counts) == {250, 451, 550}  # all three kinds occur with these rates
     assert 5 <= counts[550] <= 15 and 6 <= counts[451] <= 20
+
+
+async def test_deterministic_mode_has_no_random_faults(stack: Any, tmp_path: Path) -> None:
+    import dataclasses
+
+    from mta.sim.cli import _flags
+
+    class Args:  # what `mta sim --deterministic` sets
+        deterministic = True
+        seed = None
+
+    assert _flags(Args()) == {"sim.random_faults": False}  # type: ignore[arg-type]
+    config = stack.config(FAULTY, 5)
+    config = dataclasses.replace(
+        config, sim=dataclasses.replace(config.sim, random_faults=False)
+    )
+    await stack.start(config=config)
+    await stack.submit(ADDRESSES)
+    await stack.quiet()
+    # The same persona and seed fail half of these addresses when faults are on (above).
+    assert {r.history[0][0] for r in stack.rows().values()} == {250}
