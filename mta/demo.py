@@ -48,6 +48,8 @@ from typing import Any
 
 from mta.clock import Anchor
 from mta.topology import (
+    BOUNCE_HOST_DEFAULT,
+    PERSONA_HOSTS_DEFAULT,
     Addresses,
     Supervisor,
     free_common_port,
@@ -59,8 +61,8 @@ from mta.topology import (
 VALIDITY_SECONDS = 3.5 * 86400
 DEFAULT_SCALE = 5040.0  # 3.5 days in about a minute
 SENDER_DOMAIN = "campaign.test"
-BOUNCE_HOST = "127.0.0.20"
-PERSONA_HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15", BOUNCE_HOST]
+BOUNCE_HOST = BOUNCE_HOST_DEFAULT
+PERSONA_HOSTS = [*PERSONA_HOSTS_DEFAULT, BOUNCE_HOST]
 
 
 @dataclass(frozen=True)

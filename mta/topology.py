@@ -43,6 +43,11 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# Where the default simulated internet lives: the personas, and the sender's bounce mailbox.
+PERSONA_HOSTS_DEFAULT = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
+BOUNCE_HOST_DEFAULT = "127.0.0.20"
+
+
 def mta_command(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "mta", *args)
 
