@@ -189,7 +189,7 @@ class MtaApp:
         handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
         feedback = Feedback(
             spool,
-            [Endpoint(w.url, w.secret) for w in config.feedback.webhooks],
+            [Endpoint(w.url, w.secret) for w in config.feedback.endpoints],
             FeedbackSettings(
                 batch_max=config.feedback.batch_max,
                 window=config.feedback.window,

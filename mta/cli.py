@@ -275,15 +275,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_async(main)
 
 
+def _new_secret() -> str:
+    import base64
+    import secrets
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """The MTA and the simulated internet together, as two processes sharing a clock."""
     import time
 
     from mta.clock import Anchor
-    from mta.topology import Addresses, Supervisor, mta_service, sim_service
+    from mta.topology import (
+        Addresses,
+        Supervisor,
+        client_service,
+        feedback_env,
+        mta_service,
+        sim_service,
+    )
 
     setup_logging(args.log_level)
-    for name in ("listen", "admin", "dns", "sim_http"):
+    for name in ("listen", "admin", "dns", "sim_http", "webhook"):
         try:
             parse_hostport(getattr(args, name))
         except ValueError as exc:
@@ -297,13 +311,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         dns=args.dns,
         sim_http=args.sim_http,
         persona_port=args.persona_port,
+        webhook=args.webhook,
     )
+    secret = os.environ.get("WEBHOOK_SECRET") or _new_secret()
     wall = time.time()
     anchor = Anchor(wall, wall, args.time_scale)
 
     async def main() -> int:
         supervisor = Supervisor()
-        data.mkdir(parents=True, exist_ok=True)
+        (data / "client").mkdir(parents=True, exist_ok=True)
         try:
             await supervisor.start(
                 sim_service(
@@ -311,8 +327,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 ),
                 log=data / "sim.log",
             )
+            env: dict[str, str] = {}
+            if args.client:
+                await supervisor.start(
+                    client_service(addresses, data / "client", secret), log=data / "client.log"
+                )
+                env = feedback_env(addresses, secret)
             await supervisor.start(
-                mta_service(addresses, anchor, data / "mta", args.config, args.log_level),
+                mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env),
                 log=data / "mta.log",
             )
         except RuntimeError as exc:
@@ -324,8 +346,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             f" {addresses.dns}\n"
             f"  what they received: mta sim ls --data-dir {data / 'sim'}"
             f"  or http://{addresses.sim_http}/sim/v1/messages\n"
-            f"  time x{args.time_scale:g}; logs: {data / 'mta.log'}, {data / 'sim.log'};"
-            " Ctrl-C stops",
+            + (
+                f"  client: webhooks at {addresses.webhook_url}, bounce mailbox"
+                f" {addresses.bounce_host}:{addresses.persona_port}; report: campaign-client"
+                f" report DELIVERY_ID --log {data / 'client' / 'campaign-log.sqlite'}\n"
+                if args.client
+                else ""
+            )
+            + f"  time x{args.time_scale:g}; logs in {data}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
@@ -407,6 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the port every simulated ISP listens on (each on its own address)",
     )
     up.add_argument("--seed", type=int, metavar="N")
+    up.add_argument(
+        "--client",
+        action="store_true",
+        help="also run the Campaign side's receiver (webhooks and bounce mailbox),"
+        " as docker-compose does",
+    )
+    up.add_argument(
+        "--webhook",
+        default="127.0.0.1:8090",
+        metavar="HOST:PORT",
+        help="where the client's receiver listens (with --client)",
+    )
     up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     up.set_defaults(func=cmd_up)
 

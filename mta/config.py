@@ -201,9 +201,15 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    """Where feedback events go: webhooks (push), and always the pull API."""
+    """Where feedback events go: webhooks (push), and always the pull API.
+
+    `url` and `secret` name one more webhook as plain keys, so that it can come from
+    the environment (MTA_FEEDBACK_URL, MTA_FEEDBACK_SECRET), as containers prefer.
+    """
 
     webhooks: tuple[WebhookConfig, ...] = ()
+    url: str = ""
+    secret: str = ""
     batch_max: int = 100
     window: float = _duration("8h")  # real time a failing batch is retried
     timeout: float = _duration("10s")
@@ -211,6 +217,15 @@ class FeedbackConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.batch_max <= 10000:
             raise ValueError("batch_max must be 1-10000")
+        if bool(self.url) != bool(self.secret):
+            raise ValueError("url and secret go together")
+        if self.url:
+            WebhookConfig(self.url, self.secret)
+
+    @property
+    def endpoints(self) -> tuple[WebhookConfig, ...]:
+        extra = (WebhookConfig(self.url, self.secret),) if self.url else ()
+        return self.webhooks + extra
 
 
 @dataclass(frozen=True)

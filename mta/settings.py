@@ -211,9 +211,12 @@ def apply_overrides(
 ) -> T:
     """A copy of `instance` with dotted keys replaced (values checked like the file's).
 
-    `display` names a key in error messages (e.g. as its environment variable).
+    Keys of one table are applied together, so checks that tie fields to each other
+    (e.g. "url and secret go together") see all of them. `display` names a key in
+    error messages (e.g. as its environment variable).
     """
     keys = scalar_keys(type(instance))
+    tables: dict[tuple[str, ...], dict[str, Any]] = {}
     for key, value in overrides.items():
         if key not in keys:
             raise ConfigError(f"{source}: unknown key '{display(key)}'")
@@ -222,20 +225,26 @@ def apply_overrides(
             converted = _convert(value, hint, kind, from_text)
         except ValueError as exc:
             raise ConfigError(f"{source}: {display(key)}: {exc}") from None
-        instance = _replace_path(instance, key.split("."), converted, source, display(key))
+        *path, name = key.split(".")
+        tables.setdefault(tuple(path), {})[name] = converted
+    for table, values in tables.items():
+        label = ", ".join(display(".".join((*table, field))) for field in values)
+        instance = _replace_table(instance, list(table), values, source, label)
     return instance
 
 
-def _replace_path(obj: Any, path: list[str], value: Any, source: str, key: str) -> Any:
-    head = path[0]
-    if len(path) == 1:
-        new_value = value
-    else:
-        new_value = _replace_path(getattr(obj, head), path[1:], value, source, key)
+def _replace_table(
+    obj: Any, path: list[str], values: dict[str, Any], source: str, label: str
+) -> Any:
+    """`obj` with the fields `values` of the nested table at `path` replaced."""
     try:
-        return dataclasses.replace(obj, **{head: new_value})
+        if not path:
+            return dataclasses.replace(obj, **values)
+        head = path[0]
+        inner = _replace_table(getattr(obj, head), path[1:], values, source, label)
+        return dataclasses.replace(obj, **{head: inner})
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {key}: {exc}") from None
+        raise ConfigError(f"{source}: {label}: {exc}") from None
 
 
 def env_overrides(

@@ -1,11 +1,15 @@
-"""The processes of a whole simulated setup, as data: what `mta up` and `mta demo` run and
-what docker-compose.yml describes (a test holds the two together).
+"""The processes of a whole simulated setup, as data: what `mta up` runs and what
+docker-compose.yml describes (a test holds the two together).
 
-    sim     `mta sim`    personas on 127.0.0.1x:PORT, stub DNS, HTTP API
-    mta     `mta serve`  SMTP submission, admin API; resolver -> sim DNS; delivery -> PORT
-    client  `campaign-client receive` (demo only): webhooks in, bounce mailbox on 127.0.0.20
+    sim     `mta sim`                 personas on 127.0.0.1x:PORT, stub DNS, HTTP API
+    mta     `mta serve`               SMTP submission, admin API; resolver -> the stub DNS,
+                                      delivery -> the personas' PORT
+    client  `campaign-client receive` (with `mta up --client`): webhooks in, and the bounce
+                                      mailbox on 127.0.0.20:PORT (the sender domain's MX)
 
-All share one clock anchor, so virtual time agrees across processes.
+Each service has a readiness check (`mta check ...`), the same command the containers
+use as their healthcheck. `mta up` gives all of them one clock anchor, so virtual time
+agrees across processes.
 """
 
 from __future__ import annotations
@@ -20,11 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mta.clock import Anchor
+from mta.settings import parse_hostport
+
+# Where the default simulated internet lives: the personas, and the sender's bounce mailbox.
+PERSONA_HOSTS_DEFAULT = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
+BOUNCE_HOST_DEFAULT = "127.0.0.20"
+
+
+def reachable(listen: str) -> str:
+    """The address to connect to for a listen address (0.0.0.0 and :: mean this host)."""
+    host, port = parse_hostport(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 @dataclass(frozen=True)
 class Addresses:
-    """Where each listener goes (HOST:PORT strings)."""
+    """Where each listener goes (HOST:PORT strings; "" for sim_http: none)."""
 
     smtp: str = "127.0.0.1:2525"
     admin: str = "127.0.0.1:8080"
@@ -32,29 +49,34 @@ class Addresses:
     sim_http: str = "127.0.0.1:8025"
     persona_port: int = 2525
     webhook: str = "127.0.0.1:8090"
-    bounce_host: str = "127.0.0.20"
+    bounce_host: str = BOUNCE_HOST_DEFAULT
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://{reachable(self.webhook)}/webhook"
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
-    argv: tuple[str, ...]
-    ready: tuple[str, ...]  # an `mta check ...` command line that exits 0 once it serves
+    argv: tuple[str, ...]  # after the program name
+    ready: tuple[str, ...]  # `mta check ...` arguments that succeed once it serves
+    program: str = "mta"
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def command(self) -> tuple[str, ...]:
+        module = "mta" if self.program == "mta" else "campaign_client"
+        return (sys.executable, "-m", module, *self.argv)
 
-# Where the default simulated internet lives: the personas, and the sender's bounce mailbox.
-PERSONA_HOSTS_DEFAULT = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
-BOUNCE_HOST_DEFAULT = "127.0.0.20"
-
-
-def mta_command(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "mta", *args)
+    @property
+    def ready_command(self) -> tuple[str, ...]:
+        return (sys.executable, "-m", "mta", *self.ready)
 
 
 def sim_service(
     a: Addresses,
-    anchor: Anchor,
+    anchor: Anchor | None,
     data_dir: Path,
     config: str | None = None,
     seed: int | None = None,
@@ -65,31 +87,34 @@ def sim_service(
         "sim",
         "--data-dir",
         str(data_dir),
-        "--clock-anchor",
-        anchor.encode(),
-        "--mta",
-        a.smtp,
+        "--port",
+        str(a.persona_port),
         "--dns",
         a.dns,
         "--http",
         a.sim_http,
-        "--port",
-        str(a.persona_port),
+        "--mta",
+        reachable(a.smtp),
         "--log-level",
         log_level,
     ]
+    if anchor is not None:
+        argv += ["--clock-anchor", anchor.encode()]
     if config:
         argv += ["--config", config]
     if seed is not None:
         argv += ["--seed", str(seed)]
     if deterministic:
         argv.append("--deterministic")
-    return Service("sim", mta_command(*argv), mta_command("check", "--dns", a.dns))
+    ready = ["check", "--dns", a.dns]
+    if a.sim_http:
+        ready += ["--http", f"http://{reachable(a.sim_http)}/sim/v1/stats"]
+    return Service("sim", tuple(argv), tuple(ready))
 
 
 def mta_service(
     a: Addresses,
-    anchor: Anchor,
+    anchor: Anchor | None,
     data_dir: Path,
     config: str | None = None,
     log_level: str = "warning",
@@ -99,8 +124,6 @@ def mta_service(
         "serve",
         "--data-dir",
         str(data_dir),
-        "--clock-anchor",
-        anchor.encode(),
         "--listen",
         a.smtp,
         "--admin",
@@ -112,9 +135,40 @@ def mta_service(
         "--log-level",
         log_level,
     ]
+    if anchor is not None:
+        argv += ["--clock-anchor", anchor.encode()]
     if config:
         argv += ["--config", config]
-    return Service("mta", mta_command(*argv), mta_command("check", "--smtp", a.smtp), env or {})
+    ready = ["check", "--smtp", reachable(a.smtp)]
+    if a.admin:
+        ready += ["--http", f"http://{reachable(a.admin)}/readyz"]
+    return Service("mta", tuple(argv), tuple(ready), env=env or {})
+
+
+def client_service(a: Addresses, data_dir: Path, secret: str) -> Service:
+    """The Campaign side's receiver: webhooks in, the bounce mailbox on the sender's MX."""
+    argv = [
+        "receive",
+        "--listen",
+        a.webhook,
+        "--bounce-listen",
+        f"{a.bounce_host}:{a.persona_port}",
+        "--log",
+        str(data_dir / "campaign-log.sqlite"),
+    ]
+    ready = ("check", "--http", f"http://{reachable(a.webhook)}/livez")
+    return Service(
+        "client",
+        tuple(argv),
+        ready,
+        program="campaign-client",
+        env={"CAMPAIGN_CLIENT_SECRET": secret},
+    )
+
+
+def feedback_env(a: Addresses, secret: str) -> dict[str, str]:
+    """What tells the MTA to send its events to the client's receiver."""
+    return {"MTA_FEEDBACK_URL": a.webhook_url, "MTA_FEEDBACK_SECRET": secret}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -152,13 +206,10 @@ class Supervisor:
         self, service: Service, timeout: float = 30.0, log: Path | None = None
     ) -> asyncio.subprocess.Process:
         env = {**os.environ, **service.env}
-        stderr = open(log, "ab") if log is not None else None  # noqa: SIM115 - kept by child
+        stderr = open(log, "ab") if log is not None else None  # noqa: SIM115 - the child's
         try:
             process = await asyncio.create_subprocess_exec(
-                *service.argv,
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr if stderr is not None else None,
+                *service.command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr
             )
         finally:
             if stderr is not None:
@@ -166,24 +217,19 @@ class Supervisor:
         self.children.append((service, process))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        where = f"; see {log}" if log else ""
         while True:
             if process.returncode is not None:
-                raise RuntimeError(
-                    f"{service.name} exited with status {process.returncode}"
-                    + (f"; see {log}" if log else "")
-                )
+                raise RuntimeError(f"{service.name} exited with status {process.returncode}{where}")
             check = await asyncio.create_subprocess_exec(
-                *service.ready,
+                *service.ready_command,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
             if await check.wait() == 0:
                 return process
             if loop.time() > deadline:
-                raise RuntimeError(
-                    f"{service.name} not ready after {timeout:.0f}s"
-                    + (f"; see {log}" if log else "")
-                )
+                raise RuntimeError(f"{service.name} not ready after {timeout:.0f}s{where}")
             await asyncio.sleep(0.2)
 
     async def wait_any(self) -> tuple[Service, int]:

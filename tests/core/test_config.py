@@ -82,3 +82,16 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_the_example_config_file_loads_and_matches_the_defaults() -> None:
     example = Path(__file__).resolve().parents[2] / "config" / "mta.toml"
     assert load_config(example, environ={}) == load_config(None, environ={})
+
+
+def test_one_webhook_from_the_environment() -> None:
+    env = {
+        "MTA_FEEDBACK_URL": "http://127.0.0.1:8090/webhook",
+        "MTA_FEEDBACK_SECRET": "whsec_c2VjcmV0",
+    }
+    config = load_config(None, environ=env)
+    assert [(w.url, w.secret) for w in config.feedback.endpoints] == [
+        ("http://127.0.0.1:8090/webhook", "whsec_c2VjcmV0")
+    ]
+    with pytest.raises(ConfigError, match="MTA_FEEDBACK_URL: url and secret go together"):
+        load_config(None, environ={"MTA_FEEDBACK_URL": "http://127.0.0.1:1/"})

@@ -175,7 +175,8 @@ async def test_mixed_recipients_in_one_transaction(
 async def test_validity_end_expires_with_exactly_one_event(
     tmp_path: Path, receiver: ScriptedServer
 ) -> None:
-    receiver.handler.rcpt[:] = ["451 4.7.1 Greylisted, try again later"] * 50
+    # A generic transient reply: the default policy (10m, x2, jitter 0 here), not greylisting.
+    receiver.handler.rcpt[:] = ["451 4.3.0 Temporary local problem"] * 50
     clock = ManualClock()
     app = await relay_to(tmp_path, receiver.port, clock, retry__first="10m")
     message = MESSAGE.replace(b"Subject:", b"X-Campaign-Validity: 1h\r\nSubject:")
@@ -195,7 +196,7 @@ async def test_validity_end_expires_with_exactly_one_event(
         found = kinds(app)
         assert found[0] == "relayed" and found[-1] == "expired" and found.count("expired") == 1
         expired = events_of(app)[-1]
-        assert expired["smtp"]["text"] == "Greylisted, try again later"
+        assert expired["smtp"]["text"] == "Temporary local problem"
         # 10m, 20m, then 40m would pass the hour: 3 attempts, 2 soft bounces, then expired.
         assert found == ["relayed", "soft_bounce", "soft_bounce", "expired"]
     finally:
