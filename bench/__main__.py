@@ -11,6 +11,10 @@ BENCHMARKS = [
     "bench.bench_classify",
     "bench.bench_throttle",
     "bench.bench_queue",
+    "bench.bench_throttling",
+    "bench.bench_persona",
+    "bench.bench_feedback",
+    "bench.bench_demo",
 ]
 
 

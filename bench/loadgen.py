@@ -48,18 +48,32 @@ class LoadResult:
 
 
 async def _session(
-    host: str, port: int, count: int, message: bytes, recipient: str, counter: list[int]
+    host: str,
+    port: int,
+    indexes: range,
+    message: bytes,
+    recipient: str,
+    counter: list[int],
+    interval: float,
 ) -> tuple[int, int]:
+    """Send one message per index (`recipient` may hold "{i}"), every `interval` seconds."""
     reader, writer = await asyncio.open_connection(host, port)
     await _reply(reader)
     writer.write(b"EHLO loadgen.test\r\n")
     await _reply(reader)
     stuffed = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-    envelope = (
-        f"MAIL FROM:<bounces@sender.test> SIZE={len(message)}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
-    ).encode()
     sent = failed = 0
-    for _ in range(count):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n, index in enumerate(indexes):
+        if interval:
+            delay = started + n * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        envelope = (
+            f"MAIL FROM:<bounces@sender.test> SIZE={len(message)}\r\n"
+            f"RCPT TO:<{recipient.format(i=index)}>\r\nDATA\r\n"
+        ).encode()
         writer.write(envelope)
         mail, rcpt, data = (await _reply(reader), await _reply(reader), await _reply(reader))
         if not (mail.startswith(b"250") and rcpt.startswith(b"250") and data.startswith(b"354")):
@@ -90,13 +104,21 @@ async def run_load(
     sessions: int,
     message: bytes,
     recipient: str = "rcpt@dest.test",
+    rate: float | None = None,
 ) -> LoadResult:
-    """Send `total` messages over `sessions` concurrent connections; time the whole."""
-    shares = [total // sessions + (1 if i < total % sessions else 0) for i in range(sessions)]
+    """Send `total` messages over `sessions` concurrent connections; time the whole.
+
+    `recipient` may contain "{i}", the message's number (0..total-1); `rate` (messages
+    per second over all sessions) paces the load, None sends as fast as it goes.
+    """
+    interval = sessions / rate if rate else 0.0
     counter = [0]
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(_session(host, port, share, message, recipient, counter) for share in shares if share)
+        *(
+            _session(host, port, range(k, total, sessions), message, recipient, counter, interval)
+            for k in range(min(sessions, total))
+        )
     )
     seconds = time.perf_counter() - started
     return LoadResult(sum(r[0] for r in results), sum(r[1] for r in results), seconds)

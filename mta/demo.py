@@ -22,10 +22,12 @@ The address design (each category's share of the delivery):
     null MX                        x<i>@nullmx.test (556 5.1.10 at once)              Failed
     async bounce after delivery    a<i>+async@isp.test (a DSN comes back later)       Failed
     auto-reply                     o<i>+ooto@outlook.test                             Sent
-    complaint                      c<i>+complaint@yahoo.test (ARF: address denylisted) Sent
+    complaint                      c<i>+complaint@gmail.test (ARF: address denylisted) Sent
 
 The simulation runs deterministically (no seeded random faults), so the
-expectations are exact.
+expectations are exact. Complaints go to the Gmail-like persona: the Yahoo-like
+one refuses an IP whose complaint rate passes 0.3%, as Yahoo does, and 3% of a
+delivery complaining would turn the rest of its Yahoo mail into "Refused".
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ CATEGORIES = (
     Category("null MX", 0.03, ("x{i}@nullmx.test",), "Failed"),
     Category("async bounce after delivery", 0.04, ("a{i}+async@isp.test",), "Failed"),
     Category("auto-reply", 0.03, ("o{i}+ooto@outlook.test",), "Sent"),
-    Category("complaint", 0.03, ("c{i}+complaint@yahoo.test",), "Sent"),
+    Category("complaint", 0.03, ("c{i}+complaint@gmail.test",), "Sent"),
 )
 
 
