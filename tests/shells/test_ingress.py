@@ -219,3 +219,76 @@ async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> Non
     assert "secret" not in reply and "sqlite" not in reply.lower()
     assert spool_rows(mta, "SELECT COUNT(*) FROM recipients") == [(0,)]
     await conv.close()
+
+
+async def test_starttls_then_auth_lets_an_outside_client_relay(tmp_path: Path) -> None:
+    """Loopback is not a relay network here: the client must STARTTLS, then AUTH."""
+    import dataclasses
+    import ssl
+
+    import aiosmtplib
+
+    from mta.tls import write_self_signed
+
+    cert, key = write_self_signed(tmp_path / "tls", "mta.test")
+    config = mta_config(
+        tmp_path,
+        smtp__relay_networks=("10.0.0.0/8",),
+        smtp__tls_cert=str(cert),
+        smtp__tls_key=str(key),
+        delivery__relayhost="127.0.0.1:9",
+    )
+    config = dataclasses.replace(
+        config, smtp=dataclasses.replace(config.smtp, auth_users={"campaign": "s3cret"})
+    )
+    app = await started(config)
+    try:
+        host, port = app.smtp_address
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        assert smtp.supports_extension("starttls") and not smtp.supports_extension("auth")
+        reply = await smtp.execute_command(b"AUTH", b"PLAIN", b"AGNhbXBhaWduAHMzY3JldA==")
+        assert (reply.code, reply.message[:6]) == (538, "5.7.11")
+        await smtp.execute_command(b"MAIL", b"FROM:<a@b.test>")
+        reply = await smtp.execute_command(b"RCPT", b"TO:<c@d.test>")
+        assert (reply.code, reply.message[:5]) == (554, "5.7.1")
+        await smtp.execute_command(b"RSET")
+        context = ssl.create_default_context(cafile=str(cert))
+        await smtp.starttls(tls_context=context, server_hostname="mta.test")
+        await smtp.ehlo()
+        assert "PLAIN" in smtp.esmtp_extensions["auth"] and "LOGIN" in smtp.esmtp_extensions["auth"]
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
+            await smtp.login("campaign", "wrong")
+        assert refused.value.code == 535
+        reply = await smtp.login("campaign", "s3cret")
+        assert reply.code == 235
+        errors, response = await smtp.sendmail(
+            "a@b.test", ["c@d.test"], b"Subject: over TLS\r\n\r\nhi\r\n"
+        )
+        assert errors == {} and "queued" in response
+        await smtp.quit()
+        (content,) = spool_rows(app, "SELECT content FROM messages")[0]
+        assert b"with ESMTPSA id" in content
+    finally:
+        await app.stop()
+
+
+async def test_concurrent_sessions_share_commits(mta: MtaApp) -> None:
+    """Group commit: many sessions at their final dot at once share fsyncs."""
+    import asyncio
+
+    from tests.helpers import send_message
+
+    spool = mta.running.spool
+    commits, ops = spool.commits, spool.ops
+    replies = await asyncio.gather(
+        *(
+            send_message(
+                *mta.smtp_address, "a@b.test", [f"r{i}@d.test"], b"Subject: g\r\n\r\nx\r\n"
+            )
+            for i in range(40)
+        )
+    )
+    assert all(r.startswith("250 2.0.0") for r in replies)
+    assert spool.commits - commits < spool.ops - ops
