@@ -4,8 +4,9 @@
 
 Per site (the set of MX hosts) and source binding: the queue depth, the current
 rate and connection limits against the configured ones, the state (ok, slowed,
-suspended, down), delivered / deferred / throttled counts, the effective
-delivery rate, and the reason for the last change of limits.
+suspended, down), delivered / deferred / throttled counts, the delivery rate over
+the last minute and on average (first attempt to last delivery, virtual time),
+and the reason for the last change of limits.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def render_sites(sites: list[dict[str, Any]]) -> str:
     if not sites:
         return "no sites yet: nothing has been queued since the MTA started"
     header = ("site", "binding", "state", "queued", "flight", "rate/limit", "conns",
-              "delivered", "deferred", "throttled", "eff. rate", "last change")
+              "delivered", "deferred", "throttled", "rate now", "average", "last change")
     rows = []
     for s in sites:
         name = s.get("rule", "") + " " + (",".join(s.get("domains", [])[:3]) or s["site"])
@@ -69,6 +70,7 @@ def render_sites(sites: list[dict[str, Any]]) -> str:
             str(s["deferred"]),
             str(s["throttled"]),
             _rate(s["effective_rate"]) if s["effective_rate"] else "-",
+            _rate(s["average_rate"]) if s.get("average_rate") else "-",
             (s.get("last_reason") or "-")[:60],
         ))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

@@ -69,6 +69,8 @@ class Site:
     in_flight: dict[str, int] = field(default_factory=dict)
     domains: set[str] = field(default_factory=set)
     changes: deque[Change] = field(default_factory=lambda: deque(maxlen=CHANGES_KEPT))
+    first_attempt_at: dict[str, float] = field(default_factory=dict)  # per binding
+    last_delivery_at: dict[str, float] = field(default_factory=dict)
 
     def state(self, binding: str, now: float) -> SiteThrottle:
         found = self.states.get(binding)
@@ -448,6 +450,7 @@ class Scheduler:
     ) -> None:
         state = site.state(binding.name, now)
         throttle.on_attempt(state, now)
+        site.first_attempt_at.setdefault(binding.name, now)
         self.ledger.record(binding.name, site.rule.name, now, len(members))
         job = Job(
             queue_id=job.queue_id,
@@ -511,6 +514,8 @@ class Scheduler:
             ]
             recorded = True
             await self._record(updates)
+            if any(s.result == "delivered" for s in settlements):
+                site.last_delivery_at[binding.name] = now
             self._count(settlements)
             self._requeue(members, settlements)
             await self._learn(site, binding, settlements, started)
@@ -624,7 +629,11 @@ class Scheduler:
             states = site.states or {"-": throttle.new_state(site.key, "-", site.rule, now)}
             for binding, state in sorted(states.items()):
                 row = throttle.status(state, now).as_dict()
+                first = site.first_attempt_at.get(binding)
+                last = site.last_delivery_at.get(binding)
+                span = (last - first) if first is not None and last is not None else 0.0
                 row.update(
+                    average_rate=state.delivered / span if span > 0 else None,
                     site=site.key,
                     binding=binding,
                     hosts=list(site.hosts),

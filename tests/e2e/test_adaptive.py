@@ -169,6 +169,7 @@ async def test_a_burst_converges_under_gmails_rate_limit(scaled: Net) -> None:
     site = scaled.site("gmail")
     assert site["delivered"] == total and site["throttled"] == len(throttled)
     assert site["rate"] is not None and site["rate"] < site["configured_rate"]
+    assert 60 <= site["average_rate"] * 60 <= 130  # what `mta queue sites` shows as average
 
 
 async def test_yahoo_tss04_suspends_the_site_for_its_duration(manual: Net) -> None:
