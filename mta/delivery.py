@@ -37,6 +37,7 @@ from aiosmtplib import (
 
 from mta.clock import Clock
 from mta.config import TimeoutsConfig
+from mta.core.bounce import condition_reply
 from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
 from mta.dns import Resolver
@@ -89,8 +90,19 @@ class _Disconnected(Exception):
     """A reused connection turned out dead before the first reply."""
 
 
-def local_reply(code: int, enhanced: str, text: str) -> Reply:
-    return Reply(code, enhanced, text)
+def local(
+    condition: Condition,
+    phase: Phase,
+    host: str | None,
+    detail: str,
+    possible_duplicate: bool = False,
+) -> Outcome:
+    """An outcome we observed ourselves, with the reply `mta classify --condition` shows."""
+    return Outcome(condition_reply(condition, detail), phase, host, condition, possible_duplicate)
+
+
+def failure(condition: Condition, phase: Phase, host: str | None, detail: str) -> _Failure:
+    return _Failure(local(condition, phase, host, detail))
 
 
 Key = tuple[str, int, str | None]  # (address, port, source address)
@@ -307,26 +319,21 @@ class Delivery:
             return [relay[0]]
         answer = await self.resolver.mx(domain)
         if answer.kind == "null":
-            return Outcome(
-                local_reply(556, "5.1.10", f"Domain {domain} does not accept mail (null MX)"),
+            return local(
+                Condition.NULL_MX,
                 Phase.CONNECT,
                 None,
-                Condition.NULL_MX,
+                f"{domain} accepts no mail",
             )
         if answer.kind == "nxdomain":
-            return Outcome(
-                local_reply(451, "4.1.2", f"Host or domain name not found: {answer.error}"),
+            return local(
+                Condition.DNS_NXDOMAIN,
                 Phase.CONNECT,
                 None,
-                Condition.DNS_NXDOMAIN,
+                answer.error,
             )
         if answer.kind == "failure":
-            return Outcome(
-                local_reply(451, "4.4.3", f"Name service error: {answer.error}"),
-                Phase.CONNECT,
-                None,
-                Condition.DNS_FAILURE,
-            )
+            return local(Condition.DNS_FAILURE, Phase.CONNECT, None, answer.error)
         return order_hosts(answer.records, self.rng)
 
     async def deliver(self, job: Job) -> list[Outcome]:
@@ -344,16 +351,7 @@ class Delivery:
                 condition = (
                     Condition.DNS_FAILURE if answer.kind == "failure" else Condition.NO_ADDRESS
                 )
-                last = Outcome(
-                    local_reply(
-                        451,
-                        "4.4.3" if answer.kind == "failure" else "4.4.4",
-                        f"Cannot find an address for {host}: {answer.error}",
-                    ),
-                    Phase.CONNECT,
-                    host,
-                    condition,
-                )
+                last = local(condition, Phase.CONNECT, host, answer.error)
                 continue
             for address in answer.addresses:
                 if tried >= MAX_ADDRESSES_TRIED:
@@ -364,11 +362,8 @@ class Delivery:
                 except _Failure as failure:
                     last = failure.outcome
         if last is None:
-            last = Outcome(
-                local_reply(451, "4.4.4", f"No usable MX host for {job.domain}"),
-                Phase.CONNECT,
-                None,
-                Condition.NO_ADDRESS,
+            last = local(
+                Condition.NO_ADDRESS, Phase.CONNECT, None, f"no MX host of {job.domain} answered"
             )
         return [last] * len(job.recipients)
 
@@ -398,13 +393,11 @@ class Delivery:
             except _Disconnected:
                 await self.pool.discard(conn)
                 if fresh:
-                    raise _Failure(
-                        Outcome(
-                            local_reply(421, "4.4.2", f"Connection to {host} lost"),
-                            Phase.MAIL,
-                            host,
-                            Condition.CONNECTION_LOST,
-                        )
+                    raise failure(
+                        Condition.CONNECTION_LOST,
+                        Phase.MAIL,
+                        host,
+                        f"{host} closed a new connection",
                     ) from None
                 continue
             except BaseException:
@@ -412,13 +405,8 @@ class Delivery:
                 raise
             await self.pool.give_back(conn, reusable, per_connection)
             return outcomes
-        raise _Failure(
-            Outcome(
-                local_reply(421, "4.4.2", f"Connections to {host} keep dropping"),
-                Phase.MAIL,
-                host,
-                Condition.CONNECTION_LOST,
-            )
+        raise failure(
+            Condition.CONNECTION_LOST, Phase.MAIL, host, f"connections to {host} keep dropping"
         )
 
     async def _open(self, key: Key, group: Hashable, host: str) -> Connection:
@@ -450,29 +438,19 @@ class Delivery:
             ) from None
         except SMTPConnectTimeoutError:
             smtp.close()
-            raise _Failure(
-                Outcome(
-                    local_reply(
-                        421, "4.4.2", f"Timeout waiting for the greeting of {host}[{address}]"
-                    ),
-                    Phase.CONNECT,
-                    host,
-                    Condition.TIMEOUT,
-                )
+            raise failure(
+                Condition.TIMEOUT,
+                Phase.CONNECT,
+                host,
+                f"no greeting from {host}[{address}]",
             ) from None
         except (SMTPConnectError, SMTPServerDisconnected, OSError) as exc:
             smtp.close()
-            raise _Failure(
-                Outcome(
-                    local_reply(
-                        421,
-                        "4.4.2",
-                        f"Connection to {host}[{address}] lost before the greeting: {exc}",
-                    ),
-                    Phase.CONNECT,
-                    host,
-                    Condition.CONNECTION_LOST,
-                )
+            raise failure(
+                Condition.CONNECTION_LOST,
+                Phase.CONNECT,
+                host,
+                f"{host}[{address}] before the greeting: {exc}",
             ) from None
         try:
             await self._hello(smtp, host)
@@ -486,29 +464,19 @@ class Delivery:
                 except (SMTPException, ssl.SSLError, OSError, _Failure) as exc:
                     smtp.close()
                     if self.settings.tls == "required":
-                        raise _Failure(
-                            Outcome(
-                                local_reply(
-                                    421, "4.7.5", f"TLS handshake with {host} failed: {exc}"
-                                ),
-                                Phase.STARTTLS,
-                                host,
-                                Condition.TLS_FAILURE,
-                            )
+                        raise failure(
+                            Condition.TLS_FAILURE,
+                            Phase.STARTTLS,
+                            host,
+                            f"{host}: {exc}",
                         ) from None
                     log.info("TLS with %s failed (%s): retrying in clear text", host, exc)
                     return None
                 tls = True
             elif self.settings.tls == "required":
                 smtp.close()
-                raise _Failure(
-                    Outcome(
-                        local_reply(421, "4.7.4", f"TLS is required but {host} does not offer it"),
-                        Phase.STARTTLS,
-                        host,
-                        Condition.TLS_FAILURE,
-                    )
-                )
+                reply = Reply(421, "4.7.4", f"TLS is required but {host} does not offer STARTTLS")
+                raise _Failure(Outcome(reply, Phase.STARTTLS, host, Condition.TLS_FAILURE))
         except BaseException:
             smtp.close()
             raise
@@ -531,26 +499,20 @@ class Delivery:
             )
         except TimeoutError:
             sock.close()
-            raise _Failure(
-                Outcome(
-                    local_reply(421, "4.4.1", f"Timeout connecting to {host}[{address}]:{port}"),
-                    Phase.CONNECT,
-                    host,
-                    Condition.TIMEOUT,
-                )
+            raise failure(
+                Condition.TIMEOUT,
+                Phase.CONNECT,
+                host,
+                f"{host}[{address}]:{port}",
             ) from None
         except OSError as exc:
             sock.close()
             reason = exc.strerror or type(exc).__name__
-            raise _Failure(
-                Outcome(
-                    local_reply(
-                        421, "4.4.1", f"Cannot connect to {host}[{address}]:{port}: {reason}"
-                    ),
-                    Phase.CONNECT,
-                    host,
-                    Condition.CONNECTION_REFUSED,
-                )
+            raise failure(
+                Condition.CONNECTION_REFUSED,
+                Phase.CONNECT,
+                host,
+                f"{host}[{address}]:{port}: {reason}",
             ) from None
         return sock
 
@@ -568,22 +530,10 @@ class Delivery:
                     smtp.last_helo_response = response
                     return
         except SMTPTimeoutError:
-            raise _Failure(
-                Outcome(
-                    local_reply(421, "4.4.2", f"Timeout after EHLO to {host}"),
-                    Phase.EHLO,
-                    host,
-                    Condition.TIMEOUT,
-                )
-            ) from None
+            raise failure(Condition.TIMEOUT, Phase.EHLO, host, f"after EHLO to {host}") from None
         except SMTPServerDisconnected:
-            raise _Failure(
-                Outcome(
-                    local_reply(421, "4.4.2", f"Connection to {host} lost after EHLO"),
-                    Phase.EHLO,
-                    host,
-                    Condition.CONNECTION_LOST,
-                )
+            raise failure(
+                Condition.CONNECTION_LOST, Phase.EHLO, host, f"after EHLO to {host}"
             ) from None
         raise _Failure(Outcome(from_parts(response.code, response.message), Phase.EHLO, host))
 
@@ -617,7 +567,7 @@ class Delivery:
             or not all(r.isascii() for r in job.recipients)
         ):
             if not smtp.supports_extension("smtputf8"):
-                reply = local_reply(553, "5.6.7", f"{host} does not support SMTPUTF8")
+                reply = Reply(553, "5.6.7", f"{host} does not support SMTPUTF8")
                 return settle(Outcome(reply, Phase.MAIL, host)), True
             params += b" SMTPUTF8"
         phase = Phase.MAIL
@@ -657,22 +607,12 @@ class Delivery:
             if phase is Phase.MAIL and not timeout and conn.messages > 0:
                 raise _Disconnected() from None
             unknown = phase is Phase.DOT
-            text = (
-                f"{'Timeout' if timeout else 'Connection lost'} at {phase.value.upper()}"
-                f" with {host}"
-            )
+            text = f"at {phase.value.upper()} with {host}"
             if unknown:
-                text += " after the final dot: the outcome is unknown"
+                text += ", after the final dot: the outcome is unknown"
             smtp.close()
-            return settle(
-                Outcome(
-                    local_reply(421, "4.4.2", text),
-                    phase,
-                    host,
-                    Condition.TIMEOUT if timeout else Condition.CONNECTION_LOST,
-                    possible_duplicate=unknown,
-                )
-            ), False
+            condition = Condition.TIMEOUT if timeout else Condition.CONNECTION_LOST
+            return settle(local(condition, phase, host, text, possible_duplicate=unknown)), False
 
     async def _reset(self, conn: Connection, reply: Reply) -> bool:
         """RSET after a failed transaction; whether the connection stays usable."""

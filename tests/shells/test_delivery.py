@@ -84,6 +84,8 @@ async def test_signed_message_arrives_and_verifies_at_the_sink(tmp_path: Path) -
                 f"sender.test:rsa1:{rsa_path}",
                 "--dkim",
                 f"sender.test:ed1:{ed_path}",
+                "--admin",
+                "127.0.0.1:0",
             ]
         )
         app = await started(config_from_args(args))
