@@ -15,28 +15,18 @@ from typing import Any, Literal
 
 from mta import settings
 from mta.mx_rules import BindingConfig
-from mta.settings import ConfigError
+from mta.settings import ConfigError, duration_field, hostport_field
 
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
 
 DAY = 86400.0
 
 
-def _duration(default: str) -> Any:
-    from mta.durations import parse_duration
-
-    return field(default=parse_duration(default), metadata={"kind": "duration"})
-
-
-def _hostport(default: str) -> Any:
-    return field(default=default, metadata={"kind": "hostport"})
-
-
 @dataclass(frozen=True)
 class SmtpConfig:
     """The submission side (ingress)."""
 
-    listen: str = _hostport("127.0.0.1:2525")
+    listen: str = hostport_field("127.0.0.1:2525")
     hostname: str = "mta.localhost"
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 1000
@@ -44,7 +34,7 @@ class SmtpConfig:
     tls_cert: str = ""
     tls_key: str = ""
     auth_users: dict[str, str] = field(default_factory=dict)
-    idle_timeout: float = _duration("5m")
+    idle_timeout: float = duration_field("5m")
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1024:
@@ -59,16 +49,16 @@ class SmtpConfig:
 class TimeoutsConfig:
     """Per-stage client timeouts in real seconds; defaults from RFC 5321 4.5.3.2."""
 
-    connect: float = _duration("30s")
-    greeting: float = _duration("5m")
-    ehlo: float = _duration("5m")
-    starttls: float = _duration("2m")
-    mail: float = _duration("5m")
-    rcpt: float = _duration("5m")
-    data: float = _duration("2m")
-    data_block: float = _duration("3m")
-    dot: float = _duration("10m")
-    idle: float = _duration("30s")  # how long an unused pooled connection is kept
+    connect: float = duration_field("30s")
+    greeting: float = duration_field("5m")
+    ehlo: float = duration_field("5m")
+    starttls: float = duration_field("2m")
+    mail: float = duration_field("5m")
+    rcpt: float = duration_field("5m")
+    data: float = duration_field("2m")
+    data_block: float = duration_field("3m")
+    dot: float = duration_field("10m")
+    idle: float = duration_field("30s")  # how long an unused pooled connection is kept
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ class DeliveryConfig:
     """The outbound side."""
 
     port: int = 25
-    relayhost: str = _hostport("")
+    relayhost: str = hostport_field("")
     helo_name: str = ""  # default: smtp.hostname
     tls: Literal["opportunistic", "required", "none"] = "opportunistic"
     bindings: tuple[BindingConfig, ...] = ()  # source addresses; none: the system's choice
@@ -104,7 +94,7 @@ class DeliveryConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = ()  # empty: the system's resolv.conf
     port: int = 53
-    timeout: float = _duration("5s")
+    timeout: float = duration_field("5s")
     cache_size: int = 10000
 
 
@@ -140,11 +130,11 @@ class DkimConfig:
 class RetryConfig:
     """The first retry schedule: exponential with jitter, capped, inside the validity."""
 
-    first: float = _duration("10m")
+    first: float = duration_field("10m")
     factor: float = 2.0
-    max_interval: float = _duration("4h")
+    max_interval: float = duration_field("4h")
     jitter: float = 0.2
-    validity: float = _duration("3.5d")  # the default and the cap of X-Campaign-Validity
+    validity: float = duration_field("3.5d")  # the default and the cap of X-Campaign-Validity
     schedule_files: tuple[str, ...] = ()  # your retry policies, tried before the built-in ones
 
     def __post_init__(self) -> None:
@@ -171,7 +161,7 @@ class SpoolConfig:
     batch_max: int = 512  # operations in one group commit at most
     pick_batch: int = 256  # recipients picked per scheduler round
     max_inflight: int = 2000  # recipients being delivered at once, at most
-    shutdown_grace: float = _duration("10s")  # real seconds SIGTERM waits for deliveries
+    shutdown_grace: float = duration_field("10s")  # real seconds SIGTERM waits for deliveries
 
     def __post_init__(self) -> None:
         for name in ("batch_max", "pick_batch", "max_inflight"):
@@ -211,8 +201,8 @@ class FeedbackConfig:
     url: str = ""
     secret: str = ""
     batch_max: int = 100
-    window: float = _duration("8h")  # real time a failing batch is retried
-    timeout: float = _duration("10s")
+    window: float = duration_field("8h")  # real time a failing batch is retried
+    timeout: float = duration_field("10s")
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_max <= 10000:
@@ -230,7 +220,7 @@ class FeedbackConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    listen: str = _hostport("127.0.0.1:8080")  # "" disables the HTTP API
+    listen: str = hostport_field("127.0.0.1:8080")  # "" disables the HTTP API
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from mta.core.bounce import BOUNCE_CLASSES
 from mta.core.rampup import Binding, RampStep, RampUp, day_index
 from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
 from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
-from mta.durations import parse_duration
-from mta.settings import ConfigError, build
+from mta.settings import ConfigError, build, duration_field, rate_field
 
 __all__ = [
     "BUILTIN_MX_SOURCE",
@@ -54,14 +53,6 @@ BUILTIN_MX_SOURCE = "mta/defaults/mx-rules.toml"
 BUILTIN_RETRY_SOURCE = "mta/defaults/retry-schedule.toml"
 
 
-def _duration(default: str) -> Any:
-    return field(default=parse_duration(default), metadata={"kind": "duration"})
-
-
-def _rate(default: float = 0.0) -> Any:
-    return field(default=default, metadata={"kind": "rate"})
-
-
 # --- the tables, as the config engine checks them ----------------------------------------
 
 
@@ -72,14 +63,14 @@ class LimitsTable:
     max_connections: int = 20
     min_connections: int = 1
     max_messages_per_connection: int = 100
-    rate: float = _rate()
-    min_rate: float = _rate(1 / 60)
-    max_rate: float = _rate()
+    rate: float = rate_field()
+    min_rate: float = rate_field(1 / 60)
+    max_rate: float = rate_field()
     burst: float = 0.0
     recover_after: int = 10
     increase: float = 0.05
     down_after: int = 5
-    down_for: float = _duration("5m")
+    down_for: float = duration_field("5m")
     rampup_scale: float = 1.0
 
 
@@ -91,8 +82,8 @@ class AdaptiveTable:
     classes: tuple[int, ...] = ()
     match: str = ""
     trigger: str = "immediate"
-    duration: float = _duration("0s")
-    rate: float = _rate()  # 0: not given
+    duration: float = duration_field("0s")
+    rate: float = rate_field()  # 0: not given
     factor: float = 0.0  # 0: not given
     comment: str = ""
 
@@ -109,12 +100,12 @@ class PolicyTable:
     classes: tuple[int, ...] = ()
     rule: str = ""
     scope: tuple[Literal["recipient", "message", "site"], ...] = ()
-    first: float = _duration("10m")
+    first: float = duration_field("10m")
     factor: float = 2.0
-    max_interval: float = _duration("4h")
+    max_interval: float = duration_field("4h")
     jitter: float = 0.2
     waits_for_site: bool = False
-    site_backoff: float = _duration("1m")
+    site_backoff: float = duration_field("1m")
     comment: str = ""
 
 
@@ -153,9 +144,7 @@ def _builtin_text(name: str) -> str:
 def _check_top(document: Mapping[str, Any], source: str, allowed: Sequence[str]) -> None:
     unknown = sorted(set(document) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r} (expected {', '.join(allowed)})"
-        )
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (expected {', '.join(allowed)})")
 
 
 def _tables(document: Mapping[str, Any], key: str, source: str) -> list[Any]:
@@ -343,7 +332,10 @@ def _rule_from_limits(
     checked = build(LimitsTable, limits, label)
     try:
         return MxRule(
-            name, hosts, adaptive=effective_rules(own, global_adaptive), where=label,
+            name,
+            hosts,
+            adaptive=effective_rules(own, global_adaptive),
+            where=label,
             **_limit_values(checked),
         )
     except ValueError as exc:
@@ -416,17 +408,14 @@ def _mx_data(documents: Sequence[tuple[str, dict[str, Any]]]) -> MxData:
 
     global_adaptive = tuple(_adaptive(t, where) for where, t in _named(documents, "adaptive"))
     mx_rules = [
-        _mx_rule(table, label, default, global_adaptive)
-        for label, table in _named(documents, "mx")
+        _mx_rule(table, label, default, global_adaptive) for label, table in _named(documents, "mx")
     ]
     if any(rule.name == "default" for rule in mx_rules):
         raise ConfigError("mx rules: the name 'default' is reserved for the [default] rule")
     default_rule = _rule_from_limits("default", (), default, default_label, (), global_adaptive)
 
     ramp_table = build(RampupTable, rampup, "mx rules: [rampup]")
-    steps = (
-        _caps(ramp_table.caps, rampup_label["caps"]) if ramp_table.caps else RampUp().steps
-    )
+    steps = _caps(ramp_table.caps, rampup_label["caps"]) if ramp_table.caps else RampUp().steps
     scales = {r.name: r.rampup_scale for r in mx_rules}
     ramp = RampUp(steps, scales, default_rule.rampup_scale, ramp_table.strategy)
     return MxData(MxRules(tuple(mx_rules), default_rule), ramp, global_adaptive)
@@ -436,8 +425,9 @@ def load_mx_data(extra_files: Sequence[str | Path] = (), *, builtin: bool = True
     """Users' files (in the order given) in front of the built-in mx-rules.toml."""
     documents = [_read(path) for path in extra_files]
     if builtin:
-        documents.append((BUILTIN_MX_SOURCE, _parse(_builtin_text("mx-rules.toml"),
-                                                     BUILTIN_MX_SOURCE)))
+        documents.append(
+            (BUILTIN_MX_SOURCE, _parse(_builtin_text("mx-rules.toml"), BUILTIN_MX_SOURCE))
+        )
     return _mx_data(documents)
 
 
@@ -487,8 +477,9 @@ def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
         default.update(table)
     default_label = " + ".join(source for source, _ in documents) + ": [default]"
     default_policy = _policy(default, default_label)
-    timing = {k: v for k, v in default.items() if k in ("first", "factor", "max_interval",
-                                                       "jitter")}
+    timing = {
+        k: v for k, v in default.items() if k in ("first", "factor", "max_interval", "jitter")
+    }
     entries: list[ScheduleEntry] = []
     for label, table in _named(documents, "policy"):
         if not any(key in table for key in _MATCH_KEYS):
@@ -514,8 +505,10 @@ def load_retry_schedule(
     documents = [_read(path) for path in extra_files]
     if builtin:
         documents.append(
-            (BUILTIN_RETRY_SOURCE, _parse(_builtin_text("retry-schedule.toml"),
-                                          BUILTIN_RETRY_SOURCE))
+            (
+                BUILTIN_RETRY_SOURCE,
+                _parse(_builtin_text("retry-schedule.toml"), BUILTIN_RETRY_SOURCE),
+            )
         )
     return _schedule(documents)
 

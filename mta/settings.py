@@ -28,6 +28,21 @@ class ConfigError(Exception):
     """A configuration problem; the message names the source and the key."""
 
 
+def duration_field(default: str) -> Any:
+    """A dataclass field holding seconds, written in config files as "30s", "5m", "3.5d"."""
+    return dataclasses.field(default=parse_duration(default), metadata={"kind": "duration"})
+
+
+def rate_field(default: float = 0.0) -> Any:
+    """A dataclass field holding events per second, written as "100/m" (0: unlimited)."""
+    return dataclasses.field(default=default, metadata={"kind": "rate"})
+
+
+def hostport_field(default: str) -> Any:
+    """A dataclass field holding "HOST:PORT" ("" allowed), checked when loaded."""
+    return dataclasses.field(default=default, metadata={"kind": "hostport"})
+
+
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """ "HOST:PORT", "[v6]:PORT" or ":PORT" -> (host, port); raises ValueError."""
     text = value.strip()
