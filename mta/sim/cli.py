@@ -2,8 +2,14 @@
 
     mta sim [--config FILE] [--data-dir DIR] [--mta HOST:PORT] [--time-scale X]
             [--clock-anchor REAL:VIRTUAL:SCALE] [--seed N] [--http HOST:PORT]
-            [--dns HOST:PORT] [--port PORT]
+            [--dns HOST:PORT] [--port PORT] [--store sqlite|maildir]
     mta sim ls [--persona NAME] [--json] [--limit N] [--data-dir DIR] [--config FILE]
+    mta sim show ID [--data-dir DIR] [--config FILE]
+
+`ls` and `show` read every store present in the data directory (SQLite and
+Maildirs alike, see `mta.sim.store`), so they need no `--store`. `show` writes
+one stored message to stdout, raw (the Return-Path and Delivered-To lines, then
+the bytes exactly as received): `mta sim show gmail/42 > m.eml`.
 
 `mta/cli.py` registers the command with `add_parser(subparsers)`; the parser's
 default `func` is `run(args) -> int`. Errors are one line on stderr.
@@ -21,6 +27,7 @@ from typing import Any
 
 from mta.settings import ConfigError, parse_hostport
 from mta.sim.config import SimConfig, load_sim_config
+from mta.sim.store import STORES
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,6 +57,12 @@ def add_parser(subparsers: Any) -> None:
     sim.add_argument("--http", metavar="HOST:PORT", help="the HTTP API address")
     sim.add_argument("--dns", metavar="HOST:PORT", help="the stub DNS address")
     sim.add_argument("--port", type=int, metavar="PORT", help="the port every persona uses")
+    sim.add_argument(
+        "--store",
+        choices=STORES,
+        help="where the personas keep what they accept: one SQLite file (default) or a"
+        " Maildir per persona (sim.store)",
+    )
     sim.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sim.set_defaults(func=run, sim_command=None)
     sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND")
@@ -58,6 +71,9 @@ def add_parser(subparsers: Any) -> None:
     ls.add_argument("--persona", metavar="NAME", help="only this persona")
     ls.add_argument("--json", action="store_true", help="one JSON array")
     ls.add_argument("--limit", type=int, metavar="N", help="the newest N messages only")
+    show = sub.add_parser("show", help="write one stored message to stdout, raw")
+    _common(show, argparse.SUPPRESS)
+    show.add_argument("id", metavar="ID", help="a message id as `ls --json` lists it")
 
 
 def _common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -69,7 +85,10 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
         help="isps.toml (default: the built-in defaults)",
     )
     parser.add_argument(
-        "--data-dir", metavar="DIR", default=default, help="Maildirs and state (sim.data_dir)"
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help="what the personas stored, and their state (sim.data_dir)",
     )
 
 
@@ -96,6 +115,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         flags["sim.random_faults"] = False
     if getattr(args, "port", None) is not None:
         flags["sim.smtp_port"] = args.port
+    if getattr(args, "store", None):
+        flags["sim.store"] = args.store
     return flags
 
 
@@ -106,8 +127,11 @@ def load_from_args(args: argparse.Namespace) -> SimConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_from_args(args)
-        if getattr(args, "sim_command", None) == "ls":
+        command = getattr(args, "sim_command", None)
+        if command == "ls":
             return _ls(args, config)
+        if command == "show":
+            return _show(args, config)
         return _serve(args, config)
     except (ConfigError, ValueError) as exc:
         print(f"mta sim: {exc}", file=sys.stderr)
@@ -165,6 +189,23 @@ def _ls(args: argparse.Namespace, config: SimConfig) -> int:
     total = sum(counts.values())
     detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
     print(f"{total} message{'s' if total != 1 else ''}" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def _show(args: argparse.Namespace, config: SimConfig) -> int:
+    from mta.sim import store
+
+    body = store.message_bytes(Path(config.sim.data_dir), args.id)
+    if body is None:
+        print(
+            f"mta sim show: no message {args.id!r} in {config.sim.data_dir}"
+            " (ids as `mta sim ls --json` lists them)",
+            file=sys.stderr,
+        )
+        return 2
+    sys.stdout.flush()
+    sys.stdout.buffer.write(body)
+    sys.stdout.buffer.flush()
     return 0
 
 

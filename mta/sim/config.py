@@ -301,7 +301,8 @@ class SimSection:
     mta_submit: str = _hostport("127.0.0.1:2525")  # where artefacts are sent ("" : nowhere)
     dns_ttl: float = _duration("5m")
     stall_max: float = _duration("60s")  # real seconds a stall or black hole lasts at most
-    store_fsync: bool = False  # fsync each stored message (slower; off for benchmarks)
+    store: Literal["sqlite", "maildir"] = "sqlite"  # where accepted messages go (mta.sim.store)
+    store_fsync: bool = False  # true: SQLite synchronous=FULL / fsync each Maildir file
     random_faults: bool = True  # false: no seeded faults nor random artefacts (exact runs)
 
     def __post_init__(self) -> None:

@@ -2,11 +2,17 @@
 
 - `GET /sim/v1/messages?persona=NAME&limit=N` -> JSON list of summaries, newest first
   (limit default 100, at most 10000).
-- `GET /sim/v1/messages/{persona}/{name}` -> the stored message, raw (message/rfc822);
-  the id in the list is exactly `{persona}/{name}`.
-- `GET /sim/v1/stats` -> per persona: accepted, rejected by code, throttled,
-  greylisted, sessions (now, max, total, refused) and the same per sending IP; the
-  outbox of asynchronous artefacts; the DNS query count.
+- `GET /sim/v1/messages/{persona}/{name}` -> the stored message, raw (message/rfc822):
+  Return-Path and Delivered-To lines, then the bytes exactly as received. The id in
+  the list is exactly `{persona}/{name}`: `gmail/42` (a row of the SQLite store) or
+  `gmail/<file name>` (a Maildir file); see `mta.sim.store`.
+- `GET /sim/v1/stats` -> per persona: accepted, stored (in the store, earlier runs
+  included), rejected by code, throttled, greylisted, sessions (now, max, total,
+  refused) and the same per sending IP; the outbox of asynchronous artefacts; the DNS
+  query count; the store (kind, path).
+
+Reading is the same for both stores (`mta.sim.store`'s readers, run in a thread);
+a store that cannot be read answers 503 with a one-line error.
 """
 
 from __future__ import annotations
@@ -38,17 +44,24 @@ def build_app(
         limit_text = request.query.get("limit", str(DEFAULT_LIMIT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
             return _error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-        found = await asyncio.get_running_loop().run_in_executor(
-            None, store.list_messages, data_dir, persona, int(limit_text)
-        )
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, store.list_messages, data_dir, persona, int(limit_text)
+            )
+        except OSError as exc:
+            return _error(503, str(exc))
         return web.json_response([s.as_dict() for s in found])
 
     async def message(request: web.Request) -> web.StreamResponse:
         message_id = f"{request.match_info['persona']}/{request.match_info['name']}"
-        path = store.message_path(data_dir, message_id)
-        if path is None:
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(
+                None, store.message_bytes, data_dir, message_id
+            )
+        except OSError as exc:
+            return _error(503, str(exc))
+        if body is None:
             return _error(404, f"no message {message_id!r}")
-        body = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
         return web.Response(body=body, content_type="message/rfc822")
 
     async def stats_view(request: web.Request) -> web.Response:

@@ -16,9 +16,9 @@ Per session, in order (everything configurable in `isps.toml`, see
   (unknown, full, disabled, suppressed), greylisting of the (sender,
   recipient, IP) triple, then seeded random soft/hard failures.
 - DATA and after the final dot: scripted answers, a seeded random disconnect
-  after the dot, then the message is stored in the persona's Maildir and the
-  250 is sent; asynchronous artefacts (DSN, auto-reply, complaint) are handed
-  to the outbox with their due time.
+  after the dot, then the message is stored (`mta.sim.store`: SQLite or a
+  Maildir; the write is awaited) and the 250 is sent; asynchronous artefacts
+  (DSN, auto-reply, complaint) are handed to the outbox with their due time.
 
 Randomness comes from `chance(seed, persona, recipient, attempt, what)`: the
 same seed and the same arrivals give the same outcomes, whatever the
@@ -63,7 +63,7 @@ from mta.sim.rules import (
     reputation_blocked,
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
-from mta.sim.store import MAILDIR, LeanMaildir, StoreWriter
+from mta.sim.store import Received, Store, StoreWriter, stored_messages
 from mta.smtp_server import FastSMTP, content_of
 
 log = logging.getLogger("mta.sim.persona")
@@ -186,6 +186,8 @@ class Persona:
         root: Path,
         seed: int | None = None,
         writer: StoreWriter | None = None,
+        *,
+        store: Store,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -196,8 +198,10 @@ class Persona:
         self.seed = sim.seed if seed is None else seed
         self.hostname = config.smtp_hostname
         self.domains = frozenset(d.lower() for d in config.domains)
-        self.maildir = LeanMaildir(root / MAILDIR, fsync=sim.store_fsync)
+        self.store = store
         self.writer = writer
+        root.mkdir(parents=True, exist_ok=True)  # state.json lives here, whatever the store
+        store.open(self.name)
         self.mailboxes = MailboxTable.from_config(
             config.mailboxes, f"personas.{config.name}.mailboxes"
         )
@@ -277,6 +281,10 @@ class Persona:
 
     def chance(self, *parts: object) -> float:
         return chance(self.seed, self.name, *parts)
+
+    def stored(self) -> list[bytes]:
+        """What this persona stored (earlier runs included), oldest first, trace included."""
+        return stored_messages(self.store.data_dir, self.name)
 
     def state_path(self) -> Path:
         return self.root / "state.json"
@@ -527,11 +535,14 @@ class Persona:
                 return await self.hang(server, 0)
         content = content_of(envelope)
         mail_from = envelope.mail_from or ""
+        item = Received(self.name, mail_from, envelope.rcpt_tos, content, self.clock.now())
         try:
             if self.writer is not None:
-                await self.writer.write(self.maildir, mail_from, envelope.rcpt_tos, content)
+                await self.writer.write(item)
             else:
-                self.maildir.deliver(mail_from, envelope.rcpt_tos, content)
+                error = self.store.write([item])[0]
+                if error is not None:
+                    raise error
         except OSError as exc:
             log.error("persona %s cannot store a message: %s", self.name, exc)
             return self._refuse("451 4.3.0 Temporary local problem, please try again later")
@@ -600,6 +611,7 @@ class Persona:
             "addresses": list(self.addresses),
             "accepted": c.accepted,
             "recipients_accepted": c.recipients_accepted,
+            "stored": self.store.count(self.name),
             "rejected": dict(sorted(c.rejected.items())),
             "throttled": c.throttled,
             "greylisted": c.greylisted,

@@ -5,7 +5,8 @@
     sim.smtp_port       # the one port every persona listens on (point delivery.port here)
     sim.http_address    # (host, port) or None
     sim.mta_submit = app.smtp_address   # where artefacts go (if not known from the config)
-    sim.stats()         # per persona counters, outbox, DNS
+    sim.stats()         # per persona counters, outbox, DNS, the store
+    sim.store           # where accepted messages go (`mta.sim.store`: SQLite or Maildirs)
     await sim.stop()
 
 With `sim.smtp_port = 0` the first persona address gets any free port and the
@@ -55,6 +56,7 @@ class Simulation:
         self.dns: StubDns | None = None
         self.http: HttpServer | None = None
         self.smtp_port = 0
+        self.store: store.Store | None = None
         self.writer: store.StoreWriter | None = None
         self._servers: list[asyncio.Server] = []
 
@@ -89,17 +91,29 @@ class Simulation:
         root.mkdir(parents=True, exist_ok=True)
         submit = parse_hostport(config.sim.mta_submit) if config.sim.mta_submit else None
         outbox = Outbox(clock, submit)
-        writer = store.StoreWriter()
-        personas = {
-            p.name: Persona(
-                p, config.sim, clock, outbox, store.persona_root(root, p.name), writer=writer
-            )
-            for p in config.personas
-        }
+        kept = store.open_store(config.sim.store, root, config.sim.store_fsync)
+        writer = store.StoreWriter(kept)
+        try:
+            personas = {
+                p.name: Persona(
+                    p,
+                    config.sim,
+                    clock,
+                    outbox,
+                    store.persona_root(root, p.name),
+                    writer=writer,
+                    store=kept,
+                )
+                for p in config.personas
+            }
+        except BaseException:
+            kept.close()
+            raise
         for persona in personas.values():
             persona.load_state()
         zone = Zone.from_config(config)
         sim = cls(config, clock, root, personas, outbox, zone)
+        sim.store = kept
         sim.writer = writer
         writer.start()
         try:
@@ -168,6 +182,10 @@ class Simulation:
                 "failed": dict(outbox.failed),
             },
             "dns": {"queries": self.zone.queries},
+            "store": {
+                "kind": self.config.sim.store,
+                "path": str(self.store.location) if self.store is not None else "",
+            },
         }
 
     async def stop(self) -> None:
@@ -183,6 +201,8 @@ class Simulation:
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
             self.writer = None
+        if self.store is not None:
+            self.store.close()
         if self.dns is not None:
             await self.dns.stop()
         if self.http is not None:

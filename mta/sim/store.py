@@ -1,45 +1,158 @@
-"""What the personas receive: stored in Maildirs, and read back (`mta sim ls`, the HTTP API).
+"""What the personas accept: stored (SQLite by default, or a Maildir per persona) and read back.
 
-Layout under the sim's data directory: `personas/<name>/Maildir/{tmp,new,cur}`
-(plus `personas/<name>/state.json`). A message's id is `<persona>/<file name>`.
-Only the header block of each file is read for a summary.
+Two stores, chosen by `sim.store` (`mta sim --store sqlite|maildir`):
 
-Writing: `StoreWriter` is one thread that writes the files for every persona;
-a session awaits its message's write before replying 250 (the file exists when
-the sender hears "OK"), but the event loop keeps serving other sessions while
-the kernel creates files, and a burst of messages is written in one wake-up.
+- "sqlite" (default): one file for the whole simulation, `<data_dir>/received.sqlite3`,
+  in WAL mode. Table `messages`: id, persona, received_at, mail_from, recipients
+  (a JSON array), size, subject, header_from, header_to, message_id, dkim (0/1) and
+  `message`, the bytes exactly as received (no trace added). Table `personas`: the
+  names that ever stored here (so an empty persona is known). A message's id is
+  `<persona>/<row id>`, e.g. `gmail/42`.
+- "maildir": `<data_dir>/personas/<name>/Maildir/{tmp,new,cur}`, one file per
+  message: Return-Path and one Delivered-To per recipient, then the bytes as
+  received. A message's id is `<persona>/<file name>`.
+
+One file rather than one per persona: the single store thread writes for every
+persona, so one file makes one transaction (and with `store_fsync`, one fsync)
+per batch whatever the mix of personas, and a listing across personas is one
+indexed query.
+
+Both stores give the same answers: a message read back (`message_bytes`) starts
+with the same Return-Path / Delivered-To lines (SQLite adds them from its
+columns); `Summary.size` is the size of the message as received (trace not
+counted); `Summary.time` / `received_at` is the sim's clock (virtual time, equal
+to real time at scale 1) when the persona accepted the message; the Maildir
+file names carry it in nanoseconds. The readers (`list_messages`,
+`count_messages`, `personas_in`, `message_bytes`, `stored_messages`) read every
+store present in the data directory, so `mta sim ls` needs no flag.
+
+Writing: `StoreWriter` is one thread that writes for every persona. A session
+awaits its message's write before replying 250 (the message is stored when the
+sender hears "OK"), while the event loop keeps serving other sessions. Each
+wake-up takes every message waiting: SQLite writes them in one transaction.
+Durability: without `sim.store_fsync`, SQLite runs `synchronous=NORMAL` (in WAL
+mode a commit survives a crash of the sim process, as a Maildir file written
+without fsync does; a power loss may lose the last commits); with it, `FULL`
+(the WAL is fsynced at each commit, once per batch, like one fsync per file).
+Readers open read-only connections: in WAL mode they never block the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import os
 import re
 import socket
+import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mta.maildir import Maildir
-from mta.sim.artefacts import header_value, split_message
+
+log = logging.getLogger("mta.sim.store")
 
 PERSONAS_DIR = "personas"
 MAILDIR = "Maildir"
+SQLITE_FILE = "received.sqlite3"
+STORES = ("sqlite", "maildir")
+SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,:=-]*$")
+_MAILDIR_NAME = re.compile(r"^(\d+)\.P\d+Q(\d+)\.")
 READ_LIMIT = 64 * 1024
+_MAX_ROW_ID_DIGITS = 18  # below 2**63: anything longer is not one of ours
 
 
 _HOST = socket.gethostname().replace("/", "_").replace(":", "_")
 _serial = itertools.count()
 
 
+def trace(mail_from: str, recipients: Sequence[str]) -> bytes:
+    """The lines a local delivery agent adds: Return-Path, then one Delivered-To per recipient."""
+    return (
+        f"Return-Path: <{mail_from}>\r\n" + "".join(f"Delivered-To: {r}\r\n" for r in recipients)
+    ).encode("utf-8")
+
+
+def _split_trace(head: bytes) -> tuple[int, str, list[str]]:
+    """(length of the trace, envelope sender, recipients) at the start of a stored file."""
+    end = 0
+    mail_from = ""
+    recipients: list[str] = []
+    while True:
+        eol = head.find(b"\r\n", end)
+        if eol < 0:
+            break
+        line = head[end:eol]
+        if line.startswith(b"Return-Path: ") and end == 0:
+            mail_from = line[13:].strip().strip(b"<>").decode("utf-8", "replace")
+        elif line.startswith(b"Delivered-To: "):
+            recipients.append(line[14:].strip().decode("utf-8", "replace"))
+        else:
+            break
+        end = eol + 2
+    return end, mail_from, recipients
+
+
+_FIELDS = {
+    b"from": "header_from",
+    b"to": "to",
+    b"subject": "subject",
+    b"message-id": "message_id",
+    b"dkim-signature": "dkim",
+}
+
+
+def header_fields(content: bytes) -> dict[str, str]:
+    """The first From, To, Subject, Message-ID and DKIM-Signature fields of a message
+    (unfolded; absent ones are ""), read in one pass over the header block."""
+    end = content.find(b"\r\n\r\n", 0, READ_LIMIT)
+    head = content[:end] if end >= 0 else content[:READ_LIMIT]
+    found: dict[str, bytes] = {}
+    current: str | None = None
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                found[current] += b" " + line.strip()
+            continue
+        current = None
+        name, colon, value = line.partition(b":")
+        if colon:
+            key = _FIELDS.get(name.lower())
+            if key is not None and key not in found:
+                current = key
+                found[key] = value.strip()
+    return {
+        key: found[key].decode("utf-8", "replace").strip() if key in found else ""
+        for key in _FIELDS.values()
+    }
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Received:
+    """One accepted message, as a persona hands it to the store."""
+
+    persona: str
+    mail_from: str
+    recipients: list[str]
+    content: bytes
+    received_at: float  # the sim's clock
+
+
 class LeanMaildir(Maildir):
-    """`mta.maildir.Maildir` with a cheaper `deliver` (string paths, one write, no pathlib):
-    the same layout and file names, so everything that reads Maildirs reads these."""
+    """`mta.maildir.Maildir` with a cheaper `deliver` (string paths, one write, no pathlib)
+    and the sim's clock in the file name: the same layout and name shape, so everything
+    that reads Maildirs reads these."""
 
     def __init__(self, root: Path, fsync: bool = False) -> None:
         super().__init__(root, fsync)
@@ -47,15 +160,19 @@ class LeanMaildir(Maildir):
         self._new = f"{root}{os.sep}new{os.sep}"
         self._suffix = f".P{os.getpid()}Q"
 
-    def deliver(self, mail_from: str, recipients: Sequence[str], content: bytes) -> Path:
-        name = f"{time.time_ns()}{self._suffix}{next(_serial)}.{_HOST}"
-        trace = f"Return-Path: <{mail_from}>\r\n" + "".join(
-            f"Delivered-To: {rcpt}\r\n" for rcpt in recipients
-        )
+    def deliver(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        content: bytes,
+        received_at: float | None = None,
+    ) -> Path:
+        stamp = time.time_ns() if received_at is None else round(received_at * 1e9)
+        name = f"{stamp}{self._suffix}{next(_serial)}.{_HOST}"
         tmp = self._tmp + name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, trace.encode("utf-8") + content)
+            os.write(fd, trace(mail_from, recipients) + content)
             if self.fsync:
                 os.fsync(fd)
         finally:
@@ -65,7 +182,199 @@ class LeanMaildir(Maildir):
         return Path(self._new + name)
 
 
-_Job = tuple[Maildir, str, list[str], bytes, "asyncio.Future[None]"]
+class Store(ABC):
+    """Where one simulation's personas keep what they accept. `write` is called by one
+    thread at a time (the `StoreWriter`'s, or the caller's when there is none)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, data_dir: Path, fsync: bool = False) -> None:
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self._counts: dict[str, int] = {}
+
+    @abstractmethod
+    def open(self, persona: str) -> None:
+        """Make room for `persona` (and count what it already stored)."""
+
+    @abstractmethod
+    def _write(self, batch: Sequence[Received]) -> list[OSError | None]: ...
+
+    @property
+    @abstractmethod
+    def location(self) -> Path: ...
+
+    def write(self, batch: Sequence[Received]) -> list[OSError | None]:
+        """Store every message of `batch`; one result per message (None: stored)."""
+        errors = self._write(batch)
+        for item, error in zip(batch, errors, strict=True):
+            if error is None:
+                self._counts[item.persona] = self._counts.get(item.persona, 0) + 1
+        return errors
+
+    def count(self, persona: str) -> int:
+        """Messages `persona` has in this store (earlier runs included)."""
+        return self._counts.get(persona, 0)
+
+    def close(self) -> None:
+        """Release what the store holds open (nothing, for a Maildir)."""
+        return None
+
+
+class MaildirStore(Store):
+    kind = "maildir"
+
+    def __init__(self, data_dir: Path, fsync: bool = False) -> None:
+        super().__init__(data_dir, fsync)
+        self._boxes: dict[str, LeanMaildir] = {}
+
+    @property
+    def location(self) -> Path:
+        return self.data_dir / PERSONAS_DIR
+
+    def open(self, persona: str) -> None:
+        box = self._boxes[persona] = LeanMaildir(maildir_root(self.data_dir, persona), self.fsync)
+        self._counts[persona] = box.count()
+
+    def _write(self, batch: Sequence[Received]) -> list[OSError | None]:
+        errors: list[OSError | None] = []
+        for item in batch:
+            try:
+                box = self._boxes.get(item.persona)
+                if box is None:
+                    self.open(item.persona)
+                    box = self._boxes[item.persona]
+                box.deliver(item.mail_from, item.recipients, item.content, item.received_at)
+                errors.append(None)
+            except OSError as exc:
+                errors.append(exc)
+        return errors
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS personas (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    persona TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    mail_from TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    header_from TEXT NOT NULL,
+    header_to TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    dkim INTEGER NOT NULL,
+    message BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (received_at);
+CREATE INDEX IF NOT EXISTS messages_by_persona ON messages (persona, received_at);
+"""
+_INSERT = (
+    "INSERT INTO messages (persona, received_at, mail_from, recipients, size, subject,"
+    " header_from, header_to, message_id, dkim, message) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _row(item: Received) -> tuple[Any, ...]:
+    fields = header_fields(item.content)
+    return (
+        item.persona,
+        item.received_at,
+        item.mail_from,
+        json.dumps(item.recipients),
+        len(item.content),
+        fields["subject"],
+        fields["header_from"],
+        fields["to"],
+        fields["message_id"],
+        1 if fields["dkim"] else 0,
+        item.content,
+    )
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, data_dir: Path, fsync: bool = False) -> None:
+        super().__init__(data_dir, fsync)
+        self.path = data_dir / SQLITE_FILE
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open {self.path}: {exc}") from None
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OSError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise OSError(
+                    f"{self.path}: written by a newer version (schema {version}); "
+                    "use another --data-dir"
+                )
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise OSError(f"cannot use {self.path}: {exc}") from None
+        except OSError:
+            self._conn.close()
+            raise
+
+    @property
+    def location(self) -> Path:
+        return self.path
+
+    def open(self, persona: str) -> None:
+        try:
+            self._conn.execute("INSERT OR IGNORE INTO personas (name) VALUES (?)", (persona,))
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM messages WHERE persona = ?", (persona,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise OSError(f"{self.path}: {exc}") from None
+        self._counts[persona] = int(row[0])
+
+    def _write(self, batch: Sequence[Received]) -> list[OSError | None]:
+        if not batch:
+            return []
+        conn = self._conn
+        try:
+            rows = [_row(item) for item in batch]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            error = OSError(f"{self.path}: {exc}")
+            return [error] * len(batch)
+        return [None] * len(batch)
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except sqlite3.Error as exc:
+            log.warning("closing %s: %s", self.path, exc)
+
+
+def open_store(kind: str, data_dir: Path, fsync: bool = False) -> Store:
+    """The store `sim.store` names, under `data_dir` (OSError if it cannot be opened)."""
+    if kind == "sqlite":
+        return SqliteStore(data_dir, fsync)
+    if kind == "maildir":
+        return MaildirStore(data_dir, fsync)
+    raise ValueError(f"unknown store {kind!r} (expected one of: {', '.join(STORES)})")
+
+
+_Job = tuple[Received, "asyncio.Future[None]"]
 
 
 def _settle(results: list[tuple[asyncio.Future[None], OSError | None]]) -> None:
@@ -79,35 +388,42 @@ def _settle(results: list[tuple[asyncio.Future[None], OSError | None]]) -> None:
 
 
 class StoreWriter:
-    """A thread that writes messages to Maildirs; see the module docstring."""
+    """A thread that writes messages to a `Store`; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._jobs: list[_Job] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.batches = 0  # wake-ups that wrote something (a batch: one SQLite transaction)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sim-store", daemon=True)
         self._thread.start()
 
-    def write(
-        self, maildir: Maildir, mail_from: str, recipients: list[str], content: bytes
-    ) -> asyncio.Future[None]:
-        """A future done once the message is in `maildir` (or failed with OSError)."""
+    def write(self, item: Received) -> asyncio.Future[None]:
+        """A future done once the message is stored (or failed with OSError)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._thread is None:  # not started: write here and now
-            try:
-                maildir.deliver(mail_from, recipients, content)
+            error = self._store([item])[0]
+            if error is None:
                 future.set_result(None)
-            except OSError as exc:
-                future.set_exception(exc)
+            else:
+                future.set_exception(error)
             return future
         with self._lock:
-            self._jobs.append((maildir, mail_from, recipients, content, future))
+            self._jobs.append((item, future))
         self._wake.set()
         return future
+
+    def _store(self, items: list[Received]) -> list[OSError | None]:
+        try:
+            return self.store.write(items)
+        except Exception as exc:  # a bug here must not leave sessions waiting forever
+            log.exception("the %s store failed", self.store.kind)
+            return [OSError(f"store failed: {exc}")] * len(items)
 
     def _run(self) -> None:
         while True:
@@ -116,17 +432,17 @@ class StoreWriter:
                 jobs, self._jobs = self._jobs, []
                 self._wake.clear()
                 stopping = self._stopping
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, OSError | None]]] = {}
-            for maildir, mail_from, recipients, content, future in jobs:
-                error: OSError | None = None
-                try:
-                    maildir.deliver(mail_from, recipients, content)
-                except OSError as exc:
-                    error = exc
-                by_loop.setdefault(future.get_loop(), []).append((future, error))
-            for loop, results in by_loop.items():
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_settle, results)
+            if jobs:
+                self.batches += 1
+                errors = self._store([item for item, _ in jobs])
+                by_loop: dict[
+                    asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], OSError | None]]
+                ] = {}
+                for (_, future), error in zip(jobs, errors, strict=True):
+                    by_loop.setdefault(future.get_loop(), []).append((future, error))
+                for loop, results in by_loop.items():
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(_settle, results)
             if stopping:
                 return
 
@@ -142,6 +458,9 @@ class StoreWriter:
         self._thread = None
 
 
+# -- reading ------------------------------------------------------------------------------
+
+
 def maildir_root(data_dir: Path, persona: str) -> Path:
     return data_dir / PERSONAS_DIR / persona / MAILDIR
 
@@ -150,18 +469,11 @@ def persona_root(data_dir: Path, persona: str) -> Path:
     return data_dir / PERSONAS_DIR / persona
 
 
-def personas_in(data_dir: Path) -> list[str]:
-    base = data_dir / PERSONAS_DIR
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / MAILDIR).is_dir())
-
-
 @dataclass(frozen=True)
 class Summary:
-    id: str
+    id: str  # "<persona>/<row id>" (SQLite) or "<persona>/<file name>" (Maildir)
     persona: str
-    time: float  # when stored (real Unix time, from the Maildir file name)
+    time: float  # when the persona accepted it, on the sim's clock (Unix seconds)
     mail_from: str
     recipients: list[str]
     header_from: str
@@ -169,10 +481,46 @@ class Summary:
     subject: str
     message_id: str
     dkim: bool
-    size: int
+    size: int  # the message as received (without the trace the store adds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_Key = tuple[float, int, str]  # (time, sequence in its store, id): newest last
+
+
+def _sqlite_query(data_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on the data dir's SQLite store ([] if there is none)."""
+    path = data_dir / SQLITE_FILE
+    if not path.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []  # created, schema not committed yet
+        raise OSError(f"cannot read {path}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot read {path}: {exc}") from None
+
+
+def _maildir_personas(data_dir: Path) -> list[str]:
+    base = data_dir / PERSONAS_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / MAILDIR).is_dir())
+
+
+def personas_in(data_dir: Path) -> list[str]:
+    """Every persona known to a store in `data_dir` (stored messages or not)."""
+    names = set(_maildir_personas(data_dir))
+    names.update(str(row[0]) for row in _sqlite_query(data_dir, "SELECT name FROM personas"))
+    return sorted(names)
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -182,71 +530,171 @@ def _files(root: Path) -> Iterator[Path]:
             yield from folder.iterdir()
 
 
-def _stamp(name: str) -> float:
-    head = name.split(".", 1)[0]
-    return int(head) / 1e9 if head.isdigit() else 0.0
+def _maildir_key(name: str, persona: str) -> _Key:
+    match = _MAILDIR_NAME.match(name)
+    if match is None:
+        return (0.0, 0, f"{persona}/{name}")
+    return (int(match.group(1)) / 1e9, int(match.group(2)), f"{persona}/{name}")
 
 
 def summarise(path: Path, persona: str) -> Summary:
+    """The summary of one Maildir file."""
     with path.open("rb") as handle:
         head = handle.read(READ_LIMIT)
     size = path.stat().st_size
-    headers, _ = split_message(head)
-    mail_from = header_value(headers, "Return-Path").strip("<>")
-    recipients = [
-        line[len(b"Delivered-To:") :].strip().decode("utf-8", "replace")
-        for line in headers.split(b"\r\n")
-        if line[:13].lower() == b"delivered-to:"
-    ]
+    length, mail_from, recipients = _split_trace(head)
+    fields = header_fields(head[length:])
     return Summary(
         id=f"{persona}/{path.name}",
         persona=persona,
-        time=_stamp(path.name),
+        time=_maildir_key(path.name, persona)[0],
         mail_from=mail_from,
         recipients=recipients,
-        header_from=header_value(headers, "From"),
-        to=header_value(headers, "To"),
-        subject=header_value(headers, "Subject"),
-        message_id=header_value(headers, "Message-ID"),
-        dkim=bool(header_value(headers, "DKIM-Signature")),
-        size=size,
+        header_from=fields["header_from"],
+        to=fields["to"],
+        subject=fields["subject"],
+        message_id=fields["message_id"],
+        dkim=bool(fields["dkim"]),
+        size=size - length,
     )
 
 
-def list_messages(
-    data_dir: Path, persona: str | None = None, limit: int | None = None
-) -> list[Summary]:
-    """Newest first, at most `limit`."""
-    names = [persona] if persona else personas_in(data_dir)
-    found: list[tuple[str, str, Path]] = []
+def _maildir_listing(
+    data_dir: Path, persona: str | None, limit: int | None
+) -> list[tuple[_Key, Summary]]:
+    names = [persona] if persona else _maildir_personas(data_dir)
+    found: list[tuple[_Key, str, Path]] = []
     for name in names:
         for path in _files(maildir_root(data_dir, name)):
-            found.append((path.name, name, path))
+            found.append((_maildir_key(path.name, name), name, path))
     found.sort(reverse=True)
     if limit is not None:
         found = found[:limit]
     out = []
-    for _, name, path in found:
+    for key, name, path in found:
         try:
-            out.append(summarise(path, name))
+            out.append((key, summarise(path, name)))
         except OSError:
             continue  # moved or removed meanwhile
     return out
 
 
+_SUMMARY_COLUMNS = (
+    "id, persona, received_at, mail_from, recipients, header_from, header_to, subject,"
+    " message_id, dkim, size"
+)
+
+
+def _sqlite_listing(
+    data_dir: Path, persona: str | None, limit: int | None
+) -> list[tuple[_Key, Summary]]:
+    where, args = ("WHERE persona = ?", (persona,)) if persona else ("", ())
+    rows = _sqlite_query(
+        data_dir,
+        f"SELECT {_SUMMARY_COLUMNS} FROM messages {where}"
+        " ORDER BY received_at DESC, id DESC LIMIT ?",
+        (*args, -1 if limit is None else limit),
+    )
+    out = []
+    for row_id, name, at, mail_from, rcpts, h_from, h_to, subject, mid, dkim, size in rows:
+        summary = Summary(
+            id=f"{name}/{row_id}",
+            persona=name,
+            time=float(at),
+            mail_from=mail_from,
+            recipients=list(json.loads(rcpts)),
+            header_from=h_from,
+            to=h_to,
+            subject=subject,
+            message_id=mid,
+            dkim=bool(dkim),
+            size=int(size),
+        )
+        out.append(((float(at), int(row_id), summary.id), summary))
+    return out
+
+
+def list_messages(
+    data_dir: Path, persona: str | None = None, limit: int | None = None
+) -> list[Summary]:
+    """Newest first (by the sim's clock, then arrival), at most `limit`."""
+    found = _sqlite_listing(data_dir, persona, limit) + _maildir_listing(data_dir, persona, limit)
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    if limit is not None:
+        found = found[:limit]
+    return [summary for _, summary in found]
+
+
 def count_messages(data_dir: Path, persona: str | None = None) -> dict[str, int]:
+    """Messages stored per persona (every known persona when `persona` is None)."""
     names = [persona] if persona else personas_in(data_dir)
-    return {name: sum(1 for _ in _files(maildir_root(data_dir, name))) for name in names}
+    counts = {name: sum(1 for _ in _files(maildir_root(data_dir, name))) for name in names}
+    if persona:
+        rows = _sqlite_query(
+            data_dir, "SELECT persona, COUNT(*) FROM messages WHERE persona = ?", (persona,)
+        )
+    else:
+        rows = _sqlite_query(data_dir, "SELECT persona, COUNT(*) FROM messages GROUP BY persona")
+    for name, count in rows:
+        if name is not None:
+            counts[str(name)] = counts.get(str(name), 0) + int(count)
+    return counts
 
 
-def message_path(data_dir: Path, message_id: str) -> Path | None:
-    """The file of `<persona>/<name>`, or None (also for anything that is not such an id)."""
+def _parse_id(message_id: str) -> tuple[str, str] | None:
     persona, slash, name = message_id.partition("/")
     if not slash or not _NAME.match(persona) or not _NAME.match(name) or ".." in message_id:
         return None
+    return persona, name
+
+
+def message_bytes(data_dir: Path, message_id: str) -> bytes | None:
+    """A stored message as a local delivery agent would hand it over: Return-Path and
+    Delivered-To lines, then the bytes exactly as received. None for an unknown id
+    (and for anything that is not an id)."""
+    parsed = _parse_id(message_id)
+    if parsed is None:
+        return None
+    persona, name = parsed
+    if name.isdigit():  # a row id; Maildir names always hold a dot
+        if len(name) > _MAX_ROW_ID_DIGITS:
+            return None
+        rows = _sqlite_query(
+            data_dir,
+            "SELECT mail_from, recipients, message FROM messages WHERE id = ? AND persona = ?",
+            (int(name), persona),
+        )
+        if not rows:
+            return None
+        mail_from, recipients, content = rows[0]
+        return trace(mail_from, json.loads(recipients)) + bytes(content)
     root = maildir_root(data_dir, persona)
     for sub in ("new", "cur"):
         path = root / sub / name
         if path.is_file():
-            return path
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None  # moved or removed meanwhile
     return None
+
+
+def stored_messages(data_dir: Path, persona: str) -> list[bytes]:
+    """Every message `persona` stored, oldest first, as `message_bytes` returns them."""
+    found: list[tuple[_Key, bytes]] = []
+    for row_id, at, mail_from, recipients, content in _sqlite_query(
+        data_dir,
+        "SELECT id, received_at, mail_from, recipients, message FROM messages"
+        " WHERE persona = ? ORDER BY received_at, id",
+        (persona,),
+    ):
+        found.append(
+            (
+                (float(at), int(row_id), f"{persona}/{row_id}"),
+                trace(mail_from, json.loads(recipients)) + bytes(content),
+            )
+        )
+    for path in _files(maildir_root(data_dir, persona)):
+        found.append((_maildir_key(path.name, persona), path.read_bytes()))
+    found.sort(key=lambda pair: pair[0])
+    return [content for _, content in found]

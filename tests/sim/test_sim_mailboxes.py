@@ -38,12 +38,12 @@ async def test_mailbox_table_and_simulator_addresses(stack: Any) -> None:
     persona = stack.sim.personas["isp"]
     delivered = sorted(
         line.split(b": ", 1)[1]
-        for stored in persona.maildir.messages()
+        for stored in persona.stored()
         for line in stored.split(b"\r\n")[:5]
         if line.startswith(b"Delivered-To: ")
     )
     assert delivered == [b"someone@implicit.test", b"someone@isp.test", b"success@isp.test"]
     stats = stack.sim.stats()["personas"]["isp"]
-    assert stats["accepted"] == persona.maildir.count()
+    assert stats["accepted"] == stats["stored"] == len(persona.stored())
     assert stats["recipients_accepted"] == 3
     assert stats["rejected"] == {"452": 1, "550": 5}

@@ -75,7 +75,7 @@ async def test_data_framing_and_pipelined_replies(sim: Any, net: str) -> None:
     writer.write(b"QUIT\r\n")
     assert (await reply(reader)).startswith(b"221")
     writer.close()
-    stored = [strip_trace(m) for m in sim.personas["isp"].maildir.messages()]
+    stored = [strip_trace(m) for m in sim.personas["isp"].stored()]
     assert stored == [
         b"",
         b"\r\n",

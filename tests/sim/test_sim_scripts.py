@@ -33,7 +33,7 @@ async def test_stages_data_dot_and_sender_mail(stack: Any) -> None:
     assert rows["carl+data=554@isp.test"].state == "bounced"
     assert codes(rows["dave+dot=452-250@isp.test"]) == [(452, "dot"), (250, "dot")]
     assert codes(rows["eve@isp.test"]) == [(451, "mail"), (250, "dot")]
-    assert stack.sim.personas["isp"].maildir.count() == 2
+    assert len(stack.sim.personas["isp"].stored()) == 2
 
 
 async def test_drop_after_dot_marks_possible_duplicate(stack: Any) -> None:
