@@ -89,7 +89,9 @@ class DomainWork:
     site: Site | None = None
     resolving: bool = False
     resolved_at: float = -math.inf  # monotonic
-    not_before: float = -math.inf  # virtual: its site or bindings admit nothing before this
+    # Virtual time before which its site admits nothing (+inf: until one of the site's
+    # transactions ends, which resets it).
+    not_before: float = -math.inf
 
 
 def _before(r: DueRecipient) -> Attempted:
@@ -290,11 +292,15 @@ class Scheduler:
             await self._idle(self._next_wake())
 
     def _next_wake(self) -> float | None:
-        times = [
-            max(w.next_due, w.not_before)
-            for w in self.domains.values()
-            if w.next_due is not None and w.site is not None
-        ]
+        """When the loop must look again by itself (job ends and new mail wake it anyway)."""
+        if self._inflight >= self.settings.max_inflight:
+            times = []  # full: only a job's end makes room
+        else:
+            times = [
+                max(w.next_due, w.not_before)
+                for w in self.domains.values()
+                if w.next_due is not None and w.site is not None
+            ]
         if self._next_expiry > -math.inf:
             times.append(self._next_expiry)
         return min(times) if times else None
@@ -346,7 +352,7 @@ class Scheduler:
 
     def _admit(self, site: Site, now: float, room: int) -> tuple[list[tuple[Binding, int]], float]:
         """Per binding, how many transactions the site takes now; else when to look again
-        (-inf: when a transaction in flight ends)."""
+        (+inf: when one of the site's transactions in flight ends)."""
         isp = site.rule.name
         plan: list[tuple[Binding, int]] = []
         wake = math.inf
@@ -371,8 +377,10 @@ class Scheduler:
                 count = min(count, ramp.remaining)
             plan.append((binding, count))
             room -= count
-        if plan or waits_for_a_job:
+        if plan:
             return plan, -math.inf
+        if waits_for_a_job:
+            return plan, math.inf
         return plan, wake
 
     def _binding_order(self, isp: str, now: float) -> list[Binding]:
@@ -532,6 +540,8 @@ class Scheduler:
         finally:
             site.in_flight[binding.name] -= 1
             self._inflight -= len(members)
+            for domain in site.domains:  # a connection is free: look at the site again
+                self._work(domain).not_before = -math.inf
             self._wake.set()
 
     def _requeue(self, members: list[DueRecipient], settlements: list[Settlement]) -> None:
@@ -560,9 +570,6 @@ class Scheduler:
             )
         if state.concurrency < before:
             await self.delivery.pool.trim((site.key, binding.name), state.concurrency)
-        if changes:
-            for domain in site.domains:
-                self._work(domain).not_before = -math.inf
 
     async def _expire(self, now: float) -> None:
         """Expire recipients whose validity ended while they waited (never attempted since)."""
