@@ -211,6 +211,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._next_expiry = -math.inf
         self._turn = 0
+        self.rounds = 0  # turns of the loop (each plans, and may pick)
         self.delivered = 0
         self.deferred = 0
         self.throttled = 0
@@ -276,6 +277,7 @@ class Scheduler:
 
     async def run(self) -> None:
         while not self._stopping:
+            self.rounds += 1
             self._wake.clear()
             now = self.clock.now()
             try:

@@ -298,3 +298,29 @@ async def test_graceful_stop_gives_in_flight_recipients_back(
         assert events_of(config.data_path)[-1]["possible_duplicate"] is True
     finally:
         await app.stop()
+
+
+async def test_a_site_at_its_connection_limit_waits_without_spinning(
+    tmp_path: Path, receiver: ScriptedServer
+) -> None:
+    """One connection allowed, the receiver stalls: the other recipients wait for it to
+    end; the scheduler sleeps meanwhile instead of planning again and again."""
+    rules = tmp_path / "mx-rules.toml"
+    rules.write_text("[default]\nmax_connections = 1\n")
+    gate = asyncio.Event()
+    receiver.handler.stall_dot = gate
+    app = await relay_to(tmp_path, receiver.port, delivery__mx_rules_files=(str(rules),))
+    try:
+        for i in range(3):
+            await send_message(*app.smtp_address, "b@sender.test", [f"r{i}@dest.test"], MESSAGE)
+        scheduler = app.running.scheduler
+        await wait_for(lambda: scheduler.inflight == 1)
+        before = scheduler.rounds
+        await asyncio.sleep(0.5)
+        assert scheduler.rounds - before < 20
+        receiver.handler.stall_dot = None
+        gate.set()
+        await wait_for(lambda: set(states(app).values()) == {"delivered"})
+    finally:
+        gate.set()
+        await app.stop()
