@@ -299,6 +299,7 @@ class SqliteStore(Store):
     def __init__(self, data_dir: Path, fsync: bool = False) -> None:
         super().__init__(data_dir, fsync)
         self.path = data_dir / SQLITE_FILE
+        data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=5.0, isolation_level=None, check_same_thread=False

@@ -6,11 +6,15 @@ The MTA resolves through the stub DNS and delivers to the personas' port; its
 classifier here is deliberately simple (5xx permanent, the rest retried) and an
 MX rule for `*.test` turns off its pacing, ramp-up and adaptive rules, so the
 assertions are about what the personas answered, not about the MTA's shaping.
+
+Store-facing tests take the `store_kind` fixture: they run once per store
+("sqlite", the default, and "maildir").
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,10 +27,11 @@ import pytest
 
 from mta.app import MtaApp
 from mta.clock import ManualClock
-from mta.config import load_config
+from mta.config import DkimKey, load_config
 from mta.model import BounceClass, Outcome, Verdict
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
+from mta.sim.store import STORES
 from mta.sink import Sink
 from tests.simnet import ISP, MX_RULE, new_net, sim_config, toml_table
 
@@ -83,10 +88,15 @@ class Stack:
         sink: bool = False,
         config: SimConfig | None = None,
         mx_rule: dict[str, Any] | None = None,
+        store: str | None = None,
+        dkim: tuple[DkimKey, ...] = (),
     ) -> Stack:
-        """Start the sim (`personas` TOML with {net}), the MTA (flags over the test
-        defaults, `mx_rule` keys over the test MX rule) and optionally a sender mailbox."""
+        """Start the sim (`personas` TOML with {net}; `store` over `sim.store`), the MTA
+        (flags over the test defaults, `mx_rule` keys over the test MX rule, `dkim` keys to
+        sign with) and optionally a sender mailbox."""
         config = config or self.config(personas, seed)
+        if store is not None:
+            config = dataclasses.replace(config, sim=dataclasses.replace(config.sim, store=store))
         self.sim = await Simulation.start(config, self.clock, self.root / "sim")
         dns_host, dns_port = self.sim.dns_address
         rules_file = self.root / "mx-rules.toml"
@@ -110,6 +120,10 @@ class Stack:
         }
         flags.update(mta_flags or {})
         mta_config = load_config(None, flags=flags, environ={})
+        if dkim:
+            mta_config = dataclasses.replace(
+                mta_config, dkim=dataclasses.replace(mta_config.dkim, keys=dkim)
+            )
         rules = cast(Any, SimpleRules())  # MtaApp's hint says BounceRules; any classifier works
         self.app = MtaApp(mta_config, self.clock, rules=rules)
         await self.app.start()
@@ -224,6 +238,12 @@ class Stack:
             await asyncio.sleep(0)
         rows = self.rows()
         raise AssertionError(f"not done after {max_steps} steps: {rows}")
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each store in turn, for the tests that read back what the personas stored."""
+    return str(request.param)
 
 
 @pytest.fixture

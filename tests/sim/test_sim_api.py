@@ -20,8 +20,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-async def test_http_lists_serves_and_counts(stack: Any) -> None:
-    await stack.start()
+async def test_http_lists_serves_and_counts(stack: Any, store_kind: str) -> None:
+    await stack.start(store=store_kind)
     await stack.submit(["ann@isp.test", "nobody@isp.test"], subject="First")
     await stack.quiet()
     await stack.submit(["ben@isp.test"], subject="Second")
@@ -37,14 +37,27 @@ async def test_http_lists_serves_and_counts(stack: Any) -> None:
         assert first["recipients"] == ["ann@isp.test"]
         assert first["mail_from"] == "bounces@campaign.test"
         assert first["dkim"] is False and first["size"] > 0
+        assert first["time"] == stack.clock.now()  # the sim's clock, not the wall clock
+        persona, name = first["id"].split("/")
+        assert persona == "isp" and name.isdigit() == (store_kind == "sqlite")
         async with http.get(f"{base}/messages/{first['id']}") as response:
             assert response.status == 200
+            assert response.content_type == "message/rfc822"
             raw = await response.read()
-        assert b"Subject: First\r\n" in raw and raw.startswith(b"Return-Path: <bounces@")
+        return_path, delivered_to, content = raw.split(b"\r\n", 2)
+        assert (return_path, delivered_to) == (
+            b"Return-Path: <bounces@campaign.test>",
+            b"Delivered-To: ann@isp.test",
+        )
+        assert b"Subject: First\r\n" in content and first["size"] == len(content)
+        assert raw in stack.sim.personas["isp"].stored()
         async with http.get(f"{base}/messages", params={"limit": "1"}) as response:
             assert [m["subject"] for m in await response.json()] == ["Second"]
         async with http.get(f"{base}/messages/isp/..%2F..%2Fstate.json") as response:
             assert response.status == 404
+        for missing in ("isp/999", "other/1", f"isp/{'9' * 30}", "isp/1.x"):
+            async with http.get(f"{base}/messages/{missing}") as response:
+                assert response.status == 404, missing
         async with http.get(f"{base}/messages", params={"limit": "x"}) as response:
             assert response.status == 400
         async with http.get(f"{base}/messages", params={"persona": "nope"}) as response:
@@ -52,13 +65,14 @@ async def test_http_lists_serves_and_counts(stack: Any) -> None:
         async with http.get(f"{base}/stats") as response:
             stats = await response.json()
     isp = stats["personas"]["isp"]
-    assert isp["accepted"] == 2 and isp["rejected"] == {"550": 1}
+    assert isp["accepted"] == isp["stored"] == 2 and isp["rejected"] == {"550": 1}
+    assert stats["store"]["kind"] == store_kind
     assert isp["ips"]["127.0.0.1"]["sessions_max"] >= 1
     assert stats["dns"]["queries"] > 0
 
 
-async def test_ls_reads_the_maildirs(stack: Any, capsys: Any) -> None:
-    await stack.start()
+async def test_ls_reads_the_store(stack: Any, capsys: Any, store_kind: str) -> None:
+    await stack.start(store=store_kind)
     await stack.submit(["ann@isp.test"], subject="Hello ls")
     await stack.quiet()
     data_dir = str(stack.sim.data_dir)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-async def test_mailbox_table_and_simulator_addresses(stack: Any) -> None:
-    await stack.start()
+async def test_mailbox_table_and_simulator_addresses(stack: Any, store_kind: str) -> None:
+    await stack.start(store=store_kind)
     recipients = [
         "someone@isp.test",
         "nobody@isp.test",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from mta.clock import ManualClock
 from mta.maildir import strip_trace
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
+from mta.sim.store import STORES
 
 PERSONA = """
 [[personas]]
@@ -28,9 +30,15 @@ sessions = 1
 
 @pytest.fixture
 async def sim(
-    net: str, tmp_path: Path, make_config: Callable[..., SimConfig]
+    net: str,
+    tmp_path: Path,
+    make_config: Callable[..., SimConfig],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Any]:
-    running = await Simulation.start(make_config(net, PERSONA), ManualClock(), tmp_path)
+    config = make_config(net, PERSONA)
+    store = getattr(request, "param", config.sim.store)  # indirect: the store to use
+    config = dataclasses.replace(config, sim=dataclasses.replace(config.sim, store=store))
+    running = await Simulation.start(config, ManualClock(), tmp_path)
     yield running
     await running.stop()
 
@@ -52,6 +60,7 @@ async def session(sim: Any, net: str) -> tuple[asyncio.StreamReader, asyncio.Str
     return reader, writer
 
 
+@pytest.mark.parametrize("sim", STORES, indirect=True)
 async def test_data_framing_and_pipelined_replies(sim: Any, net: str) -> None:
     reader, writer = await session(sim, net)
     bodies = [
@@ -76,11 +85,30 @@ async def test_data_framing_and_pipelined_replies(sim: Any, net: str) -> None:
     assert (await reply(reader)).startswith(b"221")
     writer.close()
     stored = [strip_trace(m) for m in sim.personas["isp"].stored()]
-    assert stored == [
+    assert stored == [  # byte for byte as sent, dot-unstuffed, in arrival order
         b"",
         b"\r\n",
         b"Subject: dots\r\n\r\n.leading dot\r\nends with a dot.\r\n..\r\nlast.\r\n",
     ]
+    assert sim.stats()["personas"]["isp"]["stored"] == 3
+
+
+@pytest.mark.parametrize("sim", STORES, indirect=True)
+async def test_a_store_failure_is_a_451_not_a_250(sim: Any, net: str) -> None:
+    sim.store.close()  # SQLite: a closed connection; Maildir: nothing yet, so break the dir
+    maildir = sim.data_dir / "personas" / "isp" / "Maildir"
+    if sim.store.kind == "maildir":
+        (maildir / "tmp").rmdir()
+    reader, writer = await session(sim, net)
+    writer.write(b"MAIL FROM:<s@campaign.test>\r\nRCPT TO:<u@isp.test>\r\nDATA\r\n")
+    await reply(reader), await reply(reader), await reply(reader)
+    writer.write(b"Subject: lost\r\n\r\nbody\r\n.\r\n")
+    assert await reply(reader) == b"451 4.3.0 Temporary local problem, please try again later\r\n"
+    writer.write(b"QUIT\r\n")
+    await reply(reader)
+    writer.close()
+    stats = sim.stats()["personas"]["isp"]
+    assert (stats["accepted"], stats["stored"], stats["rejected"]) == (0, 0, {"451": 1})
 
 
 async def test_greeting_refusal_over_the_session_cap(sim: Any, net: str) -> None:
