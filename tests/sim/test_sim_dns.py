@@ -118,7 +118,7 @@ async def test_dns_outcomes_through_delivery(stack: Any) -> None:
     null = rows["a@nullmx.test"]
     assert (null.state, null.code, null.enhanced) == ("bounced", 556, "5.1.10")
     nx = rows["b@nxdomain.test"]
-    assert (nx.state, nx.code, nx.enhanced) == ("queued", 451, "4.1.2")
+    assert (nx.state, nx.code, nx.enhanced) == ("queued", 451, "4.4.4")
     assert "NXDOMAIN" in nx.text
     fail = rows["c@dnsfail.test"]
     assert (fail.state, fail.code, fail.enhanced) == ("queued", 451, "4.4.3")
@@ -143,6 +143,6 @@ mx = [{ name = "mx.blackhole.test", address = "{net}.16" }]
     await stack.quiet()
     row = stack.rows()["x@blackhole.test"]
     assert (row.state, row.code, row.phase) == ("queued", 421, "connect")
-    assert "Timeout waiting for the greeting" in row.text
+    assert "timed out: no greeting" in row.text
     stats = stack.sim.stats()["personas"]["blackhole"]
     assert stats["sessions"]["total"] == 1

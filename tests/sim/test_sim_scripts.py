@@ -54,7 +54,7 @@ async def test_stall_is_bounded_by_the_mta_timeout(stack: Any) -> None:
     rows = await stack.run_until(stack.all_final)
     frank = rows["frank+rcpt=stall-250@isp.test"]
     assert codes(frank) == [(421, "rcpt"), (250, "dot")]
-    assert "Timeout" in frank.history[0][2]
+    assert "timed out: at RCPT" in frank.history[0][2]
     assert stack.sim.stats()["personas"]["isp"]["stalls"] == 1
 
 
