@@ -222,6 +222,8 @@ def _describe(sim: Any) -> str:
         lines.append(f"  HTTP on http://{sim.http_address[0]}:{sim.http_address[1]}/sim/v1/stats")
     submit = sim.mta_submit
     lines.append(f"  artefacts go to {submit[0]}:{submit[1]}" if submit else "  artefacts: none")
+    if sim.store is not None:
+        lines.append(f"  accepted mail is kept in {sim.store.location} ({sim.store.kind})")
     return "\n".join(lines)
 
 
