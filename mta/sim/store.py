@@ -35,6 +35,8 @@ mode a commit survives a crash of the sim process, as a Maildir file written
 without fsync does; a power loss may lose the last commits); with it, `FULL`
 (the WAL is fsynced at each commit, once per batch, like one fsync per file).
 Readers open read-only connections: in WAL mode they never block the writer.
+(A read-only reader cannot remove the empty `-wal` / `-shm` files it may create
+beside a database whose writer has gone: harmless, the next writer uses them.)
 """
 
 from __future__ import annotations
