@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default="var",
         metavar="DIR",
-        help="DIR/mta (spool), DIR/sim (Maildirs), logs (default var)",
+        help="DIR/mta (spool), DIR/sim (what the ISPs received, and their state), logs"
+        " (default var)",
     )
     up.add_argument("--time-scale", type=float, default=1.0, metavar="X")
     up.add_argument(

@@ -6,13 +6,14 @@ answer like Gmail, Yahoo, Microsoft or a generic ISP (their reply texts,
 per-IP token buckets, mailbox tables, greylisting, latency, seeded faults,
 reputation memory), follow scripts written in local parts
 (`alice+452-452-250@isp.test`, see `mta.sim.scripts`), keep what they accept
-in Maildirs, and send DSNs, auto-replies and complaints back through the MTA.
+(one SQLite file by default, or a Maildir per persona), and send DSNs,
+auto-replies and complaints back through the MTA.
 
 Modules: `config` (isps.toml), `scripts` (local-part grammar, seeded chance),
 `rules` (buckets, greylist, reputation, mailbox tables), `dns_server`,
-`persona`, `artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store`
-(reading the Maildirs back), `http` (the /sim/v1 API), `simulation` (the
-running whole) and `cli` (`mta sim`, `mta sim ls`).
+`persona`, `artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the
+SQLite and Maildir stores, written and read back), `http` (the /sim/v1 API),
+`simulation` (the running whole) and `cli` (`mta sim`, `mta sim ls`, `mta sim show`).
 """
 
 from mta.sim.config import SimConfig, load_sim_config

@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mta import settings
-from mta.durations import parse_duration
-from mta.settings import ConfigError, parse_hostport
+from mta.settings import (
+    ConfigError,
+    duration_field,
+    hostport_field,
+    parse_hostport,
+    rate_field,
+)
 
 __all__ = [
     "AsyncConfig",
@@ -43,18 +48,6 @@ __all__ = [
     "default_config_text",
     "load_sim_config",
 ]
-
-
-def _duration(default: str) -> Any:
-    return field(default=parse_duration(default), metadata={"kind": "duration"})
-
-
-def _rate(default: float = 0.0) -> Any:
-    return field(default=default, metadata={"kind": "rate"})
-
-
-def _hostport(default: str) -> Any:
-    return field(default=default, metadata={"kind": "hostport"})
 
 
 def _check_address(value: str, what: str) -> None:
@@ -172,10 +165,10 @@ class LimitsConfig:
     """Per sending IP. Rates are token buckets ("100/m"; 0 = unlimited) whose burst
     defaults to one minute's worth; `sessions` caps concurrent sessions (0 = no cap)."""
 
-    connections: float = _rate()
+    connections: float = rate_field()
     connection_burst: int = 0
     sessions: int = 0
-    messages: float = _rate()
+    messages: float = rate_field()
     message_burst: int = 0
     max_recipients: int = 100
     max_message_size: int = 50 * 1024 * 1024
@@ -202,8 +195,8 @@ class MailboxesConfig:
 @dataclass(frozen=True)
 class GreylistConfig:
     enabled: bool = False
-    window: float = _duration("5m")  # virtual: a retry after this is accepted
-    expiry: float = _duration("36h")  # virtual: how long a passed triple stays known
+    window: float = duration_field("5m")  # virtual: a retry after this is accepted
+    expiry: float = duration_field("36h")  # virtual: how long a passed triple stays known
     fraction: float = 1.0  # of new triples that are greylisted (by hash, deterministic)
 
     def __post_init__(self) -> None:
@@ -214,11 +207,11 @@ class GreylistConfig:
 class LatencyConfig:
     """Real-world seconds before each reply; the persona waits latency / time scale."""
 
-    connect: float = _duration("0s")
-    mail: float = _duration("0s")
-    rcpt: float = _duration("0s")
-    data: float = _duration("0s")
-    dot: float = _duration("0s")
+    connect: float = duration_field("0s")
+    mail: float = duration_field("0s")
+    rcpt: float = duration_field("0s")
+    data: float = duration_field("0s")
+    dot: float = duration_field("0s")
 
 
 @dataclass(frozen=True)
@@ -239,7 +232,7 @@ class FaultsConfig:
 class AsyncConfig:
     """Artefacts sent later (virtual `delay`) to the envelope sender, through the MTA."""
 
-    delay: float = _duration("10m")
+    delay: float = duration_field("10m")
     dsn_fraction: float = 0.0  # accepted recipients bounced later (RFC 3464)
     autoreply_fraction: float = 0.0  # RFC 3834 auto-replies
     complaint_fraction: float = 0.0  # RFC 5965 ARF reports
@@ -252,7 +245,7 @@ class AsyncConfig:
 class ReputationConfig:
     """Per sending IP: a young IP sending too much, or many complaints -> `replies.reputation`."""
 
-    new_ip_age: float = _duration("30d")  # virtual age below which an IP is "new"
+    new_ip_age: float = duration_field("30d")  # virtual age below which an IP is "new"
     new_ip_daily_limit: int = 0  # messages per virtual day from a new IP; 0: no rule
     complaint_rate: float = 0.0  # complaints / messages above which an IP is blocked; 0: off
     complaint_min_messages: int = 100  # the complaint rule needs at least this many messages
@@ -296,11 +289,11 @@ class SimSection:
     data_dir: str = "var/sim"
     seed: int = 1
     smtp_port: int = 2525  # every persona listens on this port, each on its own address
-    dns_listen: str = _hostport("127.0.0.1:5300")
-    http_listen: str = _hostport("127.0.0.1:8025")  # "" : no HTTP endpoint
-    mta_submit: str = _hostport("127.0.0.1:2525")  # where artefacts are sent ("" : nowhere)
-    dns_ttl: float = _duration("5m")
-    stall_max: float = _duration("60s")  # real seconds a stall or black hole lasts at most
+    dns_listen: str = hostport_field("127.0.0.1:5300")
+    http_listen: str = hostport_field("127.0.0.1:8025")  # "" : no HTTP endpoint
+    mta_submit: str = hostport_field("127.0.0.1:2525")  # where artefacts are sent ("" : nowhere)
+    dns_ttl: float = duration_field("5m")
+    stall_max: float = duration_field("60s")  # real seconds a stall or black hole lasts at most
     store: Literal["sqlite", "maildir"] = "sqlite"  # where accepted messages go (mta.sim.store)
     store_fsync: bool = False  # true: SQLite synchronous=FULL / fsync each Maildir file
     random_faults: bool = True  # false: no seeded faults nor random artefacts (exact runs)
