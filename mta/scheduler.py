@@ -94,6 +94,10 @@ class DomainWork:
     not_before: float = -math.inf
 
 
+# Per domain planned this round: its site, and how many transactions from which binding.
+Plan = tuple[Site, list[tuple[Binding, int]]]
+
+
 def _before(r: DueRecipient) -> Attempted:
     return Attempted(
         subject=events.Subject(r.queue_id, r.delivery_id, r.log_id, r.address),
@@ -322,13 +326,11 @@ class Scheduler:
 
     # -- planning -------------------------------------------------------------
 
-    def _plan(
-        self, now: float
-    ) -> tuple[list[tuple[str, int]], dict[str, list[tuple[Binding, int]]]]:
+    def _plan(self, now: float) -> tuple[list[tuple[str, int]], dict[str, Plan]]:
         """How many recipients to lease per domain now, and from which bindings."""
         room = self.settings.max_inflight - self._inflight
         requests: list[tuple[str, int]] = []
-        plans: dict[str, list[tuple[Binding, int]]] = {}
+        plans: dict[str, Plan] = {}
         works = list(self.domains.values())
         if not works:
             return requests, plans
@@ -346,7 +348,7 @@ class Scheduler:
             if plan:
                 total = sum(n for _, n in plan)
                 requests.append((work.name, total))
-                plans[work.name] = plan
+                plans[work.name] = (site, plan)
                 room -= total
             else:
                 work.not_before = wake
@@ -437,20 +439,19 @@ class Scheduler:
     async def _dispatch(
         self,
         requests: list[tuple[str, int]],
-        plans: dict[str, list[tuple[Binding, int]]],
+        plans: dict[str, Plan],
         now: float,
     ) -> None:
         pick = await self.spool.pick(requests, now)
         for domain, next_due in pick.next_due.items():
-            self.domains[domain].next_due = next_due
+            self._work(domain).next_due = next_due
         by_domain: dict[str, list[DueRecipient]] = {}
         for r in pick.recipients:
             by_domain.setdefault(r.domain, []).append(r)
         per_transaction = self.settings.max_recipients_per_transaction
         for domain, due in by_domain.items():
-            site = self.domains[domain].site
-            assert site is not None
-            slots = [binding for binding, count in plans[domain] for _ in range(count)]
+            site, shares = plans[domain]
+            slots = [binding for binding, count in shares for _ in range(count)]
             for index, (job, members) in enumerate(group_jobs(due, pick.contents, per_transaction)):
                 binding = slots[min(index, len(slots) - 1)]
                 self._start_job(job, members, site, binding, now)
@@ -551,8 +552,16 @@ class Scheduler:
             work = self._work(r.domain)
             if s.next_attempt_at is None:
                 work.queued -= 1
+                if work.queued <= 0 and work.next_due is None:
+                    self._forget(work)
             elif work.next_due is None or s.next_attempt_at < work.next_due:
                 work.next_due = s.next_attempt_at
+
+    def _forget(self, work: DomainWork) -> None:
+        """A domain with nothing queued leaves memory (and the rounds): new mail brings it back."""
+        del self.domains[work.name]
+        if work.site is not None:
+            work.site.domains.discard(work.name)
 
     async def _learn(
         self, site: Site, binding: Binding, settlements: list[Settlement], started: float

@@ -324,3 +324,20 @@ async def test_a_site_at_its_connection_limit_waits_without_spinning(
     finally:
         gate.set()
         await app.stop()
+
+
+async def test_a_domain_with_nothing_queued_leaves_the_scheduler(
+    tmp_path: Path, receiver: ScriptedServer
+) -> None:
+    """The scheduler's memory (and each round's work) follows the domains that have mail
+    waiting, not every domain ever seen."""
+    app = await relay_to(tmp_path, receiver.port)
+    try:
+        await send_message(*app.smtp_address, "b@sender.test", ["r@once.test"], MESSAGE)
+        await wait_for(lambda: states(app) == {"r@once.test": "delivered"})
+        scheduler = app.running.scheduler
+        await wait_for(lambda: "once.test" not in scheduler.domains)
+        await send_message(*app.smtp_address, "b@sender.test", ["s@once.test"], MESSAGE)
+        await wait_for(lambda: states(app).get("s@once.test") == "delivered")
+    finally:
+        await app.stop()
