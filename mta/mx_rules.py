@@ -24,7 +24,6 @@ import datetime as dt
 import functools
 import importlib.resources
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,14 @@ from mta.core.bounce import BOUNCE_CLASSES
 from mta.core.rampup import Binding, RampStep, RampUp, day_index
 from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
 from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
-from mta.settings import ConfigError, build, duration_field, rate_field
+from mta.settings import (
+    ConfigError,
+    build,
+    duration_field,
+    parse_toml,
+    rate_field,
+    read_text,
+)
 
 __all__ = [
     "BUILTIN_MX_SOURCE",
@@ -118,22 +124,7 @@ _MX_OWN_KEYS = ("name", "hosts", "adaptive", "inherit_adaptive", "comment")
 
 def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    return source, _parse(text, source)
-
-
-def _parse(text: str, source: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return source, parse_toml(read_text(path), source)
 
 
 @functools.lru_cache(maxsize=4)
@@ -383,7 +374,7 @@ def _caps(caps: Mapping[str, int | str], label: str) -> tuple[RampStep, ...]:
 
 def parse_mx_texts(texts: Sequence[tuple[str, str]]) -> MxData:
     """MX data from (source, TOML text) pairs, most important first."""
-    documents = [(source, _parse(text, source)) for source, text in texts]
+    documents = [(source, parse_toml(text, source)) for source, text in texts]
     return _mx_data(documents)
 
 
@@ -426,7 +417,7 @@ def load_mx_data(extra_files: Sequence[str | Path] = (), *, builtin: bool = True
     documents = [_read(path) for path in extra_files]
     if builtin:
         documents.append(
-            (BUILTIN_MX_SOURCE, _parse(_builtin_text("mx-rules.toml"), BUILTIN_MX_SOURCE))
+            (BUILTIN_MX_SOURCE, parse_toml(_builtin_text("mx-rules.toml"), BUILTIN_MX_SOURCE))
         )
     return _mx_data(documents)
 
@@ -462,7 +453,7 @@ def _policy(table: Mapping[str, Any], label: str) -> RetryPolicy:
 
 def parse_retry_texts(texts: Sequence[tuple[str, str]]) -> RetrySchedule:
     """A retry schedule from (source, TOML text) pairs, most important first."""
-    return _schedule([(source, _parse(text, source)) for source, text in texts])
+    return _schedule([(source, parse_toml(text, source)) for source, text in texts])
 
 
 def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
@@ -507,7 +498,7 @@ def load_retry_schedule(
         documents.append(
             (
                 BUILTIN_RETRY_SOURCE,
-                _parse(_builtin_text("retry-schedule.toml"), BUILTIN_RETRY_SOURCE),
+                parse_toml(_builtin_text("retry-schedule.toml"), BUILTIN_RETRY_SOURCE),
             )
         )
     return _schedule(documents)

@@ -278,6 +278,27 @@ def env_overrides(
     return found
 
 
+def read_text(path: str | Path) -> str:
+    """A config file's text; ConfigError names the file and what went wrong."""
+    source = str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """A TOML document; ConfigError names `source` when it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
 def load(
     cls: type[T],
     path: str | Path | None,
@@ -291,16 +312,7 @@ def load(
     instance = cls()
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-        instance = build(cls, document, source)
+        instance = build(cls, parse_toml(read_text(path), source), source)
     env = os.environ if environ is None else environ
     instance = apply_overrides(
         instance,

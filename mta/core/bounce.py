@@ -39,14 +39,13 @@ import functools
 import importlib
 import importlib.resources
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
 from mta.model import BounceClass, Condition, FailureType, Outcome, Phase, Reply, Scope, Verdict
-from mta.settings import ConfigError
+from mta.settings import ConfigError, parse_toml, read_text
 
 # Momentum's bounce classes (SparkPost's public table).
 BOUNCE_CLASSES: Final[Mapping[int, str]] = {
@@ -106,8 +105,18 @@ _PHASE_SCOPE: Final[Mapping[Phase, Scope]] = {
 }
 
 _RULE_KEYS: Final = (
-    "name", "match", "phase", "condition", "codes", "enhanced",
-    "class", "type", "reason", "scope", "permanent", "comment",
+    "name",
+    "match",
+    "phase",
+    "condition",
+    "codes",
+    "enhanced",
+    "class",
+    "type",
+    "reason",
+    "scope",
+    "permanent",
+    "comment",
 )
 
 _TYPES: Final[Mapping[str, FailureType]] = {"hard": "Hard", "soft": "Soft", "ignored": "Ignored"}
@@ -135,8 +144,8 @@ class Rule:
     failure_type: FailureType
     failure_reason: str
     reason_code: int
-    scope: str                          # a Scope or "by-phase"
-    permanent: bool | None              # None: Hard -> True, else the reply code decides
+    scope: str  # a Scope or "by-phase"
+    permanent: bool | None  # None: Hard -> True, else the reply code decides
     pattern: re.Pattern[str] | None = None
     # The pattern split at its top-level "|": (regex, literals one of which any match
     # contains, or None when none could be read).
@@ -236,9 +245,9 @@ def condition_reply(condition: Condition, detail: str = "") -> Reply:
 class _Bucket:
     """The rules that can match one (code, phase, condition), as indexes in rule order."""
 
-    head: tuple[Rule, ...]          # leading rules without a regex: tried before any scan
-    members: frozenset[int]         # the rest
-    always: frozenset[int]          # members to try whatever the scan finds
+    head: tuple[Rule, ...]  # leading rules without a regex: tried before any scan
+    members: frozenset[int]  # the rest
+    always: frozenset[int]  # members to try whatever the scan finds
 
 
 class BounceRules:
@@ -252,7 +261,7 @@ class BounceRules:
         self._buckets: dict[tuple[int, Phase, Condition | None], _Bucket] = {}
         # Every alternative of every rule gets an id; literals map to the ids they admit.
         self._alt_regex: list[re.Pattern[str]] = []
-        self._rule_alts: list[frozenset[int]] = []                 # per rule, its filtered ids
+        self._rule_alts: list[frozenset[int]] = []  # per rule, its filtered ids
         self._rule_always: list[tuple[re.Pattern[str], ...]] = []  # per rule, unfiltered regexes
         self._always_rules: set[int] = set()
         owners: dict[str, set[int]] = {}
@@ -384,8 +393,10 @@ def _enhanced_matches(patterns: tuple[tuple[str, str, str], ...], parts: list[st
     if not parts:
         return False
     for a, b, c in patterns:
-        if (a == "*" or a == parts[0]) and (b == "*" or b == parts[1]) and (
-            c == "*" or c == parts[2]
+        if (
+            (a == "*" or a == parts[0])
+            and (b == "*" or b == parts[1])
+            and (c == "*" or c == parts[2])
         ):
             return True
     return False
@@ -405,7 +416,7 @@ def _trie_pattern(words: Iterable[str]) -> str:
         if not branches:
             return ""
         body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-        if "" in node:                     # a word ends here; longer ones are tried first
+        if "" in node:  # a word ends here; longer ones are tried first
             return f"(?:{body})?"
         return body
 
@@ -458,9 +469,9 @@ def split_alternatives(pattern: str) -> list[str]:
         elif char == "[":
             in_class = True
             # a "]" first in the class (after an optional "^") is a literal
-            if pattern[index + 1:index + 2] == "^":
+            if pattern[index + 1 : index + 2] == "^":
                 index += 1
-            if pattern[index + 1:index + 2] == "]":
+            if pattern[index + 1 : index + 2] == "]":
                 index += 1
         elif char == "(":
             depth += 1
@@ -502,7 +513,7 @@ def _required(items: Iterable[tuple[Any, Any]], c: Any) -> frozenset[str] | None
         if op == c.LITERAL and av < 128:
             run.append(chr(av).lower())
             continue
-        if op == c.AT:                      # zero width: the literals around stay adjacent
+        if op == c.AT:  # zero width: the literals around stay adjacent
             continue
         if run:
             better(frozenset({"".join(run)}))
@@ -660,11 +671,13 @@ def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
         )
     phases = (
         _parse_enum(data["phase"], "phase", {p.value: p for p in Phase})
-        if "phase" in data else None
+        if "phase" in data
+        else None
     )
     conditions = (
         _parse_enum(data["condition"], "condition", {c.value: c for c in Condition})
-        if "condition" in data else None
+        if "condition" in data
+        else None
     )
     codes = _parse_codes(data["codes"]) if "codes" in data else None
     enhanced = _parse_enhanced(data["enhanced"]) if "enhanced" in data else None
@@ -701,9 +714,7 @@ def parse_rules(document: Mapping[str, Any], source: str) -> list[Rule]:
     for number, table in enumerate(tables, start=1):
         rule = compile_rule(table, source, number)
         if rule.name in seen:
-            raise ConfigError(
-                f"{rule.where}: duplicate name (rule {seen[rule.name]} has it too)"
-            )
+            raise ConfigError(f"{rule.where}: duplicate name (rule {seen[rule.name]} has it too)")
         seen[rule.name] = number
         rules.append(rule)
     return rules
@@ -711,11 +722,7 @@ def parse_rules(document: Mapping[str, Any], source: str) -> list[Rule]:
 
 def parse_rules_text(text: str, source: str) -> list[Rule]:
     """The rules of a TOML text (for tests and the admin API)."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_rules(document, source)
+    return parse_rules(parse_toml(text, source), source)
 
 
 @functools.lru_cache(maxsize=1)
@@ -727,16 +734,7 @@ def builtin_rules() -> tuple[Rule, ...]:
 
 def read_rules_file(path: str | Path) -> list[Rule]:
     """The rules of a user's file (the only I/O of this module)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    return parse_rules_text(text, source)
+    return parse_rules_text(read_text(path), str(path))
 
 
 def load_bounce_rules(
@@ -752,4 +750,3 @@ def load_bounce_rules(
     if builtin:
         rules.extend(builtin_rules())
     return BounceRules(rules, cache_size=cache_size)
-

@@ -353,12 +353,7 @@ def _rename_async(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_sim_config(text: str, source: str) -> SimConfig:
-    import tomllib
-
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    document = settings.parse_toml(text, source)
     try:
         config = settings.build(SimConfig, _rename_async(document), source)
     except ConfigError as exc:
