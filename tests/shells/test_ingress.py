@@ -292,3 +292,22 @@ async def test_concurrent_sessions_share_commits(mta: MtaApp) -> None:
     )
     assert all(r.startswith("250 2.0.0") for r in replies)
     assert spool.commits - commits < spool.ops - ops
+
+
+async def test_a_full_spool_answers_452_insufficient_storage(mta: MtaApp) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(mta.config.data_path / "spool.sqlite3")
+    conn.execute(
+        "CREATE TRIGGER full BEFORE INSERT ON messages BEGIN"
+        " SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    conn.commit()
+    conn.close()
+    conv = await open_conv(mta)
+    await conv.command("MAIL FROM:<a@b.test>")
+    await conv.command("RCPT TO:<c@d.test>")
+    await conv.command("DATA")
+    reply = await conv.send_data(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert reply.startswith("452 4.3.1 Insufficient system storage")
+    await conv.close()
