@@ -11,7 +11,9 @@ attempts, next attempt, lease, last reply), attempts (history) and events (the
 feedback outbox, written in the same transaction as the state change that
 produced them). A recipient being delivered is "leased"; after a crash, leases
 found at start-up are released at once (picked up again promptly) and flagged
-`possible_duplicate`, because the attempt's outcome is unknown.
+`possible_duplicate`, because the attempt's outcome is unknown. Reads for the
+API (events, histories, counts) use their own read-only connection on their own
+thread: in WAL mode they never hold up a commit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -224,7 +227,6 @@ class SpoolStats:
     expired: int = 0
     messages: int = 0
     events: int = 0
-    by_domain: dict[str, int] = field(default_factory=dict)
 
 
 _STOP = object()
@@ -243,6 +245,8 @@ class Spool:
         self.commits = 0
         self.ops = 0
         self._listeners: list[Callable[[], None]] = []
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-reader")
+        self._read_conn: sqlite3.Connection | None = None
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` in the event loop after every commit (e.g. new events to send)."""
@@ -280,8 +284,11 @@ class Spool:
         if self._thread is None:
             return
         self._queue.put(_STOP)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._thread.join)
         self._thread = None
+        await loop.run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=True)
 
     # -- the writer thread ----------------------------------------------------
 
@@ -416,15 +423,41 @@ class Spool:
         if releases:
             await self._submit(lambda conn: _release(conn, releases))
 
+    # -- reads, on their own connection and thread (WAL: they never hold up a commit) --
+
     async def stats(self) -> SpoolStats:
-        return await self._submit(_stats)
+        """Recipients by state (counts the table: for the API, not the hot path)."""
+        return await self._read(_stats)
 
     async def events_after(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Outbox rows with id > after, oldest first: (cursor, event)."""
-        return await self._submit(lambda conn: _events_after(conn, after, limit))
+        return await self._read(lambda conn: _events_after(conn, after, limit))
 
     async def recipient_history(self, queue_id: str) -> list[dict[str, Any]]:
-        return await self._submit(lambda conn: _history(conn, queue_id))
+        return await self._read(lambda conn: _history(conn, queue_id))
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise SpoolError("spool is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_now, run)
+
+    def _read_now(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """In the reader thread: a read-only connection, opened on first use."""
+        try:
+            if self._read_conn is None:
+                self._read_conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                )
+                self._read_conn.execute("PRAGMA busy_timeout=5000")
+            return run(self._read_conn)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from None
+
+    def _close_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
 
     async def execute(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run a custom operation in the writer thread, inside the group commit."""
@@ -733,11 +766,6 @@ def _stats(conn: sqlite3.Connection) -> SpoolStats:
             setattr(stats, state, getattr(stats, state) + count)
     stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
     stats.events = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-    stats.by_domain = dict(
-        conn.execute(
-            "SELECT domain, COUNT(*) FROM recipients WHERE state = 'queued' GROUP BY domain"
-        ).fetchall()
-    )
     return stats
 
 
