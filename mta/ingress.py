@@ -271,6 +271,3 @@ def server_factory(
 
     return factory
 
-
-def describe(handler: IngressHandler) -> dict[str, Any]:
-    return {"accepted": handler.accepted, "rejected": handler.rejected}
