@@ -56,7 +56,6 @@ class TimeoutsConfig:
     mail: float = duration_field("5m")
     rcpt: float = duration_field("5m")
     data: float = duration_field("2m")
-    data_block: float = duration_field("3m")
     dot: float = duration_field("10m")
     idle: float = duration_field("30s")  # how long an unused pooled connection is kept
 

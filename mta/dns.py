@@ -22,7 +22,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mta.clock import Clock
-from mta.core.routing import MxRecord, normalise_host
+from mta.core.routing import MxRecord, is_null_mx, normalise_host
 
 log = logging.getLogger("mta.dns")
 
@@ -154,7 +154,7 @@ class Resolver:
         records = tuple(
             MxRecord(int(r.preference), normalise_host(r.exchange.to_text())) for r in result
         )
-        if all(record.host == "" for record in records):
+        if is_null_mx(records):
             return MxAnswer("null", records)
         return MxAnswer("records", records)
 

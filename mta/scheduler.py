@@ -361,7 +361,7 @@ class Scheduler:
         plan: list[tuple[Binding, int]] = []
         wake = math.inf
         waits_for_a_job = False
-        for binding in self._binding_order(isp, now):
+        for binding in rampup.preference_order(self.ramp, self.ledger, self.bindings, isp, now):
             if room <= 0:
                 break
             ramp = rampup.admit(self.ramp, self.ledger, binding, isp, now)
@@ -386,16 +386,6 @@ class Scheduler:
         if waits_for_a_job:
             return plan, math.inf
         return plan, wake
-
-    def _binding_order(self, isp: str, now: float) -> list[Binding]:
-        """Bindings in the ramp-up's order of preference for this ISP."""
-        if len(self.bindings) == 1:
-            return self.bindings
-        if self.ramp.strategy == "oldest":
-            return sorted(self.bindings, key=lambda b: b.first_use)
-        return sorted(
-            self.bindings, key=lambda b: (self.ledger.sent(b.name, isp, now), b.first_use)
-        )
 
     # -- sites ------------------------------------------------------------------
 

@@ -168,6 +168,16 @@ def admit(
     return RampAdmission(False, 0, next_day_at(now))
 
 
+def preference_order(
+    ramp: RampUp, ledger: VolumeLedger, bindings: Sequence[Binding], isp: str, now: float
+) -> list[Binding]:
+    """The bindings in the order the strategy prefers them for `isp` today ("spread": the
+    least used today first; "oldest": the oldest first; ties: the oldest)."""
+    if ramp.strategy == "oldest":
+        return sorted(bindings, key=lambda b: b.first_use)
+    return sorted(bindings, key=lambda b: (ledger.sent(b.name, isp, now), b.first_use))
+
+
 def choose_binding(
     ramp: RampUp,
     ledger: VolumeLedger,
@@ -177,15 +187,7 @@ def choose_binding(
 ) -> Binding | None:
     """The binding to send the next message to `isp` from (None: all are over
     their cap today; the mail waits until `next_day_at(now)`)."""
-    best: Binding | None = None
-    best_key: tuple[int, float] | None = None
-    for binding in bindings:
-        if not admit(ramp, ledger, binding, isp, now).allowed:
-            continue
-        if ramp.strategy == "oldest":
-            key: tuple[int, float] = (0, binding.first_use)
-        else:
-            key = (ledger.sent(binding.name, isp, now), binding.first_use)
-        if best_key is None or key < best_key:
-            best, best_key = binding, key
-    return best
+    for binding in preference_order(ramp, ledger, bindings, isp, now):
+        if admit(ramp, ledger, binding, isp, now).allowed:
+            return binding
+    return None
