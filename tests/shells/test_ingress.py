@@ -199,26 +199,32 @@ async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
         await app.stop()
 
 
-async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> None:
-    # A trigger makes the real database refuse the insert, as a failing disk would.
+async def store_with_failing_disk(mta: MtaApp, error: str) -> str:
+    """Submit one message while a trigger makes the real database refuse the insert with
+    `error`, as a failing or full disk would; returns the reply to the final dot."""
     import sqlite3
 
     conn = sqlite3.connect(mta.config.data_path / "spool.sqlite3")
     conn.execute(
-        "CREATE TRIGGER fail BEFORE INSERT ON messages BEGIN"
-        " SELECT RAISE(ABORT, 'disk I/O error at /secret/path'); END"
+        f"CREATE TRIGGER fail BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, '{error}'); END"
     )
     conn.commit()
     conn.close()
     conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
-    reply = await conv.send_data(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    try:
+        await conv.command("MAIL FROM:<a@b.test>")
+        await conv.command("RCPT TO:<c@d.test>")
+        await conv.command("DATA")
+        return await conv.send_data(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    finally:
+        await conv.close()
+
+
+async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> None:
+    reply = await store_with_failing_disk(mta, "disk I/O error at /secret/path")
     assert reply.startswith("451 4.3.0")
     assert "secret" not in reply and "sqlite" not in reply.lower()
     assert spool_rows(mta, "SELECT COUNT(*) FROM recipients") == [(0,)]
-    await conv.close()
 
 
 async def test_starttls_then_auth_lets_an_outside_client_relay(tmp_path: Path) -> None:
@@ -295,19 +301,5 @@ async def test_concurrent_sessions_share_commits(mta: MtaApp) -> None:
 
 
 async def test_a_full_spool_answers_452_insufficient_storage(mta: MtaApp) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(mta.config.data_path / "spool.sqlite3")
-    conn.execute(
-        "CREATE TRIGGER full BEFORE INSERT ON messages BEGIN"
-        " SELECT RAISE(ABORT, 'database or disk is full'); END"
-    )
-    conn.commit()
-    conn.close()
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
-    reply = await conv.send_data(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    reply = await store_with_failing_disk(mta, "database or disk is full")
     assert reply.startswith("452 4.3.1 Insufficient system storage")
-    await conv.close()
