@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import contextlib
@@ -274,3 +275,14 @@ class Hook:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/efs"
+
+
+def imported(path: Path) -> set[str]:
+    """The absolute module names a Python source file imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names

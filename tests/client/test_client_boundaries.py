@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import subprocess
 import sys
@@ -11,21 +10,21 @@ from pathlib import Path
 import campaign_client
 from campaign_client.cli import LiveTable, ProgressBar
 from campaign_client.kpis import Row, compute_kpis
+from tests.helpers import imported
 
 PACKAGE = Path(campaign_client.__file__).resolve().parent
 PURE = {"status", "events", "kpis", "webhook", "inbound"}
-IO_MODULES = {"asyncio", "socket", "sqlite3", "aiohttp", "aiosmtpd", "aiosmtplib", "time",
-              "subprocess", "threading"}
-
-
-def imported(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+IO_MODULES = {
+    "asyncio",
+    "socket",
+    "sqlite3",
+    "aiohttp",
+    "aiosmtpd",
+    "aiosmtplib",
+    "time",
+    "subprocess",
+    "threading",
+}
 
 
 def test_campaign_client_never_imports_mta() -> None:
@@ -37,11 +36,14 @@ def test_campaign_client_never_imports_mta() -> None:
 
 
 def test_no_mta_module_is_loaded_by_the_whole_client() -> None:
-    code = ("import sys, campaign_client.cli, campaign_client.receiver, campaign_client.submit,"
-            " campaign_client.pull, campaign_client.wait;"
-            " print(sorted(m for m in sys.modules if m == 'mta' or m.startswith('mta.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=PACKAGE.parent, check=True).stdout
+    code = (
+        "import sys, campaign_client.cli, campaign_client.receiver, campaign_client.submit,"
+        " campaign_client.pull, campaign_client.wait;"
+        " print(sorted(m for m in sys.modules if m == 'mta' or m.startswith('mta.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
