@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mta.core.bounce import DEFAULT_CACHE_SIZE, builtin_rules, load_bounce_rules
+from mta.config.bounce_rules import builtin_rules, load_bounce_rules
+from mta.core.bounce import DEFAULT_CACHE_SIZE
 from mta.core.reply import parse_reply
 from mta.model import Condition, Outcome, Phase
 

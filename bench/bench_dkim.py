@@ -28,7 +28,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mta.dkim import DkimSigner, SigningKey, body_hash
+from mta.ingress.dkim import DkimSigner, SigningKey, body_hash
 
 NOW = 1_700_000_000.0
 MAX_RUNS = 200_000  # a bound on every timing loop, whatever the time budget

@@ -28,7 +28,7 @@ from bench.bench_relay import delivered
 from bench.loadgen import make_message, run_load
 from bench.procs import start_mta
 from campaign_client import DeliveryLog, Receiver
-from mta.maildir import Maildir
+from mta.smtp.maildir import Maildir
 
 SECRET = "whsec_YmVuY2gtZmVlZGJhY2stc2VjcmV0LWtleQ=="
 
@@ -55,7 +55,7 @@ async def run(messages: int, sessions: int, work: Path) -> dict[str, float]:
     config.write_text(
         f'[[feedback.webhooks]]\nurl = "{receiver.webhook_url}"\nsecret = "{SECRET}"\n'
     )
-    from mta.dkim_cmd import keygen
+    from mta.cli.dkim import keygen
 
     key, _ = keygen("sender.test", "bench", work / "keys", force=True)
     sink = await start_mta(

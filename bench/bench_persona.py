@@ -213,7 +213,7 @@ async def end_to_end(args: argparse.Namespace, work: Path, store_dir: str) -> di
             mta_args += ["--dns", f"{dns_address[0]}:{dns_address[1]}"]
             mta_args += ["--delivery-port", str(persona.port)]
         if not args.no_dkim:
-            from mta.dkim_cmd import keygen
+            from mta.cli.dkim import keygen
 
             key_path, _ = keygen("sender.test", "bench", work / "keys", force=True)
             mta_args += ["--dkim", f"sender.test:bench:{key_path}"]

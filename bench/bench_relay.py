@@ -65,7 +65,7 @@ async def one_size(
             "",
         ]
         if dkim:
-            from mta.dkim_cmd import keygen
+            from mta.cli.dkim import keygen
 
             key_path, _ = keygen("sender.test", "bench", work / "keys", force=True)
             args += ["--dkim", f"sender.test:bench:{key_path}"]

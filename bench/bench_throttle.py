@@ -20,10 +20,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mta.config.mx_rules import load_mx_data, load_retry_schedule
 from mta.core import throttle as th
 from mta.core.retry import decide
 from mta.model import BounceClass, Verdict
-from mta.mx_rules import load_mx_data, load_retry_schedule
 
 MAX_RUNS = 2_000_000  # a bound on every timing loop, whatever the time budget
 THROTTLED = Verdict(BounceClass(70, "Transient Failure"), "Soft", "Unreachable", 3, "site",

@@ -30,7 +30,7 @@ import aiosmtplib
 from bench.loadgen import make_message, run_load
 from mta.app import MtaApp
 from mta.clock import ScaledClock
-from mta.config import load_config
+from mta.config.service import load_config
 from mta.sim.config import parse_sim_config
 from mta.sim.simulation import Simulation
 

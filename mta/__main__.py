@@ -2,6 +2,6 @@
 
 import sys
 
-from mta.cli import main
+from mta.cli.main import main
 
 sys.exit(main())

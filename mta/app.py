@@ -18,23 +18,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mta.admin import Admin, AdminSources
-from mta.classify_cmd import classify_one
+from mta.admin.api import Admin, AdminSources
 from mta.clock import Clock, make_clock
-from mta.config import MtaConfig
-from mta.core.bounce import BounceRules, load_bounce_rules
+from mta.config.bounce_rules import load_bounce_rules
+from mta.config.engine import parse_hostport
+from mta.config.mx_rules import load_mx_data, load_retry_schedule
+from mta.config.service import MtaConfig
+from mta.core.bounce import BounceRules
+from mta.core.explain import classify_one
 from mta.core.rampup import DAY, Binding, day_index
 from mta.core.retry import RetryPolicy
-from mta.delivery import Delivery, DeliverySettings
-from mta.dns import Resolver
-from mta.feedback import Endpoint, Feedback, FeedbackSettings
-from mta.ingress import IngressHandler, IngressSettings, Signer, server_factory
-from mta.mx_rules import load_mx_data, load_retry_schedule
-from mta.scheduler import Scheduler, SchedulerSettings
-from mta.settings import parse_hostport
-from mta.smtp_server import bound_port, start_server
-from mta.spool import Spool
-from mta.tls import server_context
+from mta.delivery.client import Delivery, DeliverySettings
+from mta.delivery.dns import Resolver
+from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
+from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
+from mta.queue.scheduler import Scheduler, SchedulerSettings
+from mta.queue.spool import Spool
+from mta.smtp.server import bound_port, start_server
+from mta.smtp.tls import server_context
 
 log = logging.getLogger("mta")
 
@@ -77,7 +78,7 @@ def delivery_settings(config: MtaConfig) -> DeliverySettings:
 def build_signer(config: MtaConfig) -> Signer | None:
     if not config.dkim.keys:
         return None
-    from mta.dkim import DkimSigner
+    from mta.ingress.dkim import DkimSigner
 
     return DkimSigner.from_dkim_config(config.dkim).sign
 

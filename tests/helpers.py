@@ -21,8 +21,8 @@ from aiosmtpd.smtp import Envelope, Session
 
 from mta.app import MtaApp
 from mta.clock import Clock
-from mta.config import MtaConfig, load_config
-from mta.smtp_server import FastSMTP, bound_port, close_server, content_of, start_server
+from mta.config.service import MtaConfig, load_config
+from mta.smtp.server import FastSMTP, bound_port, close_server, content_of, start_server
 
 
 async def read_reply(reader: asyncio.StreamReader) -> str:

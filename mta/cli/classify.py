@@ -14,8 +14,8 @@ and the exit code is 1 if any line was bad. Rule files given with --rules (and
 the `[bounce] rules_files` of --config) come in front of the built-in rules.
 
 `add_parser(subparsers)` registers the command, `run(args)` executes it,
-`verdict_document(...)` is the JSON object (shared with the admin API), and
-`python -m mta.classify_cmd ...` runs it standalone.
+the verdict's document and text come from `mta.core.explain` (shared with the admin API), and
+`python -m mta.cli.classify ...` runs it standalone.
 Exit codes: 0 success, 1 a bad input line in `-` mode, 2 bad arguments or rules.
 """
 
@@ -27,21 +27,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from mta.core.bounce import BounceRules, Explanation, condition_reply, load_bounce_rules
-from mta.core.reply import parse_reply
-from mta.core.retry import RetryPolicy, describe
-from mta.model import Condition, Outcome, Phase, Reply
-from mta.settings import ConfigError
+from mta.config.bounce_rules import load_bounce_rules
+from mta.config.engine import ConfigError
+from mta.core.bounce import BounceRules
+from mta.core.explain import CONDITIONS, PHASES, InputError, human, outcome_of, verdict_document
+from mta.model import Outcome
 
-__all__ = ["add_parser", "classify_one", "main", "run", "verdict_document"]
-
-MAX_REPLY_CHARS = 64 * 1024
-_PHASES = tuple(phase.value for phase in Phase)
-_CONDITIONS = tuple(condition.value for condition in Condition)
+__all__ = ["add_parser", "main", "run"]
 
 
-class InputError(ValueError):
-    """A bad reply, phase or condition; the message is what the user sees."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -60,10 +54,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per reply")
     parser.add_argument(
         "--phase",
-        choices=_PHASES,
+        choices=PHASES,
         help="SMTP phase (default: rcpt, or connect with --condition)",
     )
-    parser.add_argument("--condition", choices=_CONDITIONS, help="a local condition")
+    parser.add_argument("--condition", choices=CONDITIONS, help="a local condition")
     parser.add_argument(
         "--rules",
         action="append",
@@ -84,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         rules = _load_rules(args)
         if args.reply == "-":
             return _run_lines(rules, args, sys.stdin, sys.stdout)
-        outcome = _outcome(args.reply, args.phase, args.condition)
+        outcome = outcome_of(args.reply, args.phase, args.condition)
     except (ConfigError, InputError) as exc:
         print(f"mta classify: error: {exc}", file=sys.stderr)
         return 2
@@ -105,94 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- pieces
 
 
-def classify_one(
-    rules: BounceRules, reply: str | None, phase: str = "rcpt", condition: str | None = None
-) -> dict[str, Any]:
-    """The JSON document for one reply (raises InputError on a bad reply, phase or condition)."""
-    outcome = _outcome(reply, phase, condition)
-    return verdict_document(rules.explain(outcome), outcome)
-
-
-def verdict_document(
-    explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None
-) -> dict[str, Any]:
-    """The verdict as `mta classify --json` (and the admin API) shows it."""
-    verdict = explanation.verdict
-    rule = explanation.rule
-    reply = outcome.reply
-    return {
-        "reply": {"code": reply.code, "enhanced": reply.enhanced, "text": reply.text},
-        "phase": outcome.phase.value,
-        "condition": outcome.condition.value if outcome.condition else None,
-        "bounce_class": {"code": verdict.bounce_class.code, "name": verdict.bounce_class.name},
-        "failure_type": verdict.failure_type,
-        "failure_reason": verdict.failure_reason,
-        "failure_reason_code": verdict.reason_code,
-        "scope": verdict.scope,
-        "permanent": verdict.permanent,
-        "rule": verdict.rule,
-        "rule_source": f"{rule.source}: rule {rule.number}",
-        "comment": rule.comment or None,
-        "retry": describe(verdict, policy or RetryPolicy()),
-    }
-
-
-def human(explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None) -> str:
-    """A short aligned explanation."""
-    verdict = explanation.verdict
-    rule = explanation.rule
-    rows = [
-        ("reply", str(outcome.reply) or "(none)"),
-        ("phase", outcome.phase.value),
-    ]
-    if outcome.condition:
-        rows.append(("condition", outcome.condition.value))
-    rows += [
-        ("rule", f"{verdict.rule}  ({rule.source}: rule {rule.number})"),
-        ("class", f"{verdict.bounce_class.code} {verdict.bounce_class.name}"),
-        ("type", verdict.failure_type),
-        ("reason", f"{verdict.failure_reason} ({verdict.reason_code})"),
-        ("scope", verdict.scope),
-        ("permanent", "yes" if verdict.permanent else "no"),
-        ("retry", describe(verdict, policy or RetryPolicy())),
-    ]
-    if rule.comment:
-        rows.append(("why", " ".join(rule.comment.split())))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-
-
 def _load_rules(args: argparse.Namespace) -> BounceRules:
     files: list[str] = list(args.rules_files or ())
     config_path = getattr(args, "classify_config", None)
     if config_path:
-        from mta.config import load_config
+        from mta.config.service import load_config
 
         files.extend(load_config(config_path).bounce.rules_files)
     return load_bounce_rules(files)
-
-
-def _outcome(reply: Any, phase: Any, condition: Any) -> Outcome:
-    if phase is None:
-        phase = Phase.CONNECT.value if condition else Phase.RCPT.value
-    if not isinstance(phase, str) or phase not in _PHASES:
-        raise InputError(f"unknown phase {phase!r} (expected one of {', '.join(_PHASES)})")
-    if condition is not None and (not isinstance(condition, str) or condition not in _CONDITIONS):
-        raise InputError(
-            f"unknown condition {condition!r} (expected one of {', '.join(_CONDITIONS)})"
-        )
-    cond = Condition(condition) if condition else None
-    if reply is not None and not isinstance(reply, str):
-        raise InputError(f"the reply must be a string, got {type(reply).__name__}")
-    if reply is not None and len(reply) > MAX_REPLY_CHARS:
-        raise InputError(f"the reply is longer than {MAX_REPLY_CHARS} characters")
-    if reply is None or not reply.strip():
-        if cond is None:
-            raise InputError("no reply given (and no --condition)")
-        parsed: Reply = condition_reply(cond)
-    else:
-        parsed = parse_reply(reply)
-    return Outcome(parsed, Phase(phase), None, cond)
 
 
 def _lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
@@ -215,7 +129,7 @@ def _run_lines(
     bad = 0
     for number, line in _lines(stream):
         try:
-            outcome = _line_outcome(args, line)
+            outcome = _lineoutcome_of(args, line)
         except InputError as exc:
             bad += 1
             if args.json:
@@ -232,7 +146,7 @@ def _run_lines(
     return 1 if bad else 0
 
 
-def _line_outcome(args: argparse.Namespace, line: str | None) -> Outcome:
+def _lineoutcome_of(args: argparse.Namespace, line: str | None) -> Outcome:
     if line is None:
         raise InputError("not UTF-8 text")
     text = line.strip()
@@ -252,7 +166,7 @@ def _line_outcome(args: argparse.Namespace, line: str | None) -> Outcome:
         value = value.get("reply")
     elif not isinstance(value, str):
         raise InputError(f"expected a JSON string or object, got {type(value).__name__}")
-    return _outcome(value, phase, condition)
+    return outcome_of(value, phase, condition)
 
 
 if __name__ == "__main__":

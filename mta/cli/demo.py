@@ -48,8 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mta.clock import Anchor
-from mta.topology import (
+from mta.cli.topology import (
     BOUNCE_HOST_DEFAULT,
     PERSONA_HOSTS_DEFAULT,
     Addresses,
@@ -59,6 +58,7 @@ from mta.topology import (
     mta_service,
     sim_service,
 )
+from mta.clock import Anchor
 
 VALIDITY_SECONDS = 3.5 * 86400
 DEFAULT_SCALE = 5040.0  # 3.5 days in about a minute
@@ -183,7 +183,7 @@ def live_text(kpis: Any, started: float, scale: float) -> str:
 
 
 async def fetch_sites(admin: str) -> list[dict[str, Any]]:
-    from mta.queue_cmd import QueueError, fetch
+    from mta.cli.queue import QueueError, fetch
 
     with contextlib.suppress(QueueError):
         data = await fetch(f"http://{admin}", "/api/v1/queue/sites")
@@ -202,8 +202,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         submit,
         wait_for,
     )
-    from mta.dkim_cmd import keygen
-    from mta.queue_cmd import render_sites
+    from mta.cli.dkim import keygen
+    from mta.cli.queue import render_sites
 
     out = sys.stderr
     planned = plan_recipients(args.recipients)
@@ -409,7 +409,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mta.cli import CliError, install_uvloop
+    from mta.cli.common import CliError, install_uvloop
 
     if args.time_scale <= 0:
         raise CliError("--time-scale must be positive")

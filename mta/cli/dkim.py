@@ -6,7 +6,7 @@ checks the signatures of a stored message with dkimpy against a record given on 
     mta dkim verify FILE [--txt "v=DKIM1; k=rsa; p=..."] [--key FILE] ...
 
 `add_parser(subparsers)` registers the command on an argparse sub-parser set and
-`run(args)` executes it; `python -m mta.dkim_cmd ...` runs it standalone.
+`run(args)` executes it; `python -m mta.cli.dkim ...` runs it standalone.
 Exit codes: 0 success (verify: every signature passed), 1 a signature failed or
 none was found, 2 bad input (one line on stderr, no traceback).
 """
@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mta.dkim import (
+from mta.ingress.dkim import (
     MIN_RSA_BITS,
     PrivateKey,
     load_private_key,

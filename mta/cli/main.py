@@ -9,57 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mta.config import DkimKey, MtaConfig, load_config
-from mta.settings import ConfigError, parse_hostport
+from mta.cli.common import CliError, run_async, setup_logging, until_signalled
+from mta.config.engine import ConfigError, parse_hostport
+from mta.config.service import DkimKey, MtaConfig, load_config
 
 log = logging.getLogger("mta")
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiosmtpd logs every command and data line at INFO/DEBUG: far too costly on the hot path.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
-def install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-async def until_signalled(stop: asyncio.Event | None = None) -> None:
-    """Wait for SIGTERM or SIGINT (or `stop`)."""
-    event = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, event.set)
-    await event.wait()
-
-
-def run_async(main: Callable[[], Awaitable[int]]) -> int:
-    install_uvloop()
-    return asyncio.run(main())  # type: ignore[arg-type]
 
 
 # -- config from flags ----------------------------------------------------------
@@ -178,7 +140,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         raise CliError(f"--listen: {exc}") from None
 
     async def main() -> int:
-        from mta.sink import Sink
+        from mta.cli.sink import Sink
 
         sink = await Sink.start(
             host,
@@ -199,7 +161,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_tls_cert(args: argparse.Namespace) -> int:
-    from mta.tls import write_self_signed
+    from mta.smtp.tls import write_self_signed
 
     cert, key = write_self_signed(Path(args.out), args.hostname)
     print(f'wrote {cert} and {key}\n\n[smtp]\ntls_cert = "{cert}"\ntls_key = "{key}"')
@@ -286,8 +248,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """The MTA and the simulated internet together, as two processes sharing a clock."""
     import time
 
-    from mta.clock import Anchor
-    from mta.topology import (
+    from mta.cli.topology import (
         Addresses,
         Supervisor,
         client_service,
@@ -295,6 +256,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         mta_service,
         sim_service,
     )
+    from mta.clock import Anchor
 
     setup_logging(args.log_level)
     for name in ("listen", "admin", "dns", "sim_http", "webhook"):
@@ -458,8 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[Any], None]]:
     """Subcommands that live in their own modules (each sets `func` on its parser)."""
-    from mta import classify_cmd, demo, dkim_cmd, queue_cmd
-    from mta.sim import cli as sim_cli
+    from mta.cli import classify as classify_cmd
+    from mta.cli import demo
+    from mta.cli import dkim as dkim_cmd
+    from mta.cli import queue as queue_cmd
+    from mta.cli import sim as sim_cli
 
     return [
         _with_func(dkim_cmd.add_parser, "dkim", dkim_cmd.run),

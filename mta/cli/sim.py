@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mta.settings import ConfigError, parse_hostport
+from mta.config.engine import ConfigError, parse_hostport
 from mta.sim.config import SimConfig, load_sim_config
 from mta.sim.store import STORES
 
@@ -228,7 +228,7 @@ def _describe(sim: Any) -> str:
 
 
 def _serve(args: argparse.Namespace, config: SimConfig) -> int:
-    from mta.cli import install_uvloop, setup_logging, until_signalled
+    from mta.cli.common import install_uvloop, setup_logging, until_signalled
     from mta.clock import make_clock
     from mta.sim.simulation import Simulation
 

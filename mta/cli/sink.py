@@ -14,8 +14,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mta.maildir import Maildir
-from mta.smtp_server import FastSMTP, bound_port, close_server, content_of, start_server
+from mta.smtp.maildir import Maildir
+from mta.smtp.server import FastSMTP, bound_port, close_server, content_of, start_server
 
 log = logging.getLogger("mta.sink")
 

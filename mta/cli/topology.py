@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mta.clock import Anchor
-from mta.settings import parse_hostport
+from mta.config.engine import parse_hostport
 
 # Where the default simulated internet lives: the personas, and the sender's bounce mailbox.
 PERSONA_HOSTS_DEFAULT = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]

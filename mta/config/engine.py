@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mta.durations import parse_duration, parse_rate
+from mta.core.durations import parse_duration, parse_rate
 
 T = TypeVar("T")
 

@@ -29,11 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mta.core.bounce import BOUNCE_CLASSES
-from mta.core.rampup import Binding, RampStep, RampUp, day_index
-from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
-from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
-from mta.settings import (
+from mta.config.engine import (
     ConfigError,
     build,
     duration_field,
@@ -41,6 +37,10 @@ from mta.settings import (
     rate_field,
     read_text,
 )
+from mta.core.bounce import BOUNCE_CLASSES
+from mta.core.rampup import Binding, RampStep, RampUp, day_index
+from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
+from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
 
 __all__ = [
     "BUILTIN_MX_SOURCE",

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mta import settings
-from mta.mx_rules import BindingConfig
-from mta.settings import ConfigError, duration_field, hostport_field
+from mta.config import engine as settings
+from mta.config.engine import ConfigError, duration_field, hostport_field
+from mta.config.mx_rules import BindingConfig
 
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
 
@@ -183,7 +183,7 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
-        from mta.feedback import secret_key
+        from mta.feedback.webhooks import secret_key
 
         secret_key(self.secret)
 

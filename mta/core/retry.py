@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from mta.durations import format_duration
+from mta.core.durations import format_duration
 from mta.model import Verdict
 
 MAX_VALIDITY = 3.5 * 86400.0

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mta.durations import format_duration, parse_duration
+from mta.core.durations import format_duration, parse_duration
 from mta.model import Condition, Outcome, Phase, Verdict
 
 Action = Literal["suspend", "set_rate", "halve_concurrency"]

@@ -36,13 +36,13 @@ from aiosmtplib import (
 )
 
 from mta.clock import Clock
-from mta.config import TimeoutsConfig
+from mta.config.service import TimeoutsConfig
 from mta.core.bounce import condition_reply
 from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
-from mta.dns import Resolver
+from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
-from mta.tls import opportunistic_client_context
+from mta.smtp.tls import opportunistic_client_context
 
 log = logging.getLogger("mta.delivery")
 

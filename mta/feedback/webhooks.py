@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from mta.spool import Spool
+from mta.queue.spool import Spool
 
 log = logging.getLogger("mta.feedback")
 

@@ -33,8 +33,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from mta.config import DkimConfig, DkimKey
-from mta.settings import ConfigError
+from mta.config.engine import ConfigError
+from mta.config.service import DkimConfig, DkimKey
 
 __all__ = [
     "MIN_RSA_BITS",

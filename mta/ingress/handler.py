@@ -28,11 +28,11 @@ from aiosmtpd.smtp import Envelope, Session
 from mta.clock import Clock
 from mta.core import events, headers
 from mta.core.address import ascii_domain
+from mta.core.durations import parse_duration
 from mta.core.retry import validity_end
-from mta.durations import parse_duration
 from mta.model import EventKind
-from mta.smtp_server import FastSMTP, content_of
-from mta.spool import NewMessage, NewRecipient, Spool, SpoolError, SpoolFull
+from mta.queue.spool import NewMessage, NewRecipient, Spool, SpoolError, SpoolFull
+from mta.smtp.server import FastSMTP, content_of
 
 log = logging.getLogger("mta.ingress")
 

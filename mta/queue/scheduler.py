@@ -37,10 +37,10 @@ from mta.core.retry import RetryPolicy, RetrySchedule
 from mta.core.routing import site_key
 from mta.core.settle import Attempted, Classifier, Settlement, expire_unattempted, settle
 from mta.core.throttle import Change, MxRule, MxRules, SiteThrottle
-from mta.delivery import Delivery, Job
-from mta.dns import Resolver
+from mta.delivery.client import Delivery, Job
+from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
-from mta.spool import DueRecipient, NewMessage, Release, Spool, SpoolError, Update
+from mta.queue.spool import DueRecipient, NewMessage, Release, Spool, SpoolError, Update
 
 log = logging.getLogger("mta.scheduler")
 

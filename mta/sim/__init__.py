@@ -13,10 +13,8 @@ Modules: `config` (isps.toml), `scripts` (local-part grammar, seeded chance),
 `rules` (buckets, greylist, reputation, mailbox tables), `dns_server`,
 `persona`, `artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the
 SQLite and Maildir stores, written and read back), `http` (the /sim/v1 API),
-`simulation` (the running whole) and `cli` (`mta sim`, `mta sim ls`, `mta sim show`).
+`simulation` (the running whole); the command is `mta.cli.sim`.
+
+May import `mta.model`, `mta.clock`, `mta.smtp` and the config engine; never the service's
+stages (it talks to the MTA over the network only) nor a command.
 """
-
-from mta.sim.config import SimConfig, load_sim_config
-from mta.sim.simulation import Simulation
-
-__all__ = ["SimConfig", "Simulation", "load_sim_config"]

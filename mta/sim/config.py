@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from mta import settings
-from mta.settings import (
+from mta.config import engine as settings
+from mta.config.engine import (
     ConfigError,
     duration_field,
     hostport_field,

@@ -64,7 +64,7 @@ from mta.sim.rules import (
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
 from mta.sim.store import Received, Store, StoreWriter, stored_messages
-from mta.smtp_server import FastSMTP, content_of
+from mta.smtp.server import FastSMTP, content_of
 
 log = logging.getLogger("mta.sim.persona")
 

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mta.clock import Clock
-from mta.settings import parse_hostport
+from mta.config.engine import parse_hostport
 from mta.sim import store
 from mta.sim.artefacts import Outbox
 from mta.sim.config import SimConfig
 from mta.sim.dns_server import StubDns, Zone
 from mta.sim.http import HttpServer, build_app
 from mta.sim.persona import Blackhole, Persona
-from mta.smtp_server import close_server, start_server
+from mta.smtp.server import close_server, start_server
 
 log = logging.getLogger("mta.sim")
 

@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mta.maildir import Maildir
+from mta.smtp.maildir import Maildir
 
 log = logging.getLogger("mta.sim.store")
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mta.settings import ConfigError
+from mta.config.engine import ConfigError
 
 
 def server_context(cert_file: str, key_file: str, source: str = "smtp") -> ssl.SSLContext:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from mta.core.bounce import BounceRules, Rule, effective_enhanced, joined_text, load_bounce_rules
+from mta.config.bounce_rules import load_bounce_rules
+from mta.core.bounce import BounceRules, Rule, effective_enhanced, joined_text
 from mta.core.reply import parse_reply
 from mta.model import Condition, Outcome, Phase
 

@@ -8,21 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from mta.config.bounce_rules import builtin_rules, load_bounce_rules, parse_rules_text
+from mta.config.engine import ConfigError
 from mta.core.bounce import (
     BOUNCE_CLASSES,
     FAILURE_REASONS,
     BounceRules,
-    builtin_rules,
     condition_reply,
     effective_enhanced,
-    load_bounce_rules,
-    parse_rules_text,
     required_literals,
     split_alternatives,
 )
 from mta.core.reply import parse_reply
 from mta.model import Condition, Outcome, Phase, Reply
-from mta.settings import ConfigError
 
 BUILTIN = load_bounce_rules()
 

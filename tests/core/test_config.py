@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mta.config import load_config
-from mta.settings import ConfigError
+from mta.config.engine import ConfigError
+from mta.config.service import load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

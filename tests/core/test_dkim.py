@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from dkim.canonicalization import Relaxed
 
-from mta.config import DkimConfig, DkimKey
-from mta.dkim import (
+from mta.config.engine import ConfigError
+from mta.config.service import DkimConfig, DkimKey
+from mta.ingress.dkim import (
     DkimSigner,
     SigningKey,
     author_domain,
@@ -29,7 +30,6 @@ from mta.dkim import (
     public_key_record,
     split_message,
 )
-from mta.settings import ConfigError
 
 NOW = 1_700_000_000.0       # in the past: dkimpy rejects t= more than 10 h in the future
 

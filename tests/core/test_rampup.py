@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mta.config.mx_rules import load_rampup
 from mta.core.rampup import (
     DAY,
     Binding,
@@ -15,7 +16,6 @@ from mta.core.rampup import (
     day_index,
     next_day_at,
 )
-from mta.mx_rules import load_rampup
 
 MIDNIGHT = 20_000 * DAY  # a virtual UTC midnight
 NOON = MIDNIGHT + DAY / 2

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mta.core.bounce import builtin_rules
+from mta.config.bounce_rules import builtin_rules
+from mta.config.engine import ConfigError
+from mta.config.mx_rules import load_retry_schedule, parse_retry_texts
 from mta.core.retry import (
     RetryPolicy,
     RetrySchedule,
@@ -16,8 +18,6 @@ from mta.core.retry import (
     jittered,
 )
 from mta.model import BounceClass, Scope, Verdict
-from mta.mx_rules import load_retry_schedule, parse_retry_texts
-from mta.settings import ConfigError
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

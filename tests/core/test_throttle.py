@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from mta.config.mx_rules import load_mx_data, load_retry_schedule
 from mta.core import throttle as th
 from mta.core.retry import decide
 from mta.core.throttle import AdaptiveRule, MxRule, Result, SiteThrottle, Trigger
 from mta.model import BounceClass, Condition, Outcome, Phase, Reply, Scope, Verdict
-from mta.mx_rules import load_mx_data, load_retry_schedule
 
 T0 = 1_800_000_000.0
 THROTTLE_TEXT = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"

@@ -16,9 +16,9 @@ import pytest
 from campaign_client import Delivery, DeliveryLog, Recipient, submit
 from mta.app import MtaApp
 from mta.clock import Clock, ManualClock, ScaledClock
-from mta.config import load_config
+from mta.config.mx_rules import load_mx_data
+from mta.config.service import load_config
 from mta.core.rampup import next_day_at
-from mta.mx_rules import load_mx_data
 from mta.sim.simulation import Simulation
 from tests.helpers import wait_for
 from tests.simnet import new_net, sim_config

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mta.sink import Sink
+from mta.cli.sink import Sink
 from tests.helpers import (
     SECRET,
     Hook,

@@ -12,8 +12,8 @@ import sys
 from email.message import EmailMessage
 from pathlib import Path
 
-from mta.demo import CATEGORIES
-from mta.topology import PERSONA_HOSTS_DEFAULT, free_common_port, free_port
+from mta.cli.demo import CATEGORIES
+from mta.cli.topology import PERSONA_HOSTS_DEFAULT, free_common_port, free_port
 from tests.helpers import wait_for
 
 

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mta.maildir import Maildir, strip_trace
+from mta.smtp.maildir import Maildir, strip_trace
 from tests.helpers import send_message
 
 

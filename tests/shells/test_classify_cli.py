@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mta import classify_cmd
+from mta.cli import classify as classify_cmd
 
 ROOT = Path(__file__).parents[2]
 
@@ -215,7 +215,7 @@ def test_stdin_human(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
 def test_module_as_a_process_with_a_stdin_pipe() -> None:
     replies = ['550 5.1.1 user unknown', '451 4.7.1 greylisted, come back later', '{']
     proc = subprocess.run(
-        [sys.executable, "-m", "mta.classify_cmd", "classify", "--json", "-"],
+        [sys.executable, "-m", "mta.cli.classify", "classify", "--json", "-"],
         input="\n".join(json.dumps(r) if r != "{" else r for r in replies) + "\n",
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
     )

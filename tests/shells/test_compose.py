@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mta.topology import Addresses, Service, client_service, mta_service, sim_service
+from mta.cli.topology import Addresses, Service, client_service, mta_service, sim_service
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -93,7 +93,7 @@ def test_ports_are_bound_to_loopback_and_cover_the_listeners(compose: dict[str, 
 
 
 def test_configuration_by_environment_names_real_keys(compose: dict[str, Any]) -> None:
-    from mta.config import load_config
+    from mta.config.service import load_config
 
     env = {k: v for k, v in compose["services"]["mta"]["environment"].items()}
     env = {k: v.replace("${WEBHOOK_SECRET:-", "").rstrip("}") for k, v in env.items()}

@@ -12,13 +12,13 @@ import dkim
 import pytest
 
 from mta.app import MtaApp
+from mta.cli.dkim import keygen
+from mta.cli.sink import Sink
 from mta.clock import ManualClock
-from mta.dkim import public_key_record
-from mta.dkim_cmd import keygen
-from mta.maildir import strip_trace
-from mta.sink import Sink
-from mta.smtp_server import FastSMTP, start_server
-from mta.tls import write_self_signed
+from mta.ingress.dkim import public_key_record
+from mta.smtp.maildir import strip_trace
+from mta.smtp.server import FastSMTP, start_server
+from mta.smtp.tls import write_self_signed
 from tests.helpers import (
     ScriptedHandler,
     ScriptedServer,
@@ -69,7 +69,7 @@ async def test_signed_message_arrives_and_verifies_at_the_sink(tmp_path: Path) -
     try:
         # Reconfigure through the public flag path: --dkim DOMAIN:SELECTOR:KEYFILE.
         await app.stop()
-        from mta.cli import build_parser, config_from_args
+        from mta.cli.main import build_parser, config_from_args
 
         args = build_parser().parse_args(
             [

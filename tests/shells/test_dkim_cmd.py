@@ -13,9 +13,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from mta import dkim_cmd
-from mta.config import DkimKey
-from mta.dkim import DkimSigner
+from mta.cli import dkim as dkim_cmd
+from mta.config.service import DkimKey
+from mta.ingress.dkim import DkimSigner
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_700_000_000.0
@@ -31,7 +31,7 @@ MESSAGE = (
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "mta.dkim_cmd", "dkim", *map(str, args)],
+        [sys.executable, "-m", "mta.cli.dkim", "dkim", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from mta.app import MtaApp
-from mta.sink import Sink
+from mta.cli.sink import Sink
 from tests.helpers import SECRET, Hook, mta_config, send_message, started, wait_for
 
 MESSAGE = b"From: a@sender.test\r\nSubject: s\r\nX-Campaign-Log-Id: L1\r\n\r\nbody\r\n"
@@ -35,7 +35,7 @@ async def hook() -> AsyncIterator[Hook]:
 async def mta_with_hook(tmp_path: Path, sink: Sink, url: str) -> MtaApp:
     import dataclasses
 
-    from mta.config import FeedbackConfig, WebhookConfig
+    from mta.config.service import FeedbackConfig, WebhookConfig
 
     config = mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{sink.port}")
     config = dataclasses.replace(

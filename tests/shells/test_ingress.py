@@ -234,7 +234,7 @@ async def test_starttls_then_auth_lets_an_outside_client_relay(tmp_path: Path) -
 
     import aiosmtplib
 
-    from mta.tls import write_self_signed
+    from mta.smtp.tls import write_self_signed
 
     cert, key = write_self_signed(tmp_path / "tls", "mta.test")
     config = mta_config(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from mta.cli.sink import Sink
+from mta.cli.topology import free_common_port
 from mta.clock import ManualClock
-from mta.dns import Resolver
+from mta.delivery.dns import Resolver
 from mta.sim.dns_server import StubDns, Zone
-from mta.sink import Sink
-from mta.topology import free_common_port
 from tests.helpers import events_of, mta_config, send_message, started, wait_for
 from tests.simnet import new_net, sim_config
 

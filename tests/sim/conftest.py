@@ -26,13 +26,13 @@ import aiosmtplib
 import pytest
 
 from mta.app import MtaApp
+from mta.cli.sink import Sink
 from mta.clock import ManualClock
-from mta.config import DkimKey, load_config
+from mta.config.service import DkimKey, load_config
 from mta.model import BounceClass, Outcome, Verdict
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
 from mta.sim.store import STORES
-from mta.sink import Sink
 from tests.simnet import ISP, MX_RULE, new_net, sim_config, toml_table
 
 

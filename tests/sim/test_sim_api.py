@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mta.sim import cli
+from mta.cli import sim as cli
 from mta.sim.config import ConfigError, load_sim_config, parse_sim_config
 
 

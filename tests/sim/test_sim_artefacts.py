@@ -7,7 +7,7 @@ import email
 from email.message import Message
 from typing import Any
 
-from mta.maildir import strip_trace
+from mta.smtp.maildir import strip_trace
 
 PERSONA = """
 [[personas]]

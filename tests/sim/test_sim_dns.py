@@ -16,7 +16,7 @@ import dns.resolver
 import pytest
 
 from mta.clock import ManualClock
-from mta.dns import Resolver
+from mta.delivery.dns import Resolver
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
 

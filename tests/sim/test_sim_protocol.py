@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from mta.clock import ManualClock
-from mta.maildir import strip_trace
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
 from mta.sim.store import STORES
+from mta.smtp.maildir import strip_trace
 
 PERSONA = """
 [[personas]]

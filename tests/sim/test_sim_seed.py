@@ -54,7 +54,7 @@ async def test_same_seed_same_outcomes(stack: Any, tmp_path: Path) -> None:
 async def test_deterministic_mode_has_no_random_faults(stack: Any, tmp_path: Path) -> None:
     import dataclasses
 
-    from mta.sim.cli import _flags
+    from mta.cli.sim import _flags
 
     class Args:  # what `mta sim --deterministic` sets
         deterministic = True

@@ -15,13 +15,14 @@ import aiohttp
 import dkim
 import pytest
 
+from mta.cli import sim as cli
+from mta.cli.dkim import keygen
 from mta.clock import ManualClock
-from mta.config import DkimKey
-from mta.dkim import public_key_record
-from mta.dkim_cmd import keygen
-from mta.maildir import strip_trace
-from mta.sim import cli, store
+from mta.config.service import DkimKey
+from mta.ingress.dkim import public_key_record
+from mta.sim import store
 from mta.sim.config import ConfigError, load_sim_config, parse_sim_config
+from mta.smtp.maildir import strip_trace
 from tests.sim.conftest import Stack
 
 SIGNED_BY = "campaign.test"  # the domain of the From the harness submits with

@@ -1,0 +1,4 @@
+"""Admin: the MTA's HTTP side: health, metrics, the operator API and its OpenAPI document.
+
+May import the service's stages (to read and drive them); never a command.
+"""
