@@ -27,7 +27,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procs import start_mta
-from mta.queue.spool import SCHEMA, SCHEMA_VERSION, Release, Spool
+from mta.queue.records import Release
+from mta.queue.schema import SCHEMA, SCHEMA_VERSION
+from mta.queue.spool import Spool
 
 CONTENT = b"From: a@sender.test\r\nSubject: queued\r\n\r\n" + b"x" * 1800 + b"\r\n"
 

@@ -11,7 +11,7 @@ Maildirs alike, see `mta.sim.store`), so they need no `--store`. `show` writes
 one stored message to stdout, raw (the Return-Path and Delivered-To lines, then
 the bytes exactly as received): `mta sim show gmail/42 > m.eml`.
 
-`mta/cli.py` registers the command with `add_parser(subparsers)`; the parser's
+`mta/cli/main.py` registers the command with `add_parser(subparsers)`; the parser's
 default `func` is `run(args) -> int`. Errors are one line on stderr.
 """
 

@@ -6,7 +6,7 @@ them: their rules are tried first; a rule with the same name as one in a later
 file (a built-in one) is merged with it, its keys winning, so ``name = "gmail"``
 and ``rate = "600/m"`` change only Gmail's rate; their ``[default]`` and
 ``[rampup]`` keys override key by key.
-Tables are checked with the config engine (`mta.settings`), then turned into
+Tables are checked with the config engine (`mta.config.engine`), then turned into
 the pure types of `mta.core.throttle`, `mta.core.rampup` and `mta.core.retry`.
 Every problem is a `ConfigError` naming the file and the rule, e.g.
 ``config/mx-rules.toml: mx 2 'gmail': rate: not a rate: 'fast' (use e.g. ...)``.

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mta.config import engine as settings
+from mta.config import engine
 from mta.config.engine import ConfigError, duration_field, hostport_field
 from mta.config.mx_rules import BindingConfig
+from mta.core.standard_webhooks import secret_key
 
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
 
@@ -183,8 +184,6 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
-        from mta.feedback.webhooks import secret_key
-
         secret_key(self.secret)
 
 
@@ -248,7 +247,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> MtaConfig:
     """The effective config; `path=None` means defaults (plus env and flags)."""
-    return settings.load(
+    return engine.load(
         MtaConfig,
         path,
         env_prefix="MTA_",

@@ -16,11 +16,8 @@ against their own clock, whatever the simulation's clock says.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import email.utils
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -32,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from mta.core.standard_webhooks import secret_key, signature
 from mta.queue.spool import Spool
 
 log = logging.getLogger("mta.feedback")
@@ -46,22 +44,6 @@ CREATE TABLE IF NOT EXISTS webhook_cursors (
     dropped INTEGER NOT NULL DEFAULT 0
 )
 """
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret ("whsec_" + base64), or of a plain string."""
-    if secret.startswith("whsec_"):
-        try:
-            return base64.b64decode(secret[len("whsec_") :], validate=True)
-        except ValueError:
-            raise ValueError("webhook secret: 'whsec_' must be followed by base64") from None
-    return secret.encode("utf-8")
-
-
-def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def retry_after(value: str | None, now: float) -> float | None:

@@ -31,7 +31,8 @@ from mta.core.address import ascii_domain
 from mta.core.durations import parse_duration
 from mta.core.retry import validity_end
 from mta.model import EventKind
-from mta.queue.spool import NewMessage, NewRecipient, Spool, SpoolError, SpoolFull
+from mta.queue.records import NewMessage, NewRecipient
+from mta.queue.spool import Spool, SpoolError, SpoolFull
 from mta.smtp.server import FastSMTP, content_of
 
 log = logging.getLogger("mta.ingress")

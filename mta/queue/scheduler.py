@@ -40,7 +40,8 @@ from mta.core.throttle import Change, MxRule, MxRules, SiteThrottle
 from mta.delivery.client import Delivery, Job
 from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
-from mta.queue.spool import DueRecipient, NewMessage, Release, Spool, SpoolError, Update
+from mta.queue.records import DueRecipient, NewMessage, Release, Update
+from mta.queue.spool import Spool, SpoolError
 
 log = logging.getLogger("mta.scheduler")
 

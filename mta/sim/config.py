@@ -1,6 +1,6 @@
 """The simulated internet's configuration (`isps.toml`): typed, frozen, checked.
 
-Loaded with the project's config engine (`mta.settings`): unknown keys and bad
+Loaded with the project's config engine (`mta.config.engine`): unknown keys and bad
 values are errors naming the file and the key. With no file, the built-in
 defaults (`mta/defaults/isps.toml`, the same content as `config/isps.toml`)
 are used. Command-line flags override file values through dotted keys
@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from mta.config import engine as settings
+from mta.config import engine
 from mta.config.engine import (
     ConfigError,
     duration_field,
@@ -353,9 +353,9 @@ def _rename_async(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_sim_config(text: str, source: str) -> SimConfig:
-    document = settings.parse_toml(text, source)
+    document = engine.parse_toml(text, source)
     try:
-        config = settings.build(SimConfig, _rename_async(document), source)
+        config = engine.build(SimConfig, _rename_async(document), source)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace(".async_", ".async")) from None
     return check_sim_config(config, source)
@@ -388,6 +388,6 @@ def load_sim_config(
             raise ConfigError(f"{source}: cannot read: {exc}") from None
         config = parse_sim_config(text, source)
     if flags:
-        config = settings.apply_overrides(config, flags, "command line", False)
+        config = engine.apply_overrides(config, flags, "command line", False)
         config = check_sim_config(config, "command line")
     return config

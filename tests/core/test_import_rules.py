@@ -6,6 +6,7 @@
   in app.py) and nothing of the simulation imports a command (`mta.cli`).
 - The simulation talks to the MTA over the network only: it imports the shared pieces
   (model, clock, smtp, the config engine, core's pure helpers), never a stage.
+- The shared folders (config, smtp) import no stage of the service.
 - No import circle anywhere in `mta`, counting imports inside functions too.
 That the Campaign-side client never imports the MTA is checked in tests/client.
 """
@@ -113,6 +114,19 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         if found:
             return found
     return None
+
+
+@pytest.mark.parametrize(
+    ("folder", "allowed"),
+    [
+        ("config", ("mta.config", "mta.core", "mta.model")),
+        ("smtp", ("mta.smtp", "mta.core", "mta.model", "mta.config.engine")),
+    ],
+)
+def test_shared_folders_import_no_stage(folder: str, allowed: tuple[str, ...]) -> None:
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        for name in project_imports(path):
+            assert _within(name, allowed), f"mta/{folder}/{path.name} imports {name}"
 
 
 def test_no_import_circles() -> None:

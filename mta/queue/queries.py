@@ -1,0 +1,327 @@
+"""The spool's statements: each function runs on a connection inside the writer's (or the
+reader's) transaction and knows nothing of threads or futures."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from mta.queue.records import (
+    DomainQueue,
+    DueRecipient,
+    NewMessage,
+    Pick,
+    Release,
+    SpoolStats,
+    Update,
+)
+
+
+def recover_leases(conn: sqlite3.Connection) -> int:
+    cursor = conn.execute(
+        "UPDATE recipients SET leased = 0, possible_duplicate = 1 WHERE leased = 1"
+    )
+    return cursor.rowcount
+
+
+def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
+    cursor = conn.execute(
+        "INSERT INTO messages (queue_id, mail_from, delivery_id, received_at, expires_at, size,"
+        " smtputf8, pending, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            m.queue_id,
+            m.mail_from,
+            m.delivery_id,
+            m.received_at,
+            m.expires_at,
+            len(m.content),
+            int(m.smtputf8),
+            len(m.recipients),
+            m.content,
+        ),
+    )
+    message_id = cursor.lastrowid
+    recipient_ids: list[int] = []
+    for r in m.recipients:
+        cursor = conn.execute(
+            "INSERT INTO recipients (message_id, address, domain, log_id, next_attempt_at,"
+            " expires_at, seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message_id,
+                r.address,
+                r.domain,
+                r.log_id,
+                m.received_at,
+                m.expires_at,
+                1 if m.events else 0,
+                m.received_at,
+            ),
+        )
+        recipient_ids.append(int(cursor.lastrowid or 0))
+    if m.events:
+        conn.executemany(
+            "INSERT INTO events (event_id, recipient_id, seq, kind, at, body)"
+            " VALUES (?, ?, 1, 'relayed', ?, ?)",
+            [
+                (event_id, recipient_id, m.received_at, body)
+                for recipient_id, (event_id, body) in zip(recipient_ids, m.events, strict=True)
+            ],
+        )
+
+
+_PICK_COLUMNS = (
+    "r.id, r.message_id, m.queue_id, m.mail_from, m.delivery_id, r.address, r.domain, r.log_id,"
+    " r.attempts, r.seq, m.received_at, m.expires_at, m.smtputf8, r.possible_duplicate,"
+    " r.last_code, r.last_enhanced, r.last_text, r.last_phase, r.last_mx"
+)
+
+
+def _due(row: Sequence[Any]) -> DueRecipient:
+    return DueRecipient(
+        recipient_id=row[0],
+        message_id=row[1],
+        queue_id=row[2],
+        mail_from=row[3],
+        delivery_id=row[4],
+        address=row[5],
+        domain=row[6],
+        log_id=row[7],
+        attempts=row[8],
+        seq=row[9],
+        received_at=row[10],
+        expires_at=row[11],
+        smtputf8=bool(row[12]),
+        possible_duplicate=bool(row[13]),
+        last_code=row[14],
+        last_enhanced=row[15],
+        last_text=row[16],
+        last_phase=row[17],
+        last_mx=row[18],
+    )
+
+
+def _lease(conn: sqlite3.Connection, recipients: Sequence[DueRecipient]) -> None:
+    conn.executemany(
+        "UPDATE recipients SET leased = 1 WHERE id = ?", [(r.recipient_id,) for r in recipients]
+    )
+
+
+def _next_due(conn: sqlite3.Connection, domain: str) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM recipients"
+        " WHERE domain = ? AND state = 'queued' AND leased = 0",
+        (domain,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def pick(conn: sqlite3.Connection, requests: Sequence[tuple[str, int]], now: float) -> Pick:
+    recipients: list[DueRecipient] = []
+    next_due: dict[str, float | None] = {}
+    for domain, limit in requests:
+        rows = conn.execute(
+            f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.id IN (SELECT id FROM recipients WHERE domain = ? AND state = 'queued'"
+            " AND leased = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+            " ORDER BY r.next_attempt_at",
+            (domain, now, limit),
+        ).fetchall()
+        picked = [_due(row) for row in rows]
+        _lease(conn, picked)
+        recipients.extend(picked)
+        next_due[domain] = _next_due(conn, domain)
+    contents: dict[int, bytes] = {}
+    message_ids = sorted({r.message_id for r in recipients})
+    for start in range(0, len(message_ids), 500):
+        chunk = message_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for message_id, content in conn.execute(
+            f"SELECT id, content FROM messages WHERE id IN ({marks})", chunk
+        ):
+            contents[message_id] = content
+    return Pick(recipients, contents, next_due)
+
+
+def pick_expired(
+    conn: sqlite3.Connection, now: float, limit: int
+) -> tuple[list[DueRecipient], float | None]:
+    rows = conn.execute(
+        f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
+        " WHERE r.id IN (SELECT id FROM recipients WHERE state = 'queued' AND leased = 0"
+        " AND expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, limit),
+    ).fetchall()
+    picked = [_due(row) for row in rows]
+    _lease(conn, picked)
+    row = conn.execute(
+        "SELECT MIN(expires_at) FROM recipients WHERE state = 'queued' AND leased = 0"
+    ).fetchone()
+    return picked, row[0] if row else None
+
+
+def queues(conn: sqlite3.Connection) -> list[DomainQueue]:
+    return [
+        DomainQueue(domain, next_due, count)
+        for domain, next_due, count in conn.execute(
+            "SELECT domain, MIN(CASE WHEN leased = 0 THEN next_attempt_at END), COUNT(*)"
+            " FROM recipients WHERE state = 'queued' GROUP BY domain"
+        )
+    ]
+
+
+def first_days(conn: sqlite3.Connection, names: Sequence[str], today: int) -> dict[str, int]:
+    conn.executemany(
+        "INSERT OR IGNORE INTO bindings (name, first_day) VALUES (?, ?)",
+        [(name, today) for name in names],
+    )
+    return dict(conn.execute("SELECT name, first_day FROM bindings").fetchall())
+
+
+def site_event(conn: sqlite3.Connection, at: float, site: str, binding: str, body: str) -> None:
+    conn.execute(
+        "INSERT INTO site_events (at, site, binding, body) VALUES (?, ?, ?, ?)",
+        (at, site, binding, body),
+    )
+
+
+def volume_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, str, int]]:
+    return [
+        (binding, site, count)
+        for binding, site, count in conn.execute(
+            "SELECT binding, site, COUNT(*) FROM attempts WHERE at >= ? AND binding IS NOT NULL"
+            " AND site IS NOT NULL GROUP BY binding, site",
+            (since,),
+        )
+    ]
+
+
+def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
+    conn.executemany(
+        "UPDATE recipients SET state = ?, attempts = ?, next_attempt_at = ?, leased = 0, seq = ?,"
+        " possible_duplicate = ?, last_code = COALESCE(?, last_code),"
+        " last_enhanced = CASE WHEN ? IS NULL THEN last_enhanced ELSE ? END,"
+        " last_text = COALESCE(?, last_text), last_phase = COALESCE(?, last_phase),"
+        " last_mx = COALESCE(?, last_mx), updated_at = ? WHERE id = ?",
+        [
+            (
+                u.state,
+                u.attempts,
+                u.next_attempt_at,
+                u.seq,
+                int(u.possible_duplicate),
+                u.code,
+                u.code,
+                u.enhanced,
+                u.text,
+                u.phase,
+                u.mx,
+                u.at,
+                u.recipient_id,
+            )
+            for u in updates
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO attempts (recipient_id, at, code, enhanced, text, phase, mx, result, site,"
+        " binding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                u.recipient_id,
+                u.at,
+                u.code,
+                u.enhanced,
+                u.text,
+                u.phase,
+                u.mx,
+                u.result,
+                u.site,
+                u.binding,
+            )
+            for u in updates
+            if u.attempted
+        ],
+    )
+    events = [u for u in updates if u.event is not None]
+    conn.executemany(
+        "INSERT INTO events (event_id, recipient_id, seq, kind, at, body)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (u.event[0], u.recipient_id, u.seq, u.event[1], u.at, u.event[2])
+            for u in events
+            if u.event is not None
+        ],
+    )
+    finished: dict[int, int] = {}
+    for u in updates:
+        if u.state != "queued":
+            finished[u.message_id] = finished.get(u.message_id, 0) + 1
+    if finished:
+        conn.executemany(
+            "UPDATE messages SET pending = pending - ? WHERE id = ?",
+            [(count, message_id) for message_id, count in finished.items()],
+        )
+        # Content is kept only while some recipient may still need it.
+        conn.executemany(
+            "UPDATE messages SET content = NULL WHERE id = ? AND pending <= 0",
+            [(message_id,) for message_id in finished],
+        )
+
+
+def release(conn: sqlite3.Connection, releases: Sequence[Release]) -> None:
+    conn.executemany(
+        "UPDATE recipients SET leased = 0, next_attempt_at = ?,"
+        " possible_duplicate = MAX(possible_duplicate, ?) WHERE id = ?",
+        [(r.next_attempt_at, int(r.possible_duplicate), r.recipient_id) for r in releases],
+    )
+
+
+def stats(conn: sqlite3.Connection) -> SpoolStats:
+    stats = SpoolStats()
+    for state, leased, count in conn.execute(
+        "SELECT state, leased, COUNT(*) FROM recipients GROUP BY state, leased"
+    ):
+        if state == "queued":
+            stats.queued += count
+            if leased:
+                stats.leased += count
+        elif state in ("delivered", "bounced", "expired"):
+            setattr(stats, state, getattr(stats, state) + count)
+    stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    stats.events = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+    return stats
+
+
+def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, Any]]:
+    return [
+        (row[0], json.loads(row[1]))
+        for row in conn.execute(
+            "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        )
+    ]
+
+
+def history(conn: sqlite3.Connection, queue_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT r.id, r.address, r.state, r.attempts, r.next_attempt_at, a.at, a.code,"
+        " a.enhanced, a.text, a.phase, a.mx, a.result FROM messages m"
+        " JOIN recipients r ON r.message_id = m.id"
+        " LEFT JOIN attempts a ON a.recipient_id = r.id WHERE m.queue_id = ? ORDER BY r.id, a.id",
+        (queue_id,),
+    ).fetchall()
+    keys = (
+        "recipient_id",
+        "address",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "at",
+        "code",
+        "enhanced",
+        "text",
+        "phase",
+        "mx",
+        "result",
+    )
+    return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -1,0 +1,109 @@
+"""The queue's records: what enters the spool, what a pick leases, what an attempt writes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str
+    domain: str
+    log_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    queue_id: str
+    mail_from: str
+    delivery_id: str | None
+    received_at: float
+    expires_at: float
+    content: bytes
+    smtputf8: bool
+    recipients: tuple[NewRecipient, ...]
+    # One "relayed" event per recipient, in recipient order: (event_id, body).
+    events: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DueRecipient:
+    """A recipient leased for an attempt (or found expired), with what delivery needs."""
+
+    recipient_id: int
+    message_id: int
+    queue_id: str
+    mail_from: str
+    delivery_id: str | None
+    address: str
+    domain: str
+    log_id: str | None
+    attempts: int
+    seq: int
+    received_at: float
+    expires_at: float
+    smtputf8: bool
+    possible_duplicate: bool
+    last_code: int | None
+    last_enhanced: str | None
+    last_text: str | None
+    last_phase: str | None
+    last_mx: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    recipients: list[DueRecipient]
+    contents: dict[int, bytes]  # message id -> content
+    next_due: dict[str, float | None]  # per domain asked: the earliest next attempt left
+
+
+@dataclass(frozen=True, slots=True)
+class DomainQueue:
+    domain: str
+    next_due: float | None
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The result of one attempt (or an expiry) for one recipient, with its event."""
+
+    recipient_id: int
+    message_id: int
+    state: str  # RecipientState value
+    attempts: int
+    next_attempt_at: float | None
+    seq: int
+    at: float
+    code: int | None = None
+    enhanced: str | None = None
+    text: str | None = None
+    phase: str | None = None
+    mx: str | None = None
+    result: str = ""  # attempts.result: delivered, retry, bounce, expire
+    site: str | None = None
+    binding: str | None = None
+    attempted: bool = True  # False: no connection was tried (e.g. validity over)
+    possible_duplicate: bool = False
+    event: tuple[str, str, str] | None = None  # (event_id, kind, body json)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a leased recipient back without an attempt (e.g. shutdown, site waiting)."""
+
+    recipient_id: int
+    next_attempt_at: float
+    possible_duplicate: bool = False
+
+
+@dataclass
+class SpoolStats:
+    queued: int = 0
+    leased: int = 0
+    delivered: int = 0
+    bounced: int = 0
+    expired: int = 0
+    messages: int = 0
+    events: int = 0

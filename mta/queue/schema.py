@@ -1,0 +1,76 @@
+"""The spool's SQLite schema and its version (one file: messages, recipients, attempts, events)."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    queue_id TEXT NOT NULL UNIQUE,
+    mail_from TEXT NOT NULL,
+    delivery_id TEXT,
+    received_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL,
+    content BLOB
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    log_id TEXT,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    expires_at REAL NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    last_code INTEGER,
+    last_enhanced TEXT,
+    last_text TEXT,
+    last_phase TEXT,
+    last_mx TEXT,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS recipients_domain_due ON recipients(domain, next_attempt_at)
+    WHERE state = 'queued' AND leased = 0;
+CREATE INDEX IF NOT EXISTS recipients_expiry ON recipients(expires_at)
+    WHERE state = 'queued' AND leased = 0;
+CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    recipient_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    code INTEGER,
+    enhanced TEXT,
+    text TEXT,
+    phase TEXT,
+    mx TEXT,
+    result TEXT NOT NULL,
+    site TEXT,
+    binding TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_recipient ON attempts(recipient_id);
+CREATE TABLE IF NOT EXISTS site_events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    site TEXT NOT NULL,
+    binding TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    name TEXT PRIMARY KEY,
+    first_day INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    recipient_id INTEGER,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+"""
+SCHEMA_VERSION = 2
