@@ -3,15 +3,18 @@
 Tables: `deliveries` (declared totals), `lines` (one per delivery_id, log_id, recipient: status,
 failure type/reason/code, last reply, attempts, queue id, Message-ID, times, possible_duplicate,
 last applied seq, gaps), `applied` (event ids already applied: idempotency), `held` (events
-waiting for a missing seq, kept durably), `quarantine` (addresses in quarantine or denylisted),
-`inbound` (what the bounce mailbox received and how it was qualified), `cursors` (pull API).
+waiting for a missing seq, kept durably), `inbound` (what the bounce mailbox received and how it
+was qualified), `cursors` (pull API), and `campaign_client.address_store`'s tables: the
+addresses' quarantine state and history, each line's event history, the exclusion log.
 
 `DeliveryLog.apply_events(events, now)` applies a batch in ONE transaction, committed before it
 returns (so a webhook answers 2xx only for durable events): an event id seen before is skipped; an
 event whose seq is not the line's next is held until the missing ones arrive;
 `release_stale(now, max_age)` applies holds older than `max_age` anyway, in seq order, counting a
 gap on the line. Events without seq (the client's own) apply at once. Status changes follow
-`campaign_client.status.TABLE`.
+`campaign_client.status.TABLE`; what an event does to its address (the error counter,
+Quarantine, Denylisted) follows `campaign_client.quarantine.TABLE` with the log's `Policy`, in
+the same transaction. `clock(wall)` is now on the events' clock (the MTA's may run faster).
 
 Methods are synchronous and thread-safe (one connection behind a lock), so async code calls them
 through `asyncio.to_thread` and the event loop never waits on an fsync.
@@ -22,17 +25,30 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from campaign_client import address_store as store
 from campaign_client import status as machine
-from campaign_client.events import Event, EventError, Kind
+from campaign_client.address_store import EXCLUSION_REASONS, Exclusion
+from campaign_client.events import Event, EventError
 from campaign_client.kpis import Kpis, Row, compute_kpis
+from campaign_client.quarantine import (
+    AddressState,
+    AddressStatus,
+    Notice,
+    Policy,
+    Signal,
+    current,
+    decide,
+    notice_of,
+)
 from campaign_client.status import LineState, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -76,18 +92,6 @@ CREATE TABLE IF NOT EXISTS held (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS held_line ON held (delivery_id, log_id, recipient, seq);
-CREATE TABLE IF NOT EXISTS quarantine (
-    address TEXT PRIMARY KEY COLLATE NOCASE,
-    status TEXT NOT NULL,
-    failure_type TEXT,
-    reason TEXT,
-    reason_code INTEGER,
-    delivery_id TEXT,
-    log_id TEXT,
-    first_at REAL NOT NULL,
-    last_at REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 1
-);
 CREATE TABLE IF NOT EXISTS inbound (
     id INTEGER PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -142,16 +146,32 @@ class Line:
 
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
+    """An address that is not Valid, as of the log's clock (`campaign_client.quarantine`)."""
+
     address: str
-    status: str
-    failure_type: str | None
+    status: str                  # Erroneous, Quarantine or Denylisted
+    failure_type: str | None     # the cause: the failure that gave the status...
     reason: str | None
     reason_code: int | None
-    delivery_id: str | None
+    delivery_id: str | None      # ... and the delivery and log line it came from
     log_id: str | None
-    first_at: float
-    last_at: float
-    hits: int
+    first_at: float              # since when it has this status
+    last_at: float | None        # the last counted error (the events' clock)
+    hits: int                    # counted errors since the last reset
+
+    @classmethod
+    def of(cls, address: str, state: AddressState) -> QuarantineEntry:
+        return cls(address, str(state.status), state.failure_type, state.reason,
+                   state.reason_code, state.delivery_id, state.log_id,
+                   state.since if state.since is not None else 0.0, state.last_error_at,
+                   state.errors)
+
+    def to_json(self) -> dict[str, object]:
+        return {"address": self.address, "status": self.status, "errors": self.hits,
+                "last_error_at": self.last_at, "since": self.first_at,
+                "failure_type": self.failure_type, "reason": self.reason,
+                "reason_code": self.reason_code, "delivery_id": self.delivery_id,
+                "log_id": self.log_id}
 
 
 @dataclass(slots=True)
@@ -195,8 +215,10 @@ def _line(row: sqlite3.Row | tuple[object, ...]) -> Line:
 class DeliveryLog:
     """The SQLite delivery log. `DeliveryLog(path)` creates the file if needed (WAL mode)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True,
+                 policy: Policy | None = None) -> None:
         self.path = Path(path)
+        self.policy = policy if policy is not None else Policy()
         if not create and not self.path.is_file():
             raise LogError(f"log file not found: {self.path}")
         try:
@@ -220,7 +242,9 @@ class DeliveryLog:
                 )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + store.SCHEMA)
+            if version == 1:
+                store.migrate_v1(self._db)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -541,73 +565,116 @@ class DeliveryLog:
         )
         db.execute("INSERT OR IGNORE INTO applied (event_id, applied_at) VALUES (?, ?)",
                    (event.event_id, now))
-        if cell.quarantine:
-            status = DENYLISTED if event.kind is Kind.COMPLAINT else QUARANTINE
-            failure = event.failure
-            self._quarantine(
-                db, key[2], status,
-                failure.type if failure else None,
-                failure.reason if failure else None,
-                failure.reason_code if failure else None,
-                key[0], key[1], now,
-            )
+        store.record_event(db, key, event, str(after.status))
+        notice = notice_of(event, now)
+        if notice is not None:
+            self._notice(db, key[2], notice, now)
         report.applied += 1
         if after != before:
             report.changed.add(key)
 
     # -- quarantine ------------------------------------------------------------------------
 
-    def _quarantine(
-        self, db: sqlite3.Connection, address: str, status: str, failure_type: str | None,
-        reason: str | None, reason_code: int | None, delivery_id: str | None,
-        log_id: str | None, now: float,
-    ) -> None:
-        # Denylisted outranks Quarantine: a complaint is never downgraded by a later bounce.
-        db.execute(
-            "INSERT INTO quarantine (address, status, failure_type, reason, reason_code,"
-            " delivery_id, log_id, first_at, last_at, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-            " ON CONFLICT (address) DO UPDATE SET"
-            " status = CASE WHEN quarantine.status = 'Denylisted' THEN quarantine.status"
-            "   ELSE excluded.status END,"
-            " failure_type = excluded.failure_type, reason = excluded.reason,"
-            " reason_code = excluded.reason_code, delivery_id = excluded.delivery_id,"
-            " log_id = excluded.log_id, last_at = excluded.last_at, hits = quarantine.hits + 1",
-            (address, status, failure_type, reason, reason_code, delivery_id, log_id, now, now),
-        )
+    def _notice(self, db: sqlite3.Connection, address: str, notice: Notice,
+                updated_at: float) -> None:
+        stored = store.load(db, address)
+        found = current(stored, notice.at, self.policy)
+        after = decide(stored, notice, notice.at, self.policy)
+        if after != stored or notice.signal is not Signal.IGNORED:
+            store.save(db, address, found, after, notice, updated_at)
 
     def quarantine(
         self, address: str, status: str, now: float, *, failure_type: str | None = None,
         reason: str | None = None, reason_code: int | None = None,
         delivery_id: str | None = None, log_id: str | None = None,
     ) -> None:
-        """Put an address in quarantine (status "Quarantine") or on the denylist ("Denylisted")."""
+        """A Hard error ("Quarantine") or a complaint ("Denylisted") about an address with no
+        log line (e.g. a bounce for mail this log never sent), decided as any other."""
         if status not in (QUARANTINE, DENYLISTED):
             raise ValueError(f"quarantine status must be {QUARANTINE} or {DENYLISTED}")
+        signal = Signal.COMPLAINT if status == DENYLISTED else Signal.HARD
+        notice = Notice(signal, now, failure_type, reason, reason_code, delivery_id, log_id,
+                        kind="complaint" if status == DENYLISTED else "inbound")
         with self._transaction() as db:
-            self._quarantine(db, address, status, failure_type, reason, reason_code,
-                             delivery_id, log_id, now)
+            self._notice(db, address, notice, now)
 
-    def quarantined(self, address: str) -> QuarantineEntry | None:
+    def clock(self, wall: float) -> float:
+        """Now on the events' clock: the later of `wall` and the latest event time seen (the
+        MTA's clock may run faster than real time)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT address, status, failure_type, reason, reason_code, delivery_id, log_id,"
-                " first_at, last_at, hits FROM quarantine WHERE address = ?",
-                (address,),
-            ).fetchone()
-        if row is None:
-            return None
-        return QuarantineEntry(
-            address=row[0], status=row[1], failure_type=row[2], reason=row[3],
-            reason_code=row[4], delivery_id=row[5], log_id=row[6], first_at=float(row[7]),
-            last_at=float(row[8]), hits=int(row[9]),
-        )
+            seen = store.events_clock(self._db)
+        return wall if seen is None else max(wall, seen)
 
-    def quarantine_list(self) -> list[QuarantineEntry]:
+    def address_state(self, address: str, now: float) -> AddressState:
+        """The address's state as of `now` (the events' clock; see `clock`)."""
         with self._lock:
-            addresses = [str(r[0]) for r in self._db.execute(
-                "SELECT address FROM quarantine ORDER BY address").fetchall()]
-        entries = [self.quarantined(address) for address in addresses]
-        return [entry for entry in entries if entry is not None]
+            stored = store.load(self._db, address)
+        return current(stored, now, self.policy)
+
+    def quarantined(self, address: str, now: float | None = None) -> QuarantineEntry | None:
+        """The address if it is in Quarantine or Denylisted now (None if Valid or Erroneous)."""
+        at = self.clock(time.time()) if now is None else now
+        state = self.address_state(address, at)
+        return QuarantineEntry.of(address, state) if state.excluded else None
+
+    def addresses(self, now: float) -> list[QuarantineEntry]:
+        """Every address that is not Valid as of `now`, by address."""
+        with self._lock:
+            rows = store.load_all(self._db)
+        entries = [QuarantineEntry.of(address, current(state, now, self.policy))
+                   for address, state in rows]
+        return [entry for entry in entries if entry.status != str(AddressStatus.VALID)]
+
+    def quarantine_list(self, now: float | None = None) -> list[QuarantineEntry]:
+        """The addresses in Quarantine or Denylisted now."""
+        at = self.clock(time.time()) if now is None else now
+        excluded = {str(AddressStatus.QUARANTINE), str(AddressStatus.DENYLISTED)}
+        return [entry for entry in self.addresses(at) if entry.status in excluded]
+
+    def address_history(self, address: str) -> list[dict[str, object]]:
+        with self._lock:
+            return store.history_of(self._db, address)
+
+    def release(self, address: str, now: float) -> QuarantineEntry | None:
+        """Back to Valid (counter reset) by a user's decision; returns what it was, or None."""
+        with self._transaction() as db:
+            before = store.remove(db, address, now)
+        return None if before is None else QuarantineEntry.of(address, before)
+
+    def exclude(self, delivery_id: str, candidates: Sequence[tuple[str, str]],
+                now: float) -> list[Exclusion]:
+        """Of (log_id, recipient) pairs, those whose address is in Quarantine or Denylisted at
+        `now`: recorded in the exclusion log of `delivery_id` and returned."""
+        excluded: list[Exclusion] = []
+        with self._transaction() as db:
+            rows = dict(store.load_all(db))
+            lowered = {address.lower(): state for address, state in rows.items()}
+            for log_id, recipient in candidates:
+                stored = lowered.get(recipient.lower())
+                if stored is None:
+                    continue
+                state = current(stored, now, self.policy)
+                if not state.excluded:
+                    continue
+                reason, code = EXCLUSION_REASONS[state.status]
+                exclusion = Exclusion(delivery_id, log_id, recipient, str(state.status), reason,
+                                      code, state.reason, state.delivery_id, now)
+                store.add_exclusion(db, exclusion)
+                excluded.append(exclusion)
+            if excluded:
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (delivery_id, total, created_at)"
+                    " VALUES (?, 0, ?)", (delivery_id, now))
+        return excluded
+
+    def exclusions(self, delivery_id: str) -> list[Exclusion]:
+        with self._lock:
+            return store.exclusions_of(self._db, delivery_id)
+
+    def histories(self, delivery_id: str) -> dict[tuple[str, str], list[dict[str, object]]]:
+        """Each line's applied events, oldest first, keyed by (log_id, recipient)."""
+        with self._lock:
+            return store.line_histories(self._db, delivery_id)
 
     # -- inbound mail and pull cursors ----------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 A log line has a `Status`; each event is reduced to a `Trigger`; `TABLE[status][trigger]` is an
 `Effect` (new status or unchanged, what happens to the failure fields, whether the reply and
-attempt are recorded, whether the address goes to quarantine). `apply(state, event)` returns the
-new `LineState`; `effect(status, event)` says what the log must do besides (quarantine). Pure:
-no I/O, no clock.
+attempt are recorded). `apply(state, event)` returns the new `LineState`; `effect(status, event)`
+is the table's cell. Pure: no I/O, no clock. What an event does to the ADDRESS (quarantine,
+denylist) is `campaign_client.quarantine`'s table, not this one.
 
 The seed's rows, and the choices made where it is silent:
 - relayed (SMTP 250 at submission, or the MTA's `relayed` event) -> Taken into account by the
@@ -16,11 +16,11 @@ The seed's rows, and the choices made where it is silent:
 - delivered -> Sent; the failure fields are cleared (the line is a success).
 - Sent stays Sent against any late MTA event; Failed stays Failed against any MTA event.
 - Asynchronous bounces (the client's bounce mailbox, or an MTA `out_of_band` event) as Campaign:
-  Hard -> Failed and the address is quarantined, even after Sent; Soft / Ignored only record the
-  reason (never on a Failed line, whose hard reason is kept).
-- complaint (RFC 5965 feedback report) -> the address is denylisted, failure Hard "Denylisted"
-  is recorded, the status is unchanged: the message was delivered and read; the complaint is
-  about the address's future mail, so the Success KPI keeps it.
+  Hard -> Failed, even after Sent; Soft / Ignored only record the reason (never on a Failed
+  line, whose hard reason is kept).
+- complaint (RFC 5965 feedback report) -> failure Hard "Denylisted" is recorded, the status is
+  unchanged: the message was delivered and read; the complaint is about the address's future
+  mail (the address is denylisted), so the Success KPI keeps it.
 - submit_failed (the MTA refused the message at submission: 5xx, or 4xx after the client's
   retries) -> Failed; ignored if the MTA has reported the message (Taken, Sent), which happens
   when a connection dropped after the final dot and the MTA had committed it after all.
@@ -69,7 +69,6 @@ class Effect:
     status: Status | None            # None: unchanged
     failure: FailureUpdate
     record: bool                     # update last reply, attempts, queue id, possible_duplicate
-    quarantine: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +92,6 @@ SEND: Final = Effect(Status.SENT, _C, record=True)
 NOTE: Final = Effect(None, _S, record=True)                     # only the failure reason moves
 NOTE_TAKEN: Final = Effect(Status.TAKEN, _S, record=True)
 FAIL: Final = Effect(Status.FAILED, _S, record=True)
-FAIL_QUARANTINE: Final = Effect(Status.FAILED, _S, record=True, quarantine=True)
-NOTE_QUARANTINE: Final = Effect(None, _S, record=True, quarantine=True)
-QUARANTINE_ONLY: Final = Effect(None, _K, record=False, quarantine=True)
 STALE: Final = Effect(None, _K, record=False)                   # too late to change anything
 
 _P, _T, _SE, _F = Status.PENDING, Status.TAKEN, Status.SENT, Status.FAILED
@@ -108,10 +104,10 @@ TABLE: Final[dict[Status, dict[Trigger, Effect]]] = {
         _tr.SOFT_BOUNCE: NOTE_TAKEN,
         _tr.HARD_BOUNCE: FAIL,
         _tr.EXPIRED: FAIL,
-        _tr.ASYNC_HARD: FAIL_QUARANTINE,
+        _tr.ASYNC_HARD: FAIL,
         _tr.ASYNC_SOFT: NOTE,
         _tr.ASYNC_IGNORED: NOTE,
-        _tr.COMPLAINT: NOTE_QUARANTINE,
+        _tr.COMPLAINT: NOTE,
         _tr.SUBMIT_FAILED: FAIL,
     },
     _T: {
@@ -120,10 +116,10 @@ TABLE: Final[dict[Status, dict[Trigger, Effect]]] = {
         _tr.SOFT_BOUNCE: NOTE,
         _tr.HARD_BOUNCE: FAIL,
         _tr.EXPIRED: FAIL,
-        _tr.ASYNC_HARD: FAIL_QUARANTINE,
+        _tr.ASYNC_HARD: FAIL,
         _tr.ASYNC_SOFT: NOTE,
         _tr.ASYNC_IGNORED: NOTE,
-        _tr.COMPLAINT: NOTE_QUARANTINE,
+        _tr.COMPLAINT: NOTE,
         _tr.SUBMIT_FAILED: STALE,
     },
     _SE: {
@@ -132,10 +128,10 @@ TABLE: Final[dict[Status, dict[Trigger, Effect]]] = {
         _tr.SOFT_BOUNCE: STALE,
         _tr.HARD_BOUNCE: STALE,
         _tr.EXPIRED: STALE,
-        _tr.ASYNC_HARD: FAIL_QUARANTINE,
+        _tr.ASYNC_HARD: FAIL,
         _tr.ASYNC_SOFT: NOTE,
         _tr.ASYNC_IGNORED: NOTE,
-        _tr.COMPLAINT: NOTE_QUARANTINE,
+        _tr.COMPLAINT: NOTE,
         _tr.SUBMIT_FAILED: STALE,
     },
     _F: {
@@ -144,10 +140,10 @@ TABLE: Final[dict[Status, dict[Trigger, Effect]]] = {
         _tr.SOFT_BOUNCE: STALE,
         _tr.HARD_BOUNCE: STALE,
         _tr.EXPIRED: STALE,
-        _tr.ASYNC_HARD: NOTE_QUARANTINE,
+        _tr.ASYNC_HARD: NOTE,
         _tr.ASYNC_SOFT: STALE,
         _tr.ASYNC_IGNORED: STALE,
-        _tr.COMPLAINT: QUARANTINE_ONLY,
+        _tr.COMPLAINT: STALE,
         _tr.SUBMIT_FAILED: STALE,
     },
 }
