@@ -1,16 +1,21 @@
-"""The `campaign-client` command: send a delivery, receive feedback, report on a delivery.
+"""The `campaign-client` command: send a delivery, receive feedback, report, quarantine.
 
     campaign-client send --mta HOST:PORT --delivery-id ID (--csv FILE | --generate N --domains
         a.test,b.test) [--from ADDR] [--subject S] [--template FILE] [--validity 5d]
         [--sessions 10] [--listen HOST:PORT] [--secret whsec_...] [--bounce-listen HOST:PORT]
-        [--pull URL] [--log FILE] [--timeout SECONDS] [--no-wait] [--json]
+        [--pull URL] [--timeout SECONDS] [--idle-notice SECONDS] [--no-wait] [--json]
     campaign-client receive [--listen HOST:PORT --secret whsec_...] [--bounce-listen HOST:PORT]
-        [--pull URL] [--log FILE]          (runs until SIGTERM / SIGINT)
-    campaign-client report DELIVERY_ID [--log FILE] [--json]
+        [--pull URL]                       (runs until SIGTERM / SIGINT)
+    campaign-client report DELIVERY_ID [--recipients [--status S]] [--json]
+    campaign-client quarantine ls | show ADDRESS | rm ADDRESS [--json]
 
+Every subcommand takes --config FILE (the client's TOML config, `campaign_client.config`) and
+--log FILE (the delivery log: flag > $CAMPAIGN_CLIENT_LOG > config > var/campaign-log.sqlite).
+`send` leaves out addresses in Quarantine or Denylisted and says so (Campaign's exclusion log);
+while it waits it says, on stderr, what it waits for when no event has come for a while.
 The secret may come from $CAMPAIGN_CLIENT_SECRET. Exit codes: 0 done (send: every recipient Sent
-or Failed), 1 not final when the timeout passed / unknown delivery / submission stopped, 2 bad
-usage or input, 130 interrupted. Every error is one line on stderr.
+or Failed), 1 not final when the timeout passed / unknown delivery or address / submission
+stopped, 2 bad usage or input, 130 interrupted. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -28,23 +33,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from campaign_client.cli_common import (
+    PROG,
+    CliError,
+    add_common_options,
+    open_log,
+)
+from campaign_client.config import DEFAULT_LOG
 from campaign_client.kpis import Kpis, render_table
-from campaign_client.log import DeliveryLog, LogError
+from campaign_client.log import DeliveryLog
 
 if TYPE_CHECKING:
     from campaign_client.submit import Recipient
 
-PROG = "campaign-client"
 SECRET_ENV = "CAMPAIGN_CLIENT_SECRET"
-DEFAULT_LOG = "var/campaign-log.sqlite"
-
-
-class CliError(Exception):
-    """A one-line error for the user, with the exit code to use."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
+IDLE_NOTICE = 15.0
+SHOW_EXCLUDED = 20
+__all__ = ["DEFAULT_LOG", "PROG", "CliError", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=600.0,
                       help="seconds to wait for final statuses (default 600)")
     send.add_argument("--no-wait", action="store_true", help="exit after submission")
+    send.add_argument("--idle-notice", type=float, default=IDLE_NOTICE, metavar="SECONDS",
+                      help="say what it waits for when no event came for this long "
+                           f"(default {IDLE_NOTICE:g})")
     _receiver_options(send)
     send.add_argument("--json", action="store_true")
     send.set_defaults(func=_cmd_send)
@@ -98,9 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = subs.add_parser("report", help="the status table of a delivery")
     report.add_argument("delivery_id", metavar="DELIVERY_ID")
-    report.add_argument("--log", default=DEFAULT_LOG, help=f"delivery log (default {DEFAULT_LOG})")
+    add_common_options(report)
+    report.add_argument("--recipients", action="store_true",
+                        help="each recipient: status, reason, history (attempts, replies,"
+                             " verdicts)")
+    report.add_argument("--status", metavar="S",
+                        help="with --recipients: only this status (Pending, Taken, Sent, "
+                             "Failed, Excluded)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=_cmd_report)
+
+    from campaign_client import quarantine_cmd
+
+    quarantine_cmd.register(subs)
     return parser
 
 
@@ -111,7 +129,7 @@ def _receiver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bounce-mailbox", action="append", default=None, metavar="ADDR",
                         help="accept bounce mail only for ADDR (repeatable; default: any)")
     parser.add_argument("--pull", metavar="URL", help="also pull events from the MTA's API")
-    parser.add_argument("--log", default=DEFAULT_LOG, help=f"delivery log (default {DEFAULT_LOG})")
+    add_common_options(parser)
     parser.add_argument("--rules", help="inbound-email rules TOML (default: built in)")
     parser.add_argument("--tolerance", type=float, default=300.0,
                         help="webhook timestamp tolerance in seconds (default 300)")
@@ -135,27 +153,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- report ---------------------------------------------------------------------------------
 
 
-def _open_log(path: str, create: bool) -> DeliveryLog:
-    if create:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CliError(f"cannot create the directory of {path}: {exc.strerror}") from None
-    try:
-        return DeliveryLog(path, create=create)
-    except LogError as exc:
-        raise CliError(str(exc)) from None
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    log = _open_log(args.log, create=False)
+    from campaign_client import recipients as listing
+
+    status = None
+    if args.status is not None:
+        if not args.recipients:
+            raise CliError("--status goes with --recipients")
+        try:
+            status = listing.match_status(args.status)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    log = open_log(args, create=False)
     try:
         if not log.has_delivery(args.delivery_id):
-            raise CliError(f"no delivery {args.delivery_id!r} in {args.log}", code=1)
-        kpis = log.kpis(args.delivery_id)
+            raise CliError(f"no delivery {args.delivery_id!r} in {args.log_path}", code=1)
+        if args.recipients:
+            items = listing.recipients(log, args.delivery_id, status)
+        else:
+            kpis = log.kpis(args.delivery_id)
     finally:
         log.close()
-    _print_kpis(kpis, args.json)
+    if not args.recipients:
+        _print_kpis(kpis, args.json)
+    elif args.json:
+        print(json.dumps({"delivery_id": args.delivery_id, "status": status,
+                          "recipients": items}, indent=2))
+    else:
+        print(listing.render(items))
     return 0
 
 
@@ -379,7 +404,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
 
 async def _receive(args: argparse.Namespace) -> int:
-    log = _open_log(args.log, create=True)
+    log = open_log(args, create=True)
     stop = asyncio.Event()
     receiver = _make_receiver(args, log)
     puller: asyncio.Task[Any] | None = None
@@ -413,6 +438,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
         raise CliError("--sessions must be >= 1")
     if args.timeout < 0:
         raise CliError("--timeout must be >= 0 seconds")
+    if args.idle_notice <= 0:
+        raise CliError("--idle-notice must be > 0 seconds")
     if args.generate is None and args.domains:
         raise CliError("--domains goes with --generate")
     recipients = (load_csv(args.csv) if args.csv is not None
@@ -438,16 +465,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -> int:
     from campaign_client.submit import SubmitError, submit
-    from campaign_client.wait import WaitTimeout, wait_for
+    from campaign_client.wait import WaitTimeout, wait_for, watch_idle
 
-    log = _open_log(args.log, create=True)
+    log = open_log(args, create=True)
     stop = asyncio.Event()
     receiver = None
     puller: asyncio.Task[Any] | None = None
     tty = sys.stderr.isatty()
     try:
         if log.has_delivery(delivery.delivery_id):
-            raise CliError(f"delivery {delivery.delivery_id!r} is already in {args.log};"
+            raise CliError(f"delivery {delivery.delivery_id!r} is already in {args.log_path};"
                            " choose another --delivery-id")
         receiver = _make_receiver(args, log)
         if receiver is not None:
@@ -461,11 +488,13 @@ async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -
             raise CliError(str(exc)) from None
         finally:
             bar.finish()
+        _say_excluded(result.excluded, delivery.delivery_id)
         print(f"{PROG}: submitted {result.accepted + result.failed}/{result.total}: "
               f"{result.accepted} accepted, {result.failed} refused, {result.retries} retries, "
               f"{result.elapsed:.2f}s ({result.rate:.0f} msg/s)", file=sys.stderr)
         submission = {"accepted": result.accepted, "refused": result.failed,
                       "retries": result.retries, "not_submitted": result.not_submitted,
+                      "excluded": [item.to_json() for item in result.excluded],
                       "elapsed_s": round(result.elapsed, 3)}
         if result.error is not None:
             kpis = log.kpis(delivery.delivery_id)
@@ -473,19 +502,25 @@ async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -
                                           "submission": submission})
             raise CliError(f"submission stopped: {result.error}; "
                            f"{result.not_submitted} recipients not submitted", code=1)
-        if args.no_wait:
+        if args.no_wait or result.total == 0:
             kpis = log.kpis(delivery.delivery_id)
             _print_kpis(kpis, args.json, {"final": kpis.final, "not_final": kpis.not_final,
                                           "submission": submission})
             return 0
         live = LiveTable(sys.stderr, tty)
         timed_out = None
+        waiting = asyncio.Event()
+        notice = asyncio.create_task(watch_idle(
+            log, delivery.delivery_id, args.idle_notice,
+            lambda idle, kpis: _say_waiting(args, idle, kpis, live), waiting))
         try:
             kpis = await wait_for(log, delivery.delivery_id, "final", args.timeout,
                                   interval=0.1, on_poll=live.update)
         except WaitTimeout as exc:
             kpis, timed_out = exc.kpis, exc
         finally:
+            waiting.set()
+            await asyncio.gather(notice, return_exceptions=True)
             live.close()
         _print_kpis(kpis, args.json, {"final": kpis.final, "not_final": kpis.not_final,
                                       "submission": submission})
@@ -500,3 +535,39 @@ async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -
         if receiver is not None:
             await receiver.stop()
         log.close()
+
+
+def _say_excluded(excluded: Sequence[Any], delivery_id: str) -> None:
+    """Campaign's exclusion log, on stderr: who was left out and why."""
+    if not excluded:
+        return
+    reasons: dict[str, int] = {}
+    for item in excluded:
+        reasons[item.reason] = reasons.get(item.reason, 0) + 1
+    summary = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    print(f"{PROG}: excluded {len(excluded)} recipients before submission ({summary}):",
+          file=sys.stderr)
+    for item in excluded[:SHOW_EXCLUDED]:
+        print(f"  {item.recipient}: {item.reason} ({item.status}: {item.cause or '-'}, "
+              f"delivery {item.cause_delivery_id or '-'})", file=sys.stderr)
+    if len(excluded) > SHOW_EXCLUDED:
+        print(f"  ... {len(excluded) - SHOW_EXCLUDED} more: {PROG} report {delivery_id} "
+              "--recipients --status Excluded", file=sys.stderr)
+
+
+def _say_waiting(args: argparse.Namespace, idle: float, kpis: Kpis, live: LiveTable) -> None:
+    """What `send` waits for, when no event has come for a while."""
+    counts = ", ".join(f"{status} {count}" for status, count in kpis.by_status.items()
+                       if count and status not in ("Sent", "Failed"))
+    sources = [f"this command's --listen {args.listen}" if args.listen else "",
+               f"--pull {args.pull}" if args.pull else ""]
+    running = " and ".join(part for part in sources if part)
+    where = (f"events come through {running}" if running else
+             "this command runs no receiver (no --listen, --pull), so the MTA's events must"
+             f" come from another process writing {args.log_path}: `mta up --client` (it writes"
+             " DIR/campaign-log.sqlite of its --data-dir, default var) or `campaign-client"
+             f" receive --log {args.log_path}`")
+    live.close()
+    print(f"{PROG}: waiting for the MTA's feedback events on {kpis.not_final} of {kpis.total}"
+          f" recipients ({counts}); no new event in {args.log_path} for {idle:.0f}s; {where}",
+          file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from campaign_client import address_store as store
 from campaign_client import status as machine
@@ -382,18 +383,22 @@ class DeliveryLog:
         """KPIs of one delivery (grouped in SQL, computed by the pure `compute_kpis`)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT status, failure_type, failure_reason, COUNT(*) FROM lines"
-                " WHERE delivery_id = ? GROUP BY 1, 2, 3",
+                "SELECT status, failure_type, failure_reason, queue_id IS NOT NULL, COUNT(*)"
+                " FROM lines WHERE delivery_id = ? GROUP BY 1, 2, 3, 4",
                 (delivery_id,),
             ).fetchall()
             total_row = self._db.execute(
                 "SELECT total FROM deliveries WHERE delivery_id = ?", (delivery_id,)
             ).fetchone()
+            excluded = int(self._db.execute(
+                "SELECT COUNT(*) FROM exclusions WHERE delivery_id = ?", (delivery_id,)
+            ).fetchone()[0])
         declared = int(total_row[0]) if total_row is not None else 0
         return compute_kpis(
             delivery_id,
-            (Row(str(r[0]), r[1], r[2], int(r[3])) for r in rows),
+            (Row(str(r[0]), r[1], r[2], int(r[4]), bool(r[3])) for r in rows),
             declared,
+            excluded,
         )
 
     # -- events ---------------------------------------------------------------------------
@@ -425,6 +430,12 @@ class DeliveryLog:
                 key: Key = (str(row[0]), str(row[1]), str(row[2]))
                 self._drain(db, key, now, report, cutoff=cutoff)
         return report
+
+    def progress(self) -> int:
+        """A number that grows with every event applied to any line (for "no event since")."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM history").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def held_count(self) -> int:
         with self._lock:
@@ -631,7 +642,7 @@ class DeliveryLog:
         excluded = {str(AddressStatus.QUARANTINE), str(AddressStatus.DENYLISTED)}
         return [entry for entry in self.addresses(at) if entry.status in excluded]
 
-    def address_history(self, address: str) -> list[dict[str, object]]:
+    def address_history(self, address: str) -> list[dict[str, Any]]:
         with self._lock:
             return store.history_of(self._db, address)
 
@@ -671,7 +682,7 @@ class DeliveryLog:
         with self._lock:
             return store.exclusions_of(self._db, delivery_id)
 
-    def histories(self, delivery_id: str) -> dict[tuple[str, str], list[dict[str, object]]]:
+    def histories(self, delivery_id: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """Each line's applied events, oldest first, keyed by (log_id, recipient)."""
         with self._lock:
             return store.line_histories(self._db, delivery_id)

@@ -14,6 +14,9 @@ for many messages (aiosmtplib does not pipeline; concurrency comes from the sess
 - 4xx (or a dropped connection): retried up to `attempts` times with doubling delays from
   `retry_delay`, reconnecting when needed; then Failed with the last reply.
 - 5xx: Failed at once, with the type and reason the inbound-email rules give the reply.
+Before anything is submitted, recipients whose address is in Quarantine or Denylisted (on the
+log's events clock) are left out and written to the delivery's exclusion log with Campaign's
+reason ("Address in quarantine", "Denylisted"): `SubmitResult.excluded`.
 Log writes are batched (every 0.1 s or 256 results) off the event loop. If the MTA stops
 answering altogether (`max_connection_failures` connection failures in a row, or the first
 connection fails), submission stops: the rest stays Pending and `SubmitResult.error` says why
@@ -36,6 +39,7 @@ from email.utils import formatdate
 
 import aiosmtplib
 
+from campaign_client.address_store import Exclusion
 from campaign_client.events import Event, Failure, Kind, Smtp
 from campaign_client.inbound import Inbound, Notice, Original, Rule, load_rules, qualify
 from campaign_client.log import DeliveryLog
@@ -134,6 +138,7 @@ class SubmitResult:
     elapsed: float = 0.0
     error: str | None = None
     outcomes: list[SubmitOutcome] = field(default_factory=list)
+    excluded: list[Exclusion] = field(default_factory=list)   # left out, never submitted
 
     @property
     def rate(self) -> float:
@@ -448,11 +453,13 @@ async def submit(
     rules: tuple[Rule, ...] | None = None,
     local_hostname: str = "campaign-client.test",
     clock: Callable[[], float] = time.time,
+    exclude: bool = True,
 ) -> SubmitResult:
     """Submit every recipient of `delivery`; lines are registered in `log` first (Pending).
 
     Recipient domains are lower-cased first (as the MTA records them), so the log's lines and
-    the MTA's events name the same address.
+    the MTA's events name the same address. With a `log` (and `exclude`), addresses in
+    Quarantine or Denylisted are left out first (see the module doc).
     """
     delivery = replace(delivery, recipients=[
         replace(r, email=canonical_address(r.email)) for r in delivery.recipients
@@ -461,8 +468,20 @@ async def submit(
     if sessions < 1 or attempts < 1:
         raise ValueError("sessions and attempts must be >= 1")
     rules = rules if rules is not None else load_rules()
-    message_ids = {(r.log_id, r.email): message_id_for(delivery, r) for r in delivery.recipients}
     started = time.monotonic()
+    excluded: list[Exclusion] = []
+    if log is not None and exclude:
+        now = await asyncio.to_thread(log.clock, clock())
+        excluded = await asyncio.to_thread(
+            log.exclude, delivery.delivery_id,
+            [(r.log_id, r.email) for r in delivery.recipients], now)
+        if excluded:
+            left_out = {(item.log_id, item.recipient) for item in excluded}
+            delivery = replace(delivery, recipients=[
+                r for r in delivery.recipients if (r.log_id, r.email) not in left_out])
+    if not delivery.recipients:
+        return SubmitResult(total=0, elapsed=time.monotonic() - started, excluded=excluded)
+    message_ids = {(r.log_id, r.email): message_id_for(delivery, r) for r in delivery.recipients}
     if log is not None:
         existing = {(line.log_id, line.recipient): line.message_id
                     for line in await asyncio.to_thread(log.lines, delivery.delivery_id)}
@@ -492,6 +511,7 @@ async def submit(
         await flusher
         await recorder.flush()
     result = run.result
+    result.excluded = excluded
     result.elapsed = time.monotonic() - started
     result.not_submitted = len(run.queue)
     result.error = run.abort

@@ -4,11 +4,15 @@ Polls the log (which another process may be writing) every `interval` seconds, i
 thread, until the predicate holds for the delivery's `Kpis` or `timeout` passes; then returns
 the KPIs or raises `WaitTimeout` carrying the last KPIs (so callers can say how many recipients
 were not final). Bounded: at most timeout / interval + 1 polls.
+
+`watch_idle(log, delivery_id, after, say, stop)` runs beside it: each time no event has been
+applied to the log for another `after` seconds, it calls `say(idle_seconds, kpis)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -67,3 +71,35 @@ async def wait_for(
     if predicate(kpis):
         return kpis
     raise WaitTimeout(kpis, timeout)
+
+
+async def watch_idle(
+    log: DeliveryLog,
+    delivery_id: str,
+    after: float,
+    say: Callable[[float, Kpis], None],
+    stop: asyncio.Event,
+) -> None:
+    """Call `say` after `after`, 2 x `after`... seconds without a new event, until `stop`."""
+    if after <= 0:
+        raise ValueError("watch_idle: after must be > 0 seconds")
+    marker = await asyncio.to_thread(log.progress)
+    changed = time.monotonic()
+    next_notice = after
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=min(1.0, after / 4))
+        if stop.is_set():
+            return
+        current = await asyncio.to_thread(log.progress)
+        now = time.monotonic()
+        if current != marker:
+            marker, changed, next_notice = current, now, after
+            continue
+        idle = now - changed
+        if idle >= next_notice:
+            kpis = await asyncio.to_thread(log.kpis, delivery_id)
+            if kpis.final:
+                return
+            say(idle, kpis)
+            next_notice += after

@@ -51,7 +51,11 @@ def test_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         "by_status": {"Pending": 1, "Taken into account by the service provider": 1,
                       "Sent": 1, "Failed": 1},
         "success_pct": 25.0,
+        "indicators": {"sent_to_provider": 2, "delivered": 1, "hard_bounces": 1,
+                       "soft_bounces": 0, "excluded": 0, "success_pct": 25.0},
         "by_failure_type": {"Hard": 1}, "by_failure_reason": {"User unknown": 1},
+        "after_delivery": {"by_type": {}, "by_reason": {}},
+        "being_retried": {"by_type": {}, "by_reason": {}},
     }
 
 
