@@ -591,8 +591,11 @@ class DeliveryLog:
         stored = store.load(db, address)
         found = current(stored, notice.at, self.policy)
         after = decide(stored, notice, notice.at, self.policy)
-        if after != stored or notice.signal is not Signal.IGNORED:
+        counts = notice.signal in (Signal.HARD, Signal.SOFT, Signal.COMPLAINT)
+        if after != found or counts:
             store.save(db, address, found, after, notice, updated_at)
+        elif found != stored:                   # reset by time: the row goes
+            db.execute("DELETE FROM quarantine WHERE address = ?", (address,))
 
     def quarantine(
         self, address: str, status: str, now: float, *, failure_type: str | None = None,

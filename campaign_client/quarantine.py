@@ -14,6 +14,9 @@ The rules (thresholds are `Policy`, from the client's config):
   (5th) counted error puts the address in Quarantine. A first counted error makes it Erroneous.
 - Ignored error (auto-replies, "Not defined" Ignored...): nothing changes.
 - Complaint (an ARF feedback report): Denylisted.
+- A successful delivery after a retry: an Erroneous address's counter is reinitialized and it
+  is Valid again (Campaign: "if a delivery is successful after a retry, the error counter,
+  prior to quarantining, is reinitialized"); a quarantined address is not released by it.
 - When the last counted error is more than `reset_after` (10 days) old, the counter resets and
   the address is Valid again (`current(state, now, policy)`; `decide` applies it first). This
   holds for Erroneous and Quarantine; a Denylisted address stays until a user removes it.
@@ -24,7 +27,7 @@ Choices where Campaign's documentation is silent:
   quarantined the address) stays the first one.
 - A Soft error that comes before the last counted one (a late event) is never counted.
 - Denylisted outranks everything: no bounce changes it, and it is never reset by time.
-- A successful delivery does not reset the counter (only time does).
+- A success older than the last counted error (a late event) resets nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Signal(StrEnum):
     SOFT = "Soft"
     IGNORED = "Ignored"
     COMPLAINT = "Complaint"
+    SUCCESS = "Success"
 
 
 class Action(StrEnum):
@@ -60,6 +64,7 @@ class Action(StrEnum):
     COUNT = "count"               # count if the interval has passed; the limit quarantines
     RECOUNT = "recount"           # in Quarantine: count (Hard always, Soft after the interval)
     DENYLIST = "denylist"         # to Denylisted, this notice is the cause
+    RESET = "reset"               # a success: counter reinitialized, Valid again
     KEEP = "keep"                 # nothing changes
 
 
@@ -112,13 +117,13 @@ _A = Action
 
 TABLE: Final[dict[AddressStatus, dict[Signal, Action]]] = {
     _V: {Signal.HARD: _A.QUARANTINE, Signal.SOFT: _A.COUNT, Signal.IGNORED: _A.KEEP,
-         Signal.COMPLAINT: _A.DENYLIST},
+         Signal.COMPLAINT: _A.DENYLIST, Signal.SUCCESS: _A.KEEP},
     _E: {Signal.HARD: _A.QUARANTINE, Signal.SOFT: _A.COUNT, Signal.IGNORED: _A.KEEP,
-         Signal.COMPLAINT: _A.DENYLIST},
+         Signal.COMPLAINT: _A.DENYLIST, Signal.SUCCESS: _A.RESET},
     _Q: {Signal.HARD: _A.RECOUNT, Signal.SOFT: _A.RECOUNT, Signal.IGNORED: _A.KEEP,
-         Signal.COMPLAINT: _A.DENYLIST},
+         Signal.COMPLAINT: _A.DENYLIST, Signal.SUCCESS: _A.KEEP},
     _D: {Signal.HARD: _A.KEEP, Signal.SOFT: _A.KEEP, Signal.IGNORED: _A.KEEP,
-         Signal.COMPLAINT: _A.KEEP},
+         Signal.COMPLAINT: _A.KEEP, Signal.SUCCESS: _A.KEEP},
 }
 
 RESETTABLE: Final = frozenset({AddressStatus.ERRONEOUS, AddressStatus.QUARANTINE})
@@ -158,6 +163,9 @@ def decide(state: AddressState, notice: Notice, now: float, policy: Policy) -> A
         return state
     if action is Action.DENYLIST:
         return _caused(state, AddressStatus.DENYLISTED, notice)
+    if action is Action.RESET:
+        last = state.last_error_at
+        return state if last is not None and notice.at < last else AddressState(since=notice.at)
     if action is Action.QUARANTINE:
         return _caused(_counted(state, notice), AddressStatus.QUARANTINE, notice)
     if notice.signal is Signal.SOFT and not _interval_passed(state, notice, policy):
@@ -185,12 +193,15 @@ def notice_of(event: Event, now: float) -> Notice | None:
     """The quarantine's view of a feedback event (None: not an error about the address).
 
     The failure type the event carries decides (a hard_bounce the MTA qualified Soft counts as
-    Soft); a complaint denylists. `now` stands in for an event without `at`.
+    Soft); a complaint denylists; a delivery is a success. `now` stands in for an event
+    without `at`.
     """
     at = event.at if event.at is not None else now
     failure = event.failure
     if event.kind is Kind.COMPLAINT:
         signal = Signal.COMPLAINT
+    elif event.kind is Kind.DELIVERED:
+        signal = Signal.SUCCESS
     elif event.kind in _ERROR_KINDS:
         signal = _BY_TYPE.get(failure.type if failure else None, Signal.IGNORED)
     else:

@@ -96,6 +96,16 @@ def test_quarantine_is_released_by_time_and_refreshed_by_new_errors() -> None:
     assert current(state, T0 + 15 * DAY + 1, POLICY).status is V
 
 
+def test_a_success_after_a_retry_makes_an_erroneous_address_valid_again() -> None:
+    success = Notice(Signal.SUCCESS, T0 + 2 * DAY)
+    states = run([soft(T0), soft(T0 + DAY), success, soft(T0 + 2 * DAY + HOUR)])
+    assert [(s.status, s.errors) for s in states] == [(E, 1), (E, 2), (V, 0), (E, 1)]
+    late = decide(states[1], Notice(Signal.SUCCESS, T0 + HOUR), T0 + HOUR, POLICY)
+    assert late == states[1]                      # a success before the last counted error
+    quarantined = run([hard(T0)])[-1]
+    assert decide(quarantined, success, success.at, POLICY) == quarantined
+
+
 def test_late_soft_errors_are_not_counted() -> None:
     state = run([soft(T0 + 2 * DAY), soft(T0)])[-1]
     assert (state.errors, state.last_error_at) == (1, T0 + 2 * DAY)
@@ -128,7 +138,9 @@ def test_events_become_notices_by_their_failure_type() -> None:
     assert notice_of(event(Kind.EXPIRED, T0, SOFT_F), 0).signal is Signal.SOFT  # type: ignore[union-attr]
     complaint = notice_of(event(Kind.COMPLAINT, T0, Failure("Hard", "Denylisted", 8)), 0)
     assert complaint is not None and complaint.signal is Signal.COMPLAINT
-    assert notice_of(event(Kind.DELIVERED, T0, None), 0) is None
+    success = notice_of(event(Kind.DELIVERED, T0, None), 0)
+    assert success is not None and success.signal is Signal.SUCCESS
+    assert notice_of(event(Kind.RELAYED, T0, None), 0) is None
     assert notice_of(event(Kind.SUBMIT_FAILED, T0, HARD_F), 0) is None
     untimed = notice_of(Event("x", Kind.SOFT_BOUNCE, "D1", "1", "a@x.test", failure=SOFT_F), 42)
     assert untimed is not None and untimed.at == 42

@@ -1,0 +1,129 @@
+"""The README's sender loop, run as written: the commands are read from the README's "The
+sender loop" section and run as processes in a fresh directory. Only what the README lets a
+user set is changed: the listen addresses of `mta up` (its documented flags) and, to match,
+the `--mta` address of `send`, so the test runs beside other processes holding 2525/8080."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+PERSONAS = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
+BOUNCE_HOST = "127.0.0.20"
+ENV_DROPPED = ("CAMPAIGN_CLIENT_LOG", "CAMPAIGN_CLIENT_CONFIG", "CAMPAIGN_CLIENT_SECRET",
+               "WEBHOOK_SECRET", "MTA_FEEDBACK_URL", "MTA_FEEDBACK_SECRET")
+
+
+def readme_commands() -> list[list[str]]:
+    """The indented command lines of the README's "### The sender loop" section."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("### The sender loop")
+    end = text.index("\n#", start + 1)
+    section = text[start:end].split("How the pieces are wired")[0]
+    lines = [line[4:] for line in section.splitlines() if line.startswith("    ")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [shlex.split(line) for line in joined.splitlines() if line.strip()]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def free_on_all(hosts: list[str]) -> int:
+    for _ in range(50):
+        port = free_port(hosts[0])
+        sockets = []
+        try:
+            for host in hosts:
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise OSError("no port free on every persona address")
+
+
+def program(argv: list[str]) -> list[str]:
+    """The installed console script of the command (as a user's shell would find it)."""
+    script = Path(sys.executable).parent / argv[0]
+    assert script.exists(), f"{argv[0]} is not installed beside {sys.executable}"
+    return [str(script), *argv[1:]]
+
+
+def count(table: str, label: str) -> int:
+    match = re.search(rf"^  {re.escape(label)}\s+(\d+)\s", table, re.MULTILINE)
+    assert match is not None, f"no {label!r} row in:\n{table}"
+    return int(match.group(1))
+
+
+@pytest.mark.timeout(600)
+def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
+    tmp_path: Path,
+) -> None:
+    commands = readme_commands()
+    assert commands[0][:3] == ["mta", "up", "--client"], commands
+    assert "--time-scale" in commands[0]
+    send = commands[1]
+    assert send[:2] == ["campaign-client", "send"] and "--mta" in send
+    assert commands[2] == ["campaign-client", "report", "D1"]
+
+    smtp = free_port()
+    up = [*commands[0], "--listen", f"127.0.0.1:{smtp}", "--admin", f"127.0.0.1:{free_port()}",
+          "--dns", f"127.0.0.1:{free_port()}", "--sim-http", f"127.0.0.1:{free_port()}",
+          "--persona-port", str(free_on_all([*PERSONAS, BOUNCE_HOST])),
+          "--webhook", f"127.0.0.1:{free_port()}"]
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
+    stderr = open(tmp_path / "up.stderr", "w+b")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(program(up), cwd=tmp_path, env=env, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while b"mta up: submit mail to" not in (tmp_path / "up.stderr").read_bytes():
+            assert process.poll() is None, (tmp_path / "up.stderr").read_text()
+            assert time.monotonic() < deadline, "mta up did not start in 120 s"
+            time.sleep(0.2)
+        mta_at = send.index("--mta") + 1
+        assert send[mta_at] == "127.0.0.1:2525"
+        send = [*send[:mta_at], f"127.0.0.1:{smtp}", *send[mta_at + 1:]]
+        results = []
+        for argv in (send, *commands[2:]):
+            done = subprocess.run(program(argv), cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=420)
+            assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stderr[-3000:]}"
+            results.append(done)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+        stderr.close()
+    assert code == 0, (tmp_path / "up.stderr").read_text()[-3000:]
+
+    assert (tmp_path / "var" / "campaign-log.sqlite").is_file()   # the one default location
+    sent_out, report = results[0], results[1].stdout
+    assert "waiting for the MTA's feedback events" not in sent_out.stderr
+    sent, failed = count(report, "Sent"), count(report, "Failed")
+    assert sent + failed == 500 and sent > 0
+    assert count(report, "Pending") == 0
+    assert count(report, "Taken into account by the service provider") == 0
+    by_type = re.search(r"^Failures by type \(Failed lines\): (.*)$", report, re.MULTILINE)
+    if failed:
+        assert by_type is not None
+        assert sum(int(n) for n in re.findall(r" (\d+)(?:,|$)", by_type.group(1))) == failed
+    failed_listing = results[2].stdout.strip().splitlines()
+    assert failed_listing[-1] == f"{failed} recipients"
+    assert results[3].stdout.strip().splitlines()[0].startswith("address")
