@@ -244,6 +244,13 @@ def _new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def _log_flag(data: Path) -> str:
+    """The --log the client's commands need to find `mta up --client`'s delivery log: none
+    when it is the client's default (var/campaign-log.sqlite from this directory)."""
+    log = data / "campaign-log.sqlite"
+    return "" if log == Path("var") / "campaign-log.sqlite" else f" --log {log}"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """The MTA and the simulated internet together, as two processes sharing a clock."""
     import time
@@ -281,7 +288,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         supervisor = Supervisor()
-        (data / "client").mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
         try:
             await supervisor.start(
                 sim_service(
@@ -292,7 +299,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             env: dict[str, str] = {}
             if args.client:
                 await supervisor.start(
-                    client_service(addresses, data / "client", secret), log=data / "client.log"
+                    client_service(addresses, data, secret), log=data / "client.log"
                 )
                 env = feedback_env(addresses, secret)
             await supervisor.start(
@@ -310,8 +317,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  or http://{addresses.sim_http}/sim/v1/messages\n"
             + (
                 f"  client: webhooks at {addresses.webhook_url}, bounce mailbox"
-                f" {addresses.bounce_host}:{addresses.persona_port}; report: campaign-client"
-                f" report DELIVERY_ID --log {data / 'client' / 'campaign-log.sqlite'}\n"
+                f" {addresses.bounce_host}:{addresses.persona_port}, delivery log"
+                f" {data / 'campaign-log.sqlite'}; send: campaign-client send --mta"
+                f" {addresses.smtp} ...{_log_flag(data)}; report: campaign-client report"
+                f" DELIVERY_ID{_log_flag(data)}\n"
                 if args.client
                 else ""
             )
@@ -372,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default="var",
         metavar="DIR",
-        help="DIR/mta (spool), DIR/sim (what the ISPs received, and their state), logs"
+        help="DIR/mta (spool), DIR/sim (what the ISPs received, and their state),"
+        " DIR/campaign-log.sqlite (with --client: the client's delivery log), logs"
         " (default var)",
     )
     up.add_argument("--time-scale", type=float, default=1.0, metavar="X")

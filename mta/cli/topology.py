@@ -146,7 +146,9 @@ def mta_service(
 
 
 def client_service(a: Addresses, data_dir: Path, secret: str) -> Service:
-    """The Campaign side's receiver: webhooks in, the bounce mailbox on the sender's MX."""
+    """The Campaign side's receiver: webhooks in, the bounce mailbox on the sender's MX; its
+    delivery log is DATA_DIR/campaign-log.sqlite, so with the default data dir (var) it is the
+    log every `campaign-client` command reads by default (var/campaign-log.sqlite)."""
     argv = [
         "receive",
         "--listen",
