@@ -16,10 +16,17 @@ Library API (all names importable from `campaign_client`; heavy modules load on 
     await pull_events("http://127.0.0.1:8080", log, stop=stop_event)   # instead of webhooks
     await receiver.stop()
 
-Modules: status (the status table, pure), events (event records, pure), kpis (pure), webhook
-(Standard Webhooks signatures, pure), inbound (DSN / ARF / auto-reply parsing and rules, pure),
-log (SQLite delivery log), mailbox (bounce mailbox), receiver (HTTP + SMTP listeners), submit
-(SMTP submission), pull (pull API), wait (wait_for), cli (the `campaign-client` command).
+    log = DeliveryLog(path, policy=load_config("client.toml").quarantine)
+    log.quarantined("a@x.test")                       # QuarantineEntry or None
+    state = decide(AddressState(), notice, notice.at, Policy())   # the quarantine table
+
+Modules: status (the status table, pure), quarantine (the address quarantine table, pure),
+events (event records, pure), kpis (pure), webhook (Standard Webhooks signatures, pure), inbound
+(DSN / ARF / auto-reply parsing and rules, pure), config (the client's TOML config), log (SQLite
+delivery log) with address_store (its quarantine, history and exclusion tables), mailbox (bounce
+mailbox), receiver (HTTP + SMTP listeners), submit (SMTP submission, exclusions first), pull
+(pull API), wait (wait_for, watch_idle), recipients (the per-recipient report), cli,
+cli_common and quarantine_cmd (the `campaign-client` command).
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from campaign_client.config import ClientConfig, ConfigError, load_config
     from campaign_client.events import Event, EventError, Kind, parse_batch
     from campaign_client.inbound import load_rules, parse_inbound, qualify
     from campaign_client.kpis import Kpis, compute_kpis, render_table
     from campaign_client.log import DeliveryLog, Line, LogError
     from campaign_client.mailbox import process_inbound
     from campaign_client.pull import fetch_events, pull_events
+    from campaign_client.quarantine import AddressState, AddressStatus, Policy, decide
     from campaign_client.receiver import Receiver
     from campaign_client.status import LineState, Status, apply
     from campaign_client.submit import (
@@ -56,6 +65,9 @@ _EXPORTS = {
     "fetch_events": "pull", "pull_events": "pull",
     "Receiver": "receiver",
     "LineState": "status", "Status": "status", "apply": "status",
+    "ClientConfig": "config", "ConfigError": "config", "load_config": "config",
+    "AddressState": "quarantine", "AddressStatus": "quarantine", "Policy": "quarantine",
+    "decide": "quarantine",
     "Delivery": "submit", "Recipient": "submit", "SubmitError": "submit",
     "SubmitResult": "submit", "build_message": "submit", "submit": "submit",
     "WaitTimeout": "wait", "wait_for": "wait",
@@ -64,6 +76,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AddressState",
+    "AddressStatus",
+    "ClientConfig",
+    "ConfigError",
     "Delivery",
     "DeliveryLog",
     "Event",
@@ -73,6 +89,7 @@ __all__ = [
     "Line",
     "LineState",
     "LogError",
+    "Policy",
     "Receiver",
     "Recipient",
     "Status",
@@ -82,9 +99,11 @@ __all__ = [
     "apply",
     "build_message",
     "compute_kpis",
+    "decide",
     "fetch_events",
     "first_name",
     "kpis",
+    "load_config",
     "load_rules",
     "parse_batch",
     "parse_inbound",

@@ -80,9 +80,10 @@ def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
     commands = readme_commands()
     assert commands[0][:3] == ["mta", "up", "--client"], commands
     assert "--time-scale" in commands[0]
-    send = commands[1]
-    assert send[:2] == ["campaign-client", "send"] and "--mta" in send
-    assert commands[2] == ["campaign-client", "report", "D1"]
+    assert [argv[:3] for argv in commands[1:]] == [
+        ["campaign-client", "send", "--mta"], ["campaign-client", "report", "D1"],
+        ["campaign-client", "report", "D1"], ["campaign-client", "quarantine", "ls"],
+        ["campaign-client", "send", "--mta"], ["campaign-client", "report", "D2"]]
 
     smtp = free_port()
     up = [*commands[0], "--listen", f"127.0.0.1:{smtp}", "--admin", f"127.0.0.1:{free_port()}",
@@ -92,17 +93,18 @@ def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
     stderr = open(tmp_path / "up.stderr", "w+b")  # noqa: SIM115 - closed below
     process = subprocess.Popen(program(up), cwd=tmp_path, env=env, stderr=stderr)
+    results = []
     try:
         deadline = time.monotonic() + 120
         while b"mta up: submit mail to" not in (tmp_path / "up.stderr").read_bytes():
             assert process.poll() is None, (tmp_path / "up.stderr").read_text()
             assert time.monotonic() < deadline, "mta up did not start in 120 s"
             time.sleep(0.2)
-        mta_at = send.index("--mta") + 1
-        assert send[mta_at] == "127.0.0.1:2525"
-        send = [*send[:mta_at], f"127.0.0.1:{smtp}", *send[mta_at + 1:]]
-        results = []
-        for argv in (send, *commands[2:]):
+        for argv in commands[1:]:
+            if argv[1] == "send":
+                at = argv.index("--mta") + 1
+                assert argv[at] == "127.0.0.1:2525"
+                argv = [*argv[:at], f"127.0.0.1:{smtp}", *argv[at + 1:]]
             done = subprocess.run(program(argv), cwd=tmp_path, env=env, capture_output=True,
                                   text=True, timeout=420)
             assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stderr[-3000:]}"
@@ -112,8 +114,9 @@ def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
         code = process.wait(timeout=120)
         stderr.close()
     assert code == 0, (tmp_path / "up.stderr").read_text()[-3000:]
-
     assert (tmp_path / "var" / "campaign-log.sqlite").is_file()   # the one default location
+
+    # D1: every recipient Sent or Failed; failures by type add up to the Failed count
     report = results[1].stdout
     sent, failed = count(report, "Sent"), count(report, "Failed")
     assert sent + failed == 500 and sent > 0
@@ -123,6 +126,19 @@ def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
     if failed:
         assert by_type is not None
         assert sum(int(n) for n in re.findall(r" (\d+)(?:,|$)", by_type.group(1))) == failed
-    failed_listing = results[2].stdout.strip().splitlines()
-    assert failed_listing[-1] == f"{failed} recipients"
-    assert results[3].stdout.strip().splitlines()[0].startswith("address")
+    assert results[2].stdout.strip().splitlines()[-1] == f"{failed} recipients"
+
+    # D2 leaves out every address that was in quarantine or denylisted after D1
+    listing = results[3].stdout.strip().splitlines()
+    assert listing[0].startswith("address")
+    held = {line.split()[0] for line in listing[1:-1]
+            if line.split()[1] in ("Quarantine", "Denylisted")}
+    excluded_lines = results[5].stdout.strip().splitlines()
+    excluded = {line.split()[1] for line in excluded_lines[:-1] if "Excluded" in line}
+    assert held and held <= excluded     # the ISPs' seeded faults (seed 1) give hard bounces
+    assert excluded_lines[-1] == f"{len(excluded)} recipients"
+    second = results[4]
+    if excluded:
+        assert f"excluded {len(excluded)} recipients before submission" in second.stderr
+    assert f"Delivery D2: {500 - len(excluded)} recipients" in second.stdout
+    assert count(second.stdout, "Sent") + count(second.stdout, "Failed") == 500 - len(excluded)
