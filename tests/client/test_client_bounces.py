@@ -235,7 +235,8 @@ def test_parse_dsn_fields() -> None:
     ("5.1.2", "550 5.1.2 domain not found", "failed", ("Soft", "Invalid domain")),
     ("5.7.1", "554 5.7.1 Message rejected as spam", "failed", ("Soft", "Refused")),
     ("4.4.7", "Delivery time expired", "delayed", ("Ignored", "Error ignored")),
-    ("5.0.0", "550 something else entirely", "failed", ("Hard", "Unreachable")),
+    # An unrecognised permanent failure is counted (Soft) but not Hard: "Not defined".
+    ("5.0.0", "550 something else entirely", "failed", ("Soft", "Not defined")),
     ("", "", "failed", ("Ignored", "Not defined")),
 ])
 def test_default_rules(status: str, diagnostic: str, action: str,
@@ -252,7 +253,7 @@ def test_non_report_bounce_uses_embedded_headers_and_reply() -> None:
            b"--- Below this line is a copy of the message.\r\n\r\n"
            b"Message-ID: <m9@sender.test>\r\nX-Campaign-Log-Id: 9\r\n")
     inbound = parse_inbound(raw)
-    assert inbound.kind == "unknown"
+    assert inbound.kind == "dsn"                 # a bounce, though not an RFC 3464 report
     assert inbound.original.message_id == "<m9@sender.test>"
     assert inbound.original.log_id == "9"
     assert qualify(inbound, load_rules())[0].reason == "User unknown"
