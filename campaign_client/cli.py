@@ -8,6 +8,7 @@
         [--pull URL]                       (runs until SIGTERM / SIGINT)
     campaign-client report DELIVERY_ID [--recipients [--status S]] [--json]
     campaign-client quarantine ls | show ADDRESS | rm ADDRESS [--json]
+    campaign-client qualify [--json] [--rules FILE] FILE... | -   (campaign_client.qualify_cmd)
 
 Every subcommand takes --config FILE (the client's TOML config, `campaign_client.config`) and
 --log FILE (the delivery log: flag > $CAMPAIGN_CLIENT_LOG > config > var/campaign-log.sqlite).
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from campaign_client import quarantine_cmd
 
     quarantine_cmd.register(subs)
+
+    from campaign_client import qualify_cmd
+
+    qualify_cmd.add_parser(subs)
     return parser
 
 

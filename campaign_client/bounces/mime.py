@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email
 import email.parser
 import quopri
@@ -38,12 +39,14 @@ RETURNED_TYPES: Final = ("message/rfc822", "text/rfc822-headers", "message/globa
 _RETURNED_MARKER = re.compile(
     r"^[ \t>]*(?:-{2,}[ \t]*)?(?:"
     r"this is a copy of the message|below this line is a copy of the message"
-    r"|original message follows|the original message (?:headers? )?(?:is|are|was) (?:attached|included|below)"
+    r"|original message follows|the original message (?:headers? )?(?:is|are|"
+        r"was) (?:attached|included|below)"
     r"|original message headers?|headers of the original message|start of returned message"
     r"|returned message|original message|message text follows|a copy of the original message below"
     r"|included is a copy of the message header|the first \d+ lines of your original message"
     r"|your message reads \(in part\)|unsent message below|copy of the first part of the message"
-    r"|forwarded message|original message body|message headers follow|the header of the original message"
+    r"|forwarded message|original message body|message headers follow|"
+        r"the header of the original message"
     r")\b.*$",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -76,10 +79,8 @@ def header_text(message: Message, name: str) -> str:
         return ""
     text = str(value)
     if "=?" in text:
-        try:
+        with contextlib.suppress(UnicodeError, LookupError, ValueError, binascii.Error):
             text = str(make_header(decode_header(text)))
-        except (UnicodeError, LookupError, ValueError, binascii.Error):
-            pass
     return " ".join(text.split())
 
 
@@ -184,11 +185,9 @@ def _report_text(part: Message) -> str:
         text = _text(part) if isinstance(payload, str) else ""
     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if isinstance(payload, list) and encoding == "base64":
-        try:
+        with contextlib.suppress(binascii.Error, ValueError):
             text = _decode(base64.b64decode("".join(text.split()), validate=False),
                            _charset(part))
-        except (binascii.Error, ValueError):
-            pass
     elif isinstance(payload, list) and encoding == "quoted-printable":
         text = _decode(quopri.decodestring(text.encode("utf-8", "replace")), _charset(part))
     return text[:TEXT_LIMIT]

@@ -36,38 +36,57 @@ _EMBEDDED_HEADER = re.compile(
     r"(\S[^\r\n]*?)[ \t]*\r?$",
     re.IGNORECASE | re.MULTILINE,
 )
-_SAID = re.compile(r"^(?:.{0,200}?\bsaid:|.{0,120}?\bremote (?:host|server) (?:said|replied):)\s*", re.I)
+_SAID = re.compile(r"^(?:.{0,200}?\bsaid:|.{0,120}?\bremote (?:host|"
+    r"server) (?:said|replied):)\s*", re.I)
 _IN_REPLY = re.compile(r"\s*\(in reply to [^)]*\)\s*", re.I)
 _REASON_WORDS = re.compile(
-    r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b|unknown|no such|not? (?:exist|found|known|valid|listed|recogni)"
-    r"|doesn'?t (?:exist|have)|quota|full|storage|space|disabled|inactive|suspend|expired|denied|reject|refus|spam"
-    r"|block|relay|unrouteable|unroutable|invalid|unavailable|timed? ?out|loop|too (?:large|big|many)|exceed"
-    r"|black ?list|listed|policy|not allowed|permission|error|failed|failure|refused|unreachable|dns|domain|host"
-    r"|not accepting|attachment|inexist|desconocid|unbekannt|inconnu|sconosciut|nie istnieje|не существует|не найден|lleno|voll|plein|pieno",
+    r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b|unknown|no such|not? (?:exist|found|known|"
+        r"valid|listed|recogni)"
+    r"|doesn'?t (?:exist|have)|quota|full|storage|space|disabled|inactive|suspend|expired|"
+        r"denied|reject|refus|spam"
+    r"|block|relay|unrouteable|unroutable|invalid|unavailable|timed? ?out|loop|too (?:large|"
+        r"big|many)|exceed"
+    r"|black ?list|listed|policy|not allowed|permission|error|failed|failure|refused|"
+        r"unreachable|dns|domain|host"
+    r"|not accepting|attachment|inexist|desconocid|unbekannt|inconnu|sconosciut|"
+        r"nie istnieje|не существует|не найден|lleno|voll|plein|pieno",
     re.I,
 )
 _BOILERPLATE = re.compile(
-    r"^(?:this is (?:the|an?|only)|i'?m sorry|for further|if you do so|delete your own|please|the mail system"
-    r"|hi\. this is|i'?m afraid|unable to deliver (?:the )?message to the following|delivery to the following"
-    r"|this message was|this report relates|your message|the following|a message that you|technical details"
-    r"|portions of this|the original message|it will be retried|no action is required|\*+\s*$|#+|the error that"
+    r"^(?:this is (?:the|an?|only)|i'?m sorry|for further|if you do so|delete your own|"
+        r"please|the mail system"
+    r"|hi\. this is|i'?m afraid|unable to deliver (?:the )?message to the following|"
+        r"delivery to the following"
+    r"|this message was|this report relates|your message|the following|a message that you|"
+        r"technical details"
+    r"|portions of this|the original message|it will be retried|no action is required|"
+        r"\*+\s*$|#+|the error that"
     r"|---|you can|learn more|this multi-part|if you can see|formatted messages|information and rfc"
-    r"|delivery attempts will|this is a permanent error|reporting-mta|received|content-|mime|charset"
-    r"|subject|date|from|to:|sent:|message-id|return-path|for more information|if you have|contact|http)",
+    r"|delivery attempts will|this is a permanent error|reporting-mta|received|content-|"
+        r"mime|charset"
+    r"|subject|date|from|to:|sent:|message-id|return-path|for more information|if you have|"
+        r"contact|http)",
     re.I,
 )
 _BOILER_ANYWHERE = re.compile(
-    r"permanent error|following address|one or more (?:of its )?recipients|has been scanned|disclaimer"
-    r"|confidential|intended recipient|antivirus|virus(?:es)? (?:check|scan)|https?://|^[\w-]+: .*;|=\?"
+    r"permanent error|following address|one or more (?:of its )?recipients|has been scanned|"
+        r"disclaimer"
+    r"|confidential|intended recipient|antivirus|virus(?:es)? (?:check|scan)|https?://|"
+        r"^[\w-]+: .*;|=\?"
     r"|authentication-results|dkim|received: |message-id|x-[\w-]+:",
     re.I,
 )
 _DELAY = re.compile(
-    r"warning: message|warning only|this is a warning|warning message|delivery warning|delayed|delay\)|will be retried|still being retried|not yet been delivered|will (?:continue|keep) (?:to )?try"
-    r"|delivery attempts will continue|advisory-only|has been postponed|message will be retried|still undelivered",
+    r"warning: message|warning only|this is a warning|warning message|delivery warning|"
+        r"delayed|delay\)|will be retried|still being retried|not yet been delivered|"
+        r"will (?:continue|keep) (?:to )?try"
+    r"|delivery attempts will continue|advisory-only|has been postponed|"
+        r"message will be retried|still undelivered",
     re.I,
 )
-_FINAL = re.compile(r"failed permanently|permanent(?:ly)? (?:fatal )?error|giving up|gave up|given up|will not be retried"
+_FINAL = re.compile(r"failed permanently|permanent(?:ly)? (?:fatal )?error|"
+    r"giving up|gave up|given up|"
+    r"will not be retried"
                     r"|permanent failure", re.I)
 _SENDMAIL_REASON = re.compile(r"^\s*\(reason: (.+?)\)\s*$", re.M)
 _STATUS_COMMENT = re.compile(r"\(([^)]{3,80})\)")
@@ -100,7 +119,8 @@ def _inbound(reading: Reading, fingerprint: str) -> Inbound:
             blocks = in_text
     groups = recipient_groups(blocks)
     failures = find_failures(text)
-    failed_header = [a for _, a in getaddresses([reading.header("X-Failed-Recipients")]) if "@" in a]
+    failed_header = [address for _, address in
+                     getaddresses([reading.header("X-Failed-Recipients")]) if "@" in address]
     score = evidence.bounce_score(reading, bool(groups), len(failures) + len(failed_header))
     if groups or failed_header or score >= 2:
         notices = _notices(groups, failures, failed_header, reading, subject)

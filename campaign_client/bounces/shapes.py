@@ -21,27 +21,59 @@ from __future__ import annotations
 import re
 from typing import Final
 
-ADDRESS: Final = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+ADDRESS: Final = (r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                  r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 _ADDRESS = re.compile(ADDRESS)
+
+
+def _shape(pattern: str, flags: int = re.I) -> re.Pattern[str]:
+    """A layout's regex; ADDR stands for the (named) failed address, ANY for any address."""
+    pattern = pattern.replace("ADDR", "(?P<addr>" + ADDRESS + ")").replace("ANY", ADDRESS)
+    return re.compile(pattern, flags)
+
+
+# One recipient per line (or per short "Recipient: ... Reason: ..." block), in order of use.
 _LINE_SHAPES: Final = (
-    re.compile(r"sorry,? your message to (?P<addr>" + ADDRESS + r") cannot be delivered\.?\s*(?P<reason>.*)", re.I),
-    re.compile(r"(?P<reason>this user doesn'?t have an? \S+ account) \((?P<addr>" + ADDRESS + r")\)", re.I),
-    re.compile(r"(?P<reason>delivery failed \d+ attempts):\s*(?P<addr>" + ADDRESS + r")", re.I),
-    re.compile(r"(?P<reason>unknown user|invalid final delivery userid|user mailbox exceeds allowed size)\s*:?\s*<?(?P<addr>" + ADDRESS + r")>?", re.I),
-    re.compile(r"undeliverable\s+to\s*<?(?P<addr>" + ADDRESS + r")>?(?P<reason>)", re.I),
-    re.compile(r"originally addressed to\s*<?(?P<addr>" + ADDRESS + r")>?\)?\s*\n(?P<reason>(?:.*\S.*\n){1,2})", re.I),
-    re.compile(r"recipient:\s*\[?(?:smtp:)?(?P<addr>" + ADDRESS + r")\]?\s*\n\s*reason:\s*(?P<reason>.*(?:\n[ \t]+.*)*)", re.I),
-    re.compile(r"failed recipient:\s*<?(?P<addr>" + ADDRESS + r")>?\s*\n\s*reason:\s*(?P<reason>.*(?:\n(?!\s*\n).*){0,2})", re.I),
-    re.compile(r"original address:\s*<?(?P<addr>" + ADDRESS + r")>?\s*\n(?:.*\n){0,1}?\s*reason:\s*(?P<reason>.*(?:\n\s*diagnostic code:.*)?)", re.I),
-    re.compile(r"^[ \t]*(?P<addr>" + ADDRESS + r")[ \t]+\((?P<reason>(?!expanded|generated|ultimately)[^()\n]{3,80})\)[ \t]*$", re.I | re.M),
-    re.compile(r"(?:your message to|delivery of email to this address)\s*:?\s*\"?<?(?P<addr>" + ADDRESS + r")>?\"?\s*(?P<reason>.{0,200}?)(?:\n\s*\n|$)", re.I | re.S),
-    re.compile(r"(?:failed to deliver to|fehler bei der auslieferung ihrer nachricht an)\s+'<?(?P<addr>" + ADDRESS + r")>?'\s*(?P<reason>(?:.*\n){0,3})", re.I),
-    re.compile(r"^[ \t]*(?:[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?)?<?(?P<addr>" + ADDRESS + r")>?[ \t]*\.{3}[ \t]*(?P<reason>.+)$", re.I | re.M),
-    re.compile(r"you sent mail to <?(?P<addr>" + ADDRESS + r")>?[.,:]?[ \t]*(?P<reason>.*)", re.I),
-    re.compile(r"intended recipient:\s*(?P<addr>" + ADDRESS + r")\s*(?P<reason>(?:.*\n){0,3})", re.I),
-    re.compile(r"error-for:\s*(?P<addr>" + ADDRESS + r")\s*\n(?:.*\n)*?\s*error-text:\s*(?P<reason>.*(?:\n[ \t]+.*)*)", re.I),
+    # Yahoo / AOL
+    _shape(r"sorry,? your message to ADDR cannot be delivered\.?\s*(?P<reason>.*)"),
+    _shape(r"(?P<reason>this user doesn'?t have an? \S+ account) \(ADDR\)"),
+    # SMTP32 / IMail
+    _shape(r"(?P<reason>delivery failed \d+ attempts):\s*ADDR"),
+    _shape(r"(?P<reason>unknown user|invalid final delivery userid"
+           r"|user mailbox exceeds allowed size)\s*:?\s*<?ADDR>?"),
+    _shape(r"undeliverable\s+to\s*<?ADDR>?(?P<reason>)"),
+    # Domino-style "(Originally addressed to X)" followed by the reason
+    _shape(r"originally addressed to\s*<?ADDR>?\)?\s*\n(?P<reason>(?:.*\S.*\n){1,2})"),
+    # MailEnable
+    _shape(r"recipient:\s*\[?(?:smtp:)?ADDR\]?\s*\n\s*reason:\s*"
+           r"(?P<reason>.*(?:\n[ \t]+.*)*)"),
+    # "Failed Recipient: X" + "Reason: ..."
+    _shape(r"failed recipient:\s*<?ADDR>?\s*\n\s*reason:\s*"
+           r"(?P<reason>.*(?:\n(?!\s*\n).*){0,2})"),
+    # PMDF / Sun Messaging Server
+    _shape(r"original address:\s*<?ADDR>?\s*\n(?:.*\n){0,1}?\s*reason:\s*"
+           r"(?P<reason>.*(?:\n\s*diagnostic code:.*)?)"),
+    # Novell GroupWise: "X (user not found)"
+    _shape(r"^[ \t]*ADDR[ \t]+\((?P<reason>(?!expanded|generated|ultimately)"
+           r"[^()\n]{3,80})\)[ \t]*$", re.I | re.M),
+    # "Your message to X ..." / "Delivery of email to this address "X" has failed ..."
+    _shape(r"(?:your message to|delivery of email to this address)\s*:?\s*\"?<?ADDR>?\"?"
+           r"\s*(?P<reason>.{0,200}?)(?:\n\s*\n|$)", re.I | re.S),
+    # MDaemon / Kerio: "Failed to deliver to '<X>'" + the module's report
+    _shape(r"(?:failed to deliver to|fehler bei der auslieferung ihrer nachricht an)"
+           r"\s+'<?ADDR>?'\s*(?P<reason>(?:.*\n){0,3})"),
+    # Sendmail: "550 X... User unknown"
+    _shape(r"^[ \t]*(?:[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?)?<?ADDR>?"
+           r"[ \t]*\.{3}[ \t]*(?P<reason>.+)$", re.I | re.M),
+    _shape(r"you sent mail to <?ADDR>?[.,:]?[ \t]*(?P<reason>.*)"),
+    _shape(r"intended recipient:\s*ADDR\s*(?P<reason>(?:.*\n){0,3})"),
+    # LSMTP / LISTSERV
+    _shape(r"error-for:\s*ADDR\s*\n(?:.*\n)*?\s*error-text:\s*"
+           r"(?P<reason>.*(?:\n[ \t]+.*)*)"),
 )
-_ANGLE_BLOCK = re.compile(r"^[ \t]*<(?P<addr>" + ADDRESS + r")>:?[ \t]*(?P<reason>.*(?:\n(?![ \t]*\n)(?![ \t]*<" + ADDRESS + r">).*){0,8})", re.M)
+_ANGLE_BLOCK = _shape(
+    r"^[ \t]*<ADDR>:?[ \t]*(?P<reason>.*(?:\n(?![ \t]*\n)(?![ \t]*<ANY>).*){0,8})", re.M
+)
 _HEADINGS = re.compile(
     r"(?:following address\(?e?s?\)? failed|following addresses failed|address\(es\) failed"
     r"|following recipients? failed|to the following recipients? failed"
@@ -52,17 +84,22 @@ _HEADINGS = re.compile(
     r"|following recipients? (?:failed|was aborted|has been delayed|did not receive)"
     r"|delivery has failed to these recipients or groups|failed permanently"
     r"|wasn'?t able to deliver your message to the following address"
-    r"|not able to deliver your message to the following address|unable to deliver message to the following address"
-    r"|unable to deliver your message to the following address|not delivered to the following address"
+    r"|not able to deliver your message to the following address|"
+        r"unable to deliver message to the following address"
+    r"|unable to deliver your message to the following address|"
+        r"not delivered to the following address"
     r"|has not yet been delivered to the following address|had permanent fatal errors"
     r"|had transient non-fatal errors|message to the following addresses|failed addresses follow"
     r"|la remise .{0,40} a .chou. pour les destinataires|die zustellung an folgende empf.nger"
-    r"|no se pudo entregar a los siguientes|non . stato possibile recapitare|n.o foi poss.vel entregar"
+    r"|no se pudo entregar a los siguientes|non . stato possibile recapitare|"
+        r"n.o foi poss.vel entregar"
     r"|det gick inte att leverera till|levering aan de volgende ontvangers"
     r"|the address to which the message has not yet been delivered is"
     r"|addressed to\b|the following recipients? (?:could not|cannot) be reached)[^\n]*\n",
     re.IGNORECASE,
 )
+_HEADER_LINE = re.compile(r"^(?:from|to|cc|subject|date|received|message-id|return-path|reply-to"
+                          r"|sender|mime-version|content-type):\s", re.I)
 _SKIP_LINE = re.compile(r"^\s*(?:https?://|_{5,}|\*{5,}|-{5,}|={5,}|#{5,})")
 
 
@@ -72,8 +109,13 @@ def _clean(reason: str) -> str:
 
 def line_shapes(text: str) -> list[tuple[str, str]]:
     found: list[tuple[int, str, str]] = []
+    covered: list[tuple[int, int]] = []
     for shape in _LINE_SHAPES:
         for match in shape.finditer(text):
+            if any(start <= match.start() < end or match.start() <= start < match.end()
+                   for start, end in covered):
+                continue                           # an earlier layout read this text already
+            covered.append((match.start(), match.end()))
             reason = match.group("reason").strip()
             if reason.endswith(":"):               # "... for the following reason:" + paragraph
                 after = text[match.end(): match.end() + 600].strip().split("\n\n")[0]
@@ -105,6 +147,8 @@ def heading_lists(text: str) -> list[tuple[str, str]]:
             blank_run = 0
             if _SKIP_LINE.match(stripped):
                 continue
+            if _HEADER_LINE.match(stripped):
+                break                                # the returned original's headers
             address = _ADDRESS.search(stripped)
             if re.match(r"\(?(?:ultimately |)(?:generated|expanded) from", stripped, re.I):
                 continue

@@ -1,0 +1,114 @@
+"""The shapes the issue names, on small messages written for the test: RFC 3464 read
+leniently, a multipart/report without a delivery-status part, plain-text bounces without an
+"NNN N.N.N" pair, the bounce test before the auto-reply test."""
+
+from __future__ import annotations
+
+from campaign_client.bounces.fields import parse_fields, recipient_groups
+from campaign_client.inbound import load_rules, parse_inbound, qualify
+
+
+def _report(status_part: str, text: str = "Delivery failed.") -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.isp.test\r\nTo: bounces@sender.test\r\n"
+        "Subject: Undeliverable\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        f"--B\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+        f"--B\r\nContent-Type: message/delivery-status\r\n\r\n{status_part}\r\n--B--\r\n"
+    ).encode()
+
+
+def _verdicts(raw: bytes) -> list[tuple[str | None, str, str, str]]:
+    inbound = parse_inbound(raw)
+    return [(q.notice.recipient, q.notice.status, q.failure_type, q.reason)
+            for q in qualify(inbound, load_rules())]
+
+
+def test_delivery_status_written_as_one_block() -> None:
+    one_block = ("Reporting-MTA: dns; mx.isp.test\r\nFinal-Recipient: rfc822; a@isp.test\r\n"
+                 "Action: failed\r\nStatus: 5.1.1\r\n"
+                 "Final-Recipient: rfc822; b@isp.test\r\nAction: failed\r\nStatus: 5.2.2\r\n")
+    assert _verdicts(_report(one_block)) == [
+        ("a@isp.test", "5.1.1", "Hard", "User unknown"),
+        ("b@isp.test", "5.2.2", "Soft", "Mailbox full"),
+    ]
+
+
+def test_fields_in_any_order_and_extra_blank_lines() -> None:
+    text = ("Reporting-MTA: dns; x\n\n\n\nAction: failed\nFinal-Recipient: rfc822; a@b.test\n"
+            "Status:5.1.1\nDiagnostic-Code:smtp;550 no such user\n    here\n")
+    assert recipient_groups(parse_fields(text)) == [{
+        "action": "failed", "final-recipient": "rfc822; a@b.test", "status": "5.1.1",
+        "diagnostic-code": "smtp;550 no such user here"}]
+
+
+def test_generic_status_made_precise_by_the_diagnostic() -> None:
+    block = ("Final-Recipient: rfc822; a@isp.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+             "Diagnostic-Code: X-Postfix; host mx[1.2.3.4] said: 550 5.1.1 <a@isp.test>:\r\n"
+             "    Recipient address rejected (in reply to RCPT TO command)\r\n")
+    assert _verdicts(_report(block)) == [("a@isp.test", "5.1.1", "Hard", "User unknown")]
+
+
+def test_multipart_report_without_a_delivery_status_part_is_read_as_text() -> None:
+    raw = (
+        b"From: postmaster@isp.test\r\nSubject: Delivery Status Notification (Failure)\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/report; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\n"
+        b"Delivery to the following recipient failed permanently:\r\n\r\n"
+        b"     carol@isp.test\r\n\r\nTechnical details of permanent failure:\r\n"
+        b"The email account that you tried to reach is over quota.\r\n--B--\r\n"
+    )
+    assert _verdicts(raw) == [("carol@isp.test", "", "Soft", "Mailbox full")]
+
+
+def test_plain_text_bounce_without_a_reply_code() -> None:
+    raw = (b"From: Mail Delivery System <Mailer-Daemon@mx.isp.test>\r\n"
+           b"Subject: Mail delivery failed: returning message to sender\r\n"
+           b"Auto-Submitted: auto-replied\r\nX-Failed-Recipients: dan@gone.test\r\n\r\n"
+           b"This message was created automatically by mail delivery software.\r\n\r\n"
+           b"A message that you sent could not be delivered to one or more of its\r\n"
+           b"recipients. This is a permanent error. The following address(es) failed:\r\n\r\n"
+           b"  dan@gone.test\r\n    Unrouteable address\r\n\r\n"
+           b"------ This is a copy of the message, including all the headers. ------\r\n\r\n"
+           b"Message-ID: <m7@sender.test>\r\nX-Campaign-Log-Id: 7\r\n")
+    inbound = parse_inbound(raw)
+    # Exim writes Auto-Submitted: auto-replied on its bounces: still a bounce, not an auto-reply.
+    assert inbound.kind == "dsn"
+    assert inbound.original.log_id == "7" and inbound.original.message_id == "<m7@sender.test>"
+    assert _verdicts(raw) == [("dan@gone.test", "", "Soft", "Invalid domain")]
+
+
+def test_out_of_office_with_the_same_header_is_an_auto_reply() -> None:
+    raw = (b"From: Erin <erin@isp.test>\r\nSubject: Abwesenheitsnotiz: Hi\r\n"
+           b"Auto-Submitted: auto-replied\r\nIn-Reply-To: <m8@sender.test>\r\n\r\n"
+           b"Ich bin bis Montag nicht im Buero.\r\n")
+    inbound = parse_inbound(raw)
+    assert (inbound.kind, inbound.original.message_id) == ("auto_reply", "<m8@sender.test>")
+    assert _verdicts(raw) == [("erin@isp.test", "", "Ignored", "Error ignored")]
+
+
+def test_sender_refusals_are_soft_refused_not_hard() -> None:
+    for diagnostic in (
+        "550 5.7.1 Client host rejected: cannot find your reverse hostname (PTR)",
+        "550 5.7.23 SPF validation failed",
+        "554 5.7.1 Relay access denied",
+        "550 Access from ip address 192.0.2.9 blocked",
+    ):
+        block = (f"Final-Recipient: rfc822; f@isp.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+                 f"Diagnostic-Code: smtp; {diagnostic}\r\n")
+        assert _verdicts(_report(block))[0][2:] == ("Soft", "Refused"), diagnostic
+
+
+def test_null_mx_is_soft_invalid_domain() -> None:
+    block = ("Final-Recipient: rfc822; g@nullmx.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"
+             "Diagnostic-Code: smtp; 556 5.1.10 Recipient address has null MX\r\n")
+    assert _verdicts(_report(block)) == [("g@nullmx.test", "5.1.10", "Soft", "Invalid domain")]
+
+
+def test_arf_in_a_text_part_is_a_complaint() -> None:
+    raw = (b"From: fbl@isp.test\r\nSubject: FW: offer\r\n\r\n"
+           b"This is an email abuse report for an email message received from IP 192.0.2.2\r\n\r\n"
+           b"Feedback-Type: abuse\r\nOriginal-Rcpt-To: <hal@isp.test>\r\n")
+    inbound = parse_inbound(raw)
+    assert (inbound.kind, inbound.feedback_type) == ("complaint", "abuse")
+    assert _verdicts(raw) == [("hal@isp.test", "", "Hard", "Denylisted")]
