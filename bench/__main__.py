@@ -9,6 +9,7 @@ BENCHMARKS = [
     "bench.bench_relay",
     "bench.bench_dkim",
     "bench.bench_classify",
+    "bench.bench_qualify",
     "bench.bench_throttle",
     "bench.bench_queue",
     "bench.bench_throttling",

@@ -285,7 +285,7 @@ def _original(reading: Reading) -> Original:
             recipient=to,
         )
     found: dict[str, str] = {}
-    for name, value in _EMBEDDED_HEADER.findall(reading.returned_text or reading.text):
+    for name, value in _EMBEDDED_HEADER.findall((reading.returned_text or reading.text)[:20_000]):
         found.setdefault(name.lower(), value.strip())
     return Original(
         delivery_id=found.get("x-campaign-delivery-id"),
