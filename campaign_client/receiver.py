@@ -10,6 +10,9 @@ array of events: a missing or bad signature, or a timestamp outside the toleranc
 -> 401 and nothing applied; a body that is not valid events -> 400; the log cannot commit -> 503;
 otherwise 204 once the batch is committed to the SQLite file. `GET /livez` -> 200.
 A sweeper applies events held for a missing seq longer than `gap_timeout` (flagging the gap).
+The bounce mailbox stamps what it applies on the events' clock (`events_clock`: the later of the
+wall clock and the latest event time seen, as the MTA's clock may run faster), so a DSN's error
+counts for quarantine on the same clock as the MTA's own events.
 Everything runs in the caller's event loop (no threads besides `asyncio.to_thread` for SQLite).
 """
 
@@ -86,7 +89,8 @@ class Receiver:
         self.clock = clock
         self.path = path
         self.stats = ReceiverStats()
-        self.mailbox = BounceMailbox(log, self.rules, clock, bounce_addresses)
+        self._events_at = 0.0          # the latest event time seen (the MTA's clock)
+        self.mailbox = BounceMailbox(log, self.rules, self.events_clock, bounce_addresses)
         self._runner: web.AppRunner | None = None
         self._smtp_server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -95,6 +99,7 @@ class Receiver:
 
     async def start(self) -> None:
         """Bind and serve; raises OSError (e.g. address in use) with nothing left running."""
+        self._events_at = await asyncio.to_thread(self.log.clock, 0.0)
         try:
             if self._port is not None:
                 app = web.Application(client_max_size=MAX_BODY)
@@ -179,6 +184,9 @@ class Receiver:
         except EventError as exc:
             self.stats.rejected_body += 1
             return web.Response(status=400, text=f"{exc}\n")
+        times = [event.at for event in events if event.at is not None]
+        if times:
+            self._events_at = max(self._events_at, *times)
         try:
             report = await asyncio.to_thread(self.log.apply_events, events, self.clock())
         except (sqlite3.Error, LogError):
@@ -202,10 +210,16 @@ class Receiver:
                 report = await asyncio.to_thread(
                     self.log.release_stale, self.clock(), self.gap_timeout
                 )
+                seen = await asyncio.to_thread(self.log.clock, 0.0)   # pulls, other writers
+                self._events_at = max(self._events_at, seen)
             except (sqlite3.Error, LogError):
                 self.stats.storage_errors += 1
                 continue
             self.stats.released += report.released
+
+    def events_clock(self) -> float:
+        """Now on the events' clock: no I/O (the latest event time is kept in memory)."""
+        return max(self.clock(), self._events_at)
 
     def describe(self) -> str:
         """One line saying where it listens."""

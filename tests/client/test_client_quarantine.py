@@ -247,3 +247,69 @@ def test_the_shipped_config_file_holds_the_defaults() -> None:
     shipped = Path(__file__).resolve().parents[2] / "config" / "campaign-client.toml"
     config = load_config(str(shipped), env={})
     assert config.quarantine == Policy() and config.log == "var/campaign-log.sqlite"
+
+
+DSN = (
+    b"From: Mail Delivery System <MAILER-DAEMON@mx.isp.test>\r\n"
+    b"To: bounces@sender.test\r\n"
+    b"Subject: Undelivered Mail Returned to Sender\r\n"
+    b"Message-ID: <dsn-7@mx.isp.test>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/report; report-type=delivery-status; boundary="BND"\r\n'
+    b"\r\n"
+    b"--BND\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"\r\n"
+    b"Your message could not be delivered.\r\n"
+    b"--BND\r\n"
+    b"Content-Type: message/delivery-status\r\n"
+    b"\r\n"
+    b"Reporting-MTA: dns; mx.isp.test\r\n"
+    b"\r\n"
+    b"Final-Recipient: rfc822; ann@isp.test\r\n"
+    b"Action: failed\r\n"
+    b"Status: 5.1.1\r\n"
+    b"Diagnostic-Code: smtp; 550 5.1.1 <ann@isp.test>: Recipient address rejected: "
+    b"User unknown\r\n"
+    b"\r\n"
+    b"--BND\r\n"
+    b"Content-Type: text/rfc822-headers\r\n"
+    b"\r\n"
+    b"From: news@sender.test\r\n"
+    b"To: ann@isp.test\r\n"
+    b"Message-ID: <m-ann@sender.test>\r\n"
+    b"Subject: Hi\r\n"
+    b"\r\n"
+    b"--BND--\r\n"
+)
+
+
+async def test_the_bounce_mailbox_counts_on_the_events_clock(tmp_path: Path) -> None:
+    """The MTA's clock runs 20 days ahead of the wall clock (a fast --time-scale): a DSN that
+    arrives over SMTP quarantines the address on that clock, so the next send, which reads
+    the log's clock, still excludes it."""
+    import time
+
+    import aiosmtplib
+
+    from campaign_client.receiver import Receiver
+
+    ahead = time.time() + 20 * DAY
+    with DeliveryLog(tmp_path / "log.sqlite") as log:
+        log.register("D1", [("1", "ann@isp.test", "<m-ann@sender.test>")], ahead)
+        log.apply_events([event(Kind.DELIVERED, ahead, None, "ann@isp.test")], ahead)
+        receiver = Receiver(log, None, port=None, bounce_host="127.0.0.1", bounce_port=0)
+        await receiver.start()
+        try:
+            assert receiver.events_clock() == ahead
+            assert receiver.bounce_port is not None
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=receiver.bounce_port,
+                                   start_tls=False)
+            await smtp.connect()
+            await smtp.sendmail("", ["bounces@sender.test"], DSN)
+            await smtp.quit()
+        finally:
+            await receiver.stop()
+        entry = log.quarantined("ann@isp.test")          # now = the log's clock
+        assert entry is not None and entry.status == "Quarantine"
+        assert entry.last_at is not None and entry.last_at >= ahead
