@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.bench_dkim",
     "bench.bench_classify",
     "bench.bench_qualify",
+    "bench.bench_quarantine",
     "bench.bench_throttle",
     "bench.bench_queue",
     "bench.bench_throttling",
