@@ -2,8 +2,8 @@
 
 Start order: spool (recovering leases), DKIM signer, bounce rules, resolver,
 delivery, scheduler, then the SMTP listener last so nothing is accepted before
-it can be stored. Stop order is the reverse: stop listening, refuse new
-transactions with 421, let sessions at their final dot finish, drain deliveries
+it can be stored. Stop order is the reverse: stop listening, say 421 4.3.2 to every
+open session and close it (a session at its final dot gets its reply first), drain deliveries
 for `spool.shutdown_grace`, close connections, close the spool.
 """
 
@@ -34,6 +34,8 @@ from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
 from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
 from mta.queue.scheduler import Scheduler, SchedulerSettings
 from mta.queue.spool import Spool
+from mta.smtp.limits import Listener, SmtpLimits
+from mta.smtp.process import raise_open_file_limit, return_freed_memory
 from mta.smtp.server import bound_port, start_server
 from mta.smtp.tls import server_context
 
@@ -75,6 +77,23 @@ def delivery_settings(config: MtaConfig) -> DeliverySettings:
     )
 
 
+def smtp_limits(config: MtaConfig) -> SmtpLimits:
+    s = config.smtp
+    return SmtpLimits(
+        max_connections=s.max_connections,
+        max_connections_per_ip=s.max_connections_per_ip,
+        session_timeout=s.session_timeout,
+        junk_command_limit=s.junk_command_limit,
+        line_length_hard_limit=s.line_length_hard_limit,
+        auth_failures_per_session=s.auth_failures_per_session,
+        auth_failures_per_ip=s.auth_failures_per_ip,
+        auth_lockout=s.auth_lockout,
+        auth_failure_delay=s.auth_failure_delay,
+        data_memory_limit=s.data_memory_limit,
+        spill_dir=config.data_path,
+    )
+
+
 def build_signer(config: MtaConfig) -> Signer | None:
     if not config.dkim.keys:
         return None
@@ -90,6 +109,7 @@ class Running:
     delivery: Delivery
     handler: IngressHandler
     server: asyncio.Server
+    listener: Listener
     executor: ThreadPoolExecutor
     feedback: Feedback
     admin: Admin | None
@@ -146,6 +166,8 @@ class MtaApp:
         if config.smtp.tls_cert:
             tls_context = server_context(config.smtp.tls_cert, config.smtp.tls_key)
         config.data_path.mkdir(parents=True, exist_ok=True)
+        raise_open_file_limit(config.smtp.max_connections + 100)
+        return_freed_memory()
         spool = await Spool.open(config.data_path / SPOOL_FILE, config.spool.batch_max)
         resolver = self._resolver or Resolver(
             self.clock,
@@ -188,6 +210,7 @@ class MtaApp:
             auth_users=dict(config.smtp.auth_users) or None,
         )
         handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
+        listener = Listener(smtp_limits(config))
         feedback = Feedback(
             spool,
             [Endpoint(w.url, w.secret) for w in config.feedback.endpoints],
@@ -215,7 +238,7 @@ class MtaApp:
                     ) from None
             try:
                 server = await start_server(
-                    server_factory(handler, settings, tls_context), host, port
+                    server_factory(handler, settings, tls_context, listener), host, port
                 )
             except OSError as exc:
                 raise OSError(
@@ -231,7 +254,16 @@ class MtaApp:
             executor.shutdown()
             raise
         self.parts = Running(
-            spool, scheduler, delivery, handler, server, executor, feedback, admin, admin_port
+            spool,
+            scheduler,
+            delivery,
+            handler,
+            server,
+            listener,
+            executor,
+            feedback,
+            admin,
+            admin_port,
         )
         log.info(
             "listening on %s:%d; spool %s (%d in-flight recipients recovered)",
@@ -246,6 +278,8 @@ class MtaApp:
         if parts is None:
             return
         parts.server.close()
+        parts.handler.closing = True
+        parts.listener.shut_down()
         await parts.handler.close(grace=5.0)
         await parts.scheduler.stop(self.config.spool.shutdown_grace)
         await parts.delivery.close()
@@ -303,6 +337,17 @@ class MtaApp:
             "mta_spool_commits_total": parts.spool.commits,
             "mta_spool_operations_total": parts.spool.ops,
             "mta_events_total": stats.events,
+            "mta_smtp_sessions_open": parts.listener.gate.open,
+            'mta_smtp_connections_refused_total{reason="total"}': parts.listener.gate.refused_total,
+            'mta_smtp_connections_refused_total{reason="per_ip"}': (
+                parts.listener.gate.refused_per_ip
+            ),
+            "mta_smtp_auth_failures_total": parts.listener.auth.failures_total,
+            "mta_smtp_auth_refused_total": parts.listener.auth.refusals_total,
+            "mta_smtp_junk_closed_total": parts.listener.junk_closed_total,
+            "mta_smtp_session_timeouts_total": parts.listener.session_timeouts_total,
+            "mta_smtp_long_lines_total": parts.listener.long_lines_total,
+            "mta_smtp_data_spilled_total": parts.listener.reading.spilled_total,
         }
 
     async def status(self) -> dict[str, Any]:

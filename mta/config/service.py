@@ -8,7 +8,8 @@ Durations accept "30s", "5m", "84h", "3.5d"; they are stored as seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,29 @@ from mta.core.standard_webhooks import secret_key
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
 
 DAY = 86400.0
+
+
+def check_relay_networks(networks: Sequence[str], allow_open_relay: bool) -> None:
+    """Each value must be an IP network; all of IPv4 or IPv6 needs `allow_open_relay`."""
+    parsed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text in networks:
+        try:
+            parsed.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"relay_networks: {text!r} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)"
+            ) from None
+    v4 = [n for n in parsed if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in parsed if isinstance(n, ipaddress.IPv6Network)]
+    for version, covered, everything in (
+        (4, sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)), 1 << 32),
+        (6, sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)), 1 << 128),
+    ):
+        if covered == everything and not allow_open_relay:
+            raise ValueError(
+                f"relay_networks covers every IPv{version} address: that is an open relay; "
+                "set allow_open_relay = true if you mean it"
+            )
 
 
 @dataclass(frozen=True)
@@ -36,10 +60,36 @@ class SmtpConfig:
     tls_key: str = ""
     auth_users: dict[str, str] = field(default_factory=dict)
     idle_timeout: float = duration_field("5m")
+    allow_open_relay: bool = False
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    session_timeout: float = duration_field("30m")
+    junk_command_limit: int = 100
+    line_length_hard_limit: int = 998
+    auth_failures_per_session: int = 3
+    auth_failures_per_ip: int = 10
+    auth_lockout: float = duration_field("10m")
+    auth_failure_delay: float = duration_field("1s")
+    data_memory_limit: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1024:
             raise ValueError("max_message_size must be at least 1024")
+        for name in (
+            "max_connections",
+            "max_connections_per_ip",
+            "session_timeout",
+            "junk_command_limit",
+            "line_length_hard_limit",
+            "auth_failures_per_session",
+            "auth_failures_per_ip",
+            "auth_lockout",
+            "auth_failure_delay",
+            "data_memory_limit",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no limit) or more")
+        check_relay_networks(self.relay_networks, self.allow_open_relay)
         if self.max_recipients < 1:
             raise ValueError("max_recipients must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):

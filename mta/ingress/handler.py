@@ -1,7 +1,10 @@
 """The submission side: accept mail over SMTP, normalise, sign, spool, then say 250.
 
 Relaying is allowed to clients from `smtp.relay_networks` or authenticated ones
-(AUTH over TLS only), else `554 5.7.1`. The X-Campaign-* headers are read and
+(AUTH over TLS only), else `554 5.7.1`. A `MAIL ... SIZE=` the spool's disk cannot
+hold (twice the size plus a reserve) gets `452 4.3.1`. A message with no From, or
+with two of From, Sender, To, Subject, Date or Message-ID (RFC 5322 3.6), gets
+`550 5.6.0` naming the header, and a log line. The X-Campaign-* headers are read and
 removed before anything else touches the message; a Received field (and a
 Message-ID or Date where missing) is added; then the message is DKIM-signed
 (in a worker thread: the RSA step runs in OpenSSL without the GIL) and
@@ -17,6 +20,7 @@ import email.utils
 import ipaddress
 import logging
 import secrets
+import shutil
 import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -33,6 +37,7 @@ from mta.core.retry import validity_end
 from mta.model import EventKind
 from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.spool import Spool, SpoolError, SpoolFull
+from mta.smtp.limits import Listener
 from mta.smtp.server import FastSMTP, content_of
 
 log = logging.getLogger("mta.ingress")
@@ -43,6 +48,31 @@ CAMPAIGN_PREFIX = "X-Campaign-"
 DELIVERY_ID = "x-campaign-delivery-id"
 LOG_ID = "x-campaign-log-id"
 VALIDITY = "x-campaign-validity"
+SINGLETONS = ("From", "Sender", "To", "Subject", "Date", "Message-ID")
+DISK_RESERVE = 8 * 1024 * 1024  # bytes left free on the spool's disk beyond 2 x SIZE
+
+
+def header_problem(content: bytes) -> str | None:
+    """Why RFC 5322 3.6 forbids this header block (no From, a singleton twice), or None."""
+    counts: dict[bytes, int] = {}
+    for name, _ in headers.fields(headers.split(content)[0]):
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    if not counts.get(b"from"):
+        return "no From header"
+    for singleton in SINGLETONS:
+        seen = counts.get(singleton.lower().encode(), 0)
+        if seen > 1:
+            return f"{seen} {singleton} headers (one allowed)"
+    return None
+
+
+def declared_size(options: list[str]) -> int | None:
+    for option in options:
+        keyword, _, value = option.partition("=")
+        if keyword.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,6 +138,14 @@ class IngressHandler:
     ) -> str:
         if self.closing:
             return "421 4.3.2 Service shutting down, please try again later"
+        size = declared_size(options)
+        if size is not None:
+            free = shutil.disk_usage(self.spool.path.parent).free
+            if 2 * size + DISK_RESERVE > free:
+                log.warning(
+                    "refused MAIL with SIZE=%d: %d bytes free on the spool's disk", size, free
+                )
+                return "452 4.3.1 Insufficient system storage for a message of that size"
         return "250 2.1.0 Sender ok"
 
     def relay_allowed(self, session: Session) -> bool:
@@ -151,6 +189,11 @@ class IngressHandler:
     async def _store(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
         content = content_of(envelope)
         now = self.clock.now()
+        problem = header_problem(content)
+        if problem is not None:
+            self.rejected += 1
+            log.warning("refused a message from %s: %s", _peer_ip(session), problem)
+            return f"550 5.6.0 Message refused: {problem} (RFC 5322 3.6)"
         fields, content = headers.extract(content, CAMPAIGN_PREFIX)
         requested: float | None = None
         if VALIDITY in fields:
@@ -237,8 +280,7 @@ class IngressHandler:
         if added:
             head, body = headers.split(content)
             content = head + b"".join(added) + b"\r\n" + body
-        peer = session.peer
-        peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        peer_ip = _peer_ip(session)
         protocol = (
             ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP") if session.extended_smtp else "SMTP"
         )
@@ -255,8 +297,16 @@ class IngressHandler:
         return headers.prepend(content, received.encode("utf-8"))
 
 
+def _peer_ip(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
 def server_factory(
-    handler: IngressHandler, settings: IngressSettings, tls_context: ssl.SSLContext | None
+    handler: IngressHandler,
+    settings: IngressSettings,
+    tls_context: ssl.SSLContext | None,
+    listener: Listener | None = None,
 ) -> Callable[[], FastSMTP]:
     def factory() -> FastSMTP:
         return FastSMTP(
@@ -268,7 +318,7 @@ def server_factory(
             auth_users=settings.auth_users,
             timeout=settings.idle_timeout,
             ident="ESMTP mta-sim",
+            listener=listener,
         )
 
     return factory
-

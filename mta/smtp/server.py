@@ -12,6 +12,12 @@ simulated ISPs. Over aiosmtpd's class it changes five things:
   RFC 3463 enhanced code when its text has none.
 - An exception in a handler answers `451 4.3.0` and is logged, never shown.
 - The host name is passed in (aiosmtpd would call `socket.getfqdn()` per connection).
+- A `Listener` (see `mta.smtp.limits`) shared by a listener's sessions caps connections
+  (421 4.3.2 in total, 421 4.7.0 per client IP), the session's length, junk commands,
+  AUTH failures (per session and per IP) and the memory DATA may hold: past the SIZE limit
+  DATA is read and dropped, past the memory budget it spills to a temp file, and a line
+  over `line_length_hard_limit` is refused after the dot with 550 5.6.0. Without one,
+  nothing is capped but the SIZE limit.
 
 Handlers implement aiosmtpd's hooks: `handle_MAIL(server, session, envelope,
 address, options)`, `handle_RCPT(...)`, `handle_DATA(server, session, envelope)`
@@ -27,7 +33,9 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import (
@@ -38,9 +46,12 @@ from aiosmtpd.smtp import (
     LoginPassword,
     Session,
     TLSSetupException,
+    syntax,
 )
 
 from mta.core.address import AddressError, parse_path
+from mta.smtp.limits import Listener, SmtpLimits, failure_delay
+from mta.smtp.receive import DataSink, LineMeter
 
 log = logging.getLogger("mta.smtp")
 
@@ -78,6 +89,27 @@ _DEFAULT_ENHANCED = {
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _TERMINATOR = b"\r\n.\r\n"
+_CHUNK = 256 * 1024  # DATA is taken from the socket's buffer in pieces of about this size
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+
+
+@dataclass
+class _Data:
+    raw: bytes
+    too_big: bool = False
+    nul: bool = False
+    long_line: bool = False
+
+
+def _not_utf8(arg: str | None) -> bool:
+    """aiosmtpd decodes arguments with surrogateescape: stray bytes survive as surrogates."""
+    if arg is None:
+        return False
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def content_of(envelope: Envelope) -> bytes:
@@ -141,6 +173,7 @@ class FastSMTP(SMTP):
         auth_users: dict[str, str] | None = None,
         timeout: float = 300.0,
         ident: str = "ESMTP",
+        listener: Listener | None = None,
     ) -> None:
         super().__init__(
             handler,
@@ -156,6 +189,16 @@ class FastSMTP(SMTP):
             auth_exclude_mechanism=None if auth_users else ["PLAIN", "LOGIN"],
         )
         self.max_recipients = max_recipients
+        self.listener = listener or Listener(SmtpLimits())
+        self.limits = self.listener.limits
+        self._client_ip = ""
+        self._admitted = False
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._handling = False  # inside the DATA handler: a shutdown waits for its reply
+        self._close_after_reply = ""
+        self._junk = 0
+        self._auth_failures = 0
+        self._auth_delay = 0.0
         self._greeted = False
         self._held: list[bytes] = []
         self._auth_offered = bool(auth_users)
@@ -165,6 +208,57 @@ class FastSMTP(SMTP):
     def _reset_envelope(self) -> None:
         self.envelope = self._create_envelope()
 
+    # -- connection limits and shutdown ----------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and not self._admitted:  # not the STARTTLS layer
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            refusal = SHUTTING_DOWN if self.listener.closing else None
+            refusal = refusal or self.listener.gate.admit(self, self._client_ip)
+            if refusal is not None:
+                log.info("refused a connection from %s: %s", self._client_ip, refusal)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(refusal.encode() + b"\r\n")
+                transport.close()
+                return
+            self._admitted = True
+            if self.limits.session_timeout:
+                self._session_timer = asyncio.get_running_loop().call_later(
+                    self.limits.session_timeout, self._session_expired
+                )
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._admitted:
+            return  # refused at connection_made: aiosmtpd never set this one up
+        self._admitted = False
+        self.listener.gate.release(self, self._client_ip)
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        super().connection_lost(error)
+
+    def _session_expired(self) -> None:
+        self.listener.session_timeouts_total += 1
+        log.info("session time limit reached for %s", self._client_ip)
+        self._close_with("421 4.4.2 Session time limit exceeded, closing")
+
+    def shut_down(self) -> None:
+        """Say 421 4.3.2 and close; a session whose message is being stored gets its reply first."""
+        self._close_with(SHUTTING_DOWN)
+
+    def _close_with(self, reply: str) -> None:
+        if self._handling:
+            self._close_after_reply = reply
+            return
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        data = b"".join(self._held) + reply.encode() + b"\r\n"
+        self._held.clear()
+        transport.write(data)
+        transport.close()
+
     # -- replies --------------------------------------------------------------
 
     async def push(self, status: Any) -> None:
@@ -172,6 +266,9 @@ class FastSMTP(SMTP):
         send the replies together (RFC 2920), saving a write per command."""
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
+        if self._auth_delay and status.startswith("535"):
+            delay, self._auth_delay = self._auth_delay, 0.0
+            await asyncio.sleep(delay)  # each failed guess slows the next one
         if not self._greeted:
             self._greeted = True  # the 220 greeting carries no enhanced code
         elif not status.startswith(("334", "354")):
@@ -201,6 +298,12 @@ class FastSMTP(SMTP):
         self._writer.write(payload)
         await self._writer.drain()
 
+    async def _after_reply(self) -> None:
+        if self._close_after_reply:
+            reply, self._close_after_reply = self._close_after_reply, ""
+            if self.transport is not None and not self.transport.is_closing():
+                await self.push(reply)
+
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
             log.info("TLS handshake with %s failed: %s", self._peer_text(), error.__cause__)
@@ -215,6 +318,9 @@ class FastSMTP(SMTP):
     # -- greeting -------------------------------------------------------------
 
     async def smtp_HELO(self, hostname: str) -> None:
+        if _not_utf8(hostname):
+            await self.push("501 5.5.2 Syntax error: HELO name is not valid UTF-8")
+            return
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
@@ -225,6 +331,9 @@ class FastSMTP(SMTP):
         await self._push_lines(250, [self.hostname])
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        if _not_utf8(hostname):
+            await self.push("501 5.5.2 Syntax error: EHLO name is not valid UTF-8")
+            return
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
@@ -262,6 +371,9 @@ class FastSMTP(SMTP):
         assert self.session is not None and self.envelope is not None
         if self.envelope.mail_from is not None:
             await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        if _not_utf8(arg):
+            await self.push("553 5.1.7 Sender address is not valid UTF-8")
             return
         rest = self._keyword_arg("FROM:", arg)
         if rest is None:
@@ -312,6 +424,9 @@ class FastSMTP(SMTP):
         if self.envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
+        if _not_utf8(arg):
+            await self.push("553 5.1.3 Recipient address is not valid UTF-8")
+            return
         rest = self._keyword_arg("TO:", arg)
         if rest is None:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
@@ -334,43 +449,140 @@ class FastSMTP(SMTP):
             self.envelope.rcpt_tos.append(path.address)
         await self.push(status)
 
+    # -- junk commands and AUTH -------------------------------------------------
+
+    async def _too_much_junk(self) -> bool:
+        """Count a NOOP/RSET/VRFY/EXPN/HELP; past the limit say 421 and close (Postfix's
+        smtpd_junk_command_limit). The count restarts after each accepted message."""
+        limit = self.limits.junk_command_limit
+        if not limit:
+            return False
+        self._junk += 1
+        if self._junk <= limit:
+            return False
+        self.listener.junk_closed_total += 1
+        log.info("%s sent more than %d junk commands; closing", self._client_ip, limit)
+        await self.push(f"421 4.7.0 Too many NOOP/RSET/VRFY commands (limit {limit}), closing")
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._too_much_junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._too_much_junk():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._too_much_junk():
+            await super().smtp_VRFY(arg)
+
+    @syntax("EXPN <address>")
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._too_much_junk():
+            await super().smtp_EXPN(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._too_much_junk():
+            await super().smtp_HELP(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.listener.auth.refused(self._client_ip, time.monotonic()):
+            await self.push("454 4.7.0 Too many failed authentications; try again later")
+            return
+        await super().smtp_AUTH(arg)
+        limit = self.limits.auth_failures_per_session
+        if limit and self._auth_failures >= limit and self.transport is not None:
+            await self.push("421 4.7.0 Too many failed authentications, closing")
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        result = super()._authenticate(mechanism, auth_data)
+        if not result.success:
+            self._auth_failures += 1
+            self.listener.auth.failed(self._client_ip, time.monotonic())
+            log.info(
+                "failed AUTH %s from %s (%d in this session)",
+                mechanism,
+                self._client_ip,
+                self._auth_failures,
+            )
+            self._auth_delay = failure_delay(self.limits.auth_failure_delay, self._auth_failures)
+        return result
+
     # -- content --------------------------------------------------------------
 
-    async def _read_data(self) -> tuple[bytes | None, bool]:
-        """Raw bytes up to CRLF.CRLF (terminator removed) and whether they were too large.
+    async def _read_data(self) -> _Data | None:
+        """The raw bytes up to CRLF.CRLF (terminator removed) and what was wrong with them.
 
         The CRLF that ended the DATA command line also starts the terminator of an
         empty message, so it is put back in front of the buffer: one search for
-        CRLF.CRLF then finds the end of any message. Returns (None, ...) when the
-        connection closed before the terminator.
+        CRLF.CRLF then finds the end of any message. The data comes off the socket's
+        buffer in pieces of about `_CHUNK` bytes; past the SIZE limit, after a NUL or an
+        over-long line the pieces are dropped, not kept. Returns None when the connection
+        closed before the terminator.
         """
         reader = self._reader
         limit = self.data_size_limit or 0
         buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # asyncio's own
         buffered[0:0] = b"\r\n"
         saved_limit: int = reader._limit  # type: ignore[attr-defined]
-        # Let one readuntil() span a whole message; restored after the read.
-        reader._limit = max(limit, 1 << 20) + 65536  # type: ignore[attr-defined]
-        too_big = False
+        # readuntil() gives up past this many bytes without the terminator: we take those
+        # and go on, so the buffer never holds more than about 2 x _CHUNK.
+        reader._limit = _CHUNK  # type: ignore[attr-defined]
+        sink = DataSink(self.listener.reading, self.limits.spill_dir)
+        meter = LineMeter(self.limits.line_length_hard_limit)
+        data = _Data(b"")
         total = 0
+        first = True
         try:
             while True:
+                final = True
                 try:
-                    raw = await reader.readuntil(_TERMINATOR)
+                    chunk = await reader.readuntil(_TERMINATOR)
                 except asyncio.LimitOverrunError as exc:
-                    too_big = True
-                    total += exc.consumed
-                    await reader.readexactly(exc.consumed)
-                    continue
+                    chunk = await reader.readexactly(exc.consumed)
+                    final = False
                 except asyncio.IncompleteReadError:
-                    return None, too_big
-                total += len(raw)
-                break
+                    sink.discard()
+                    return None
+                total += len(chunk)
+                meter.feed(chunk)
+                data.nul = data.nul or b"\x00" in chunk
+                data.too_big = bool(limit) and total - (7 if final else 2) > limit
+                if data.too_big or data.nul or meter.over:
+                    sink.discard()
+                else:
+                    sink.write(chunk[2 if first else 0 : -3 if final else None])
+                first = False
+                if final:
+                    break
+        except BaseException:
+            sink.discard()
+            raise
         finally:
             reader._limit = saved_limit  # type: ignore[attr-defined]
-        if too_big or (limit and total - len(_TERMINATOR) - 2 > limit):
-            return b"", True
-        return raw[2:-3], False  # drop our CRLF and ".CRLF"; the last line keeps its CRLF
+        data.long_line = meter.over
+        if data.too_big or data.nul or data.long_line:
+            return data
+        # Take the message out of the sink only when the handlers' budget has room for it.
+        await self.listener.handling.take(sink.size)
+        data.raw = sink.value()
+        return data
+
+    def _data_refusal(self, data: _Data) -> str | None:
+        if data.too_big:
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if data.nul:
+            return "554 5.6.0 Message contains NUL characters"
+        if data.long_line:
+            self.listener.long_lines_total += 1
+            limit = self.limits.line_length_hard_limit
+            return f"550 5.6.0 Message has a line over {limit} octets (RFC 5321 4.5.3.1.6)"
+        return None
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -386,23 +598,32 @@ class FastSMTP(SMTP):
             await self.push("554 5.5.1 Error: no valid recipients")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        raw, too_big = await self._read_data()
-        if raw is None:
+        data = await self._read_data()
+        if data is None:
             return  # connection gone; aiosmtpd's loop notices
-        if too_big:
+        refusal = self._data_refusal(data)
+        if refusal is not None:
             self._reset_envelope()
-            await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
+            log.info("refused DATA from %s: %s", self._client_ip, refusal)
+            await self.push(refusal)
             return
-        if b"\x00" in raw:
+        size = len(data.raw)
+        self._handling = True
+        try:
+            content = normalise_data(data.raw)
+            data.raw = b""
+            self.envelope.content = content
+            self.envelope.original_content = content
+            del content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._handling = False
             self._reset_envelope()
-            await self.push("554 5.6.0 Message contains NUL characters")
-            return
-        content = normalise_data(raw)
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._reset_envelope()
+            self.listener.handling.give(size)
+        if status is MISSING or str(status).startswith("2"):
+            self._junk = 0
         await self.push("250 2.0.0 Ok" if status is MISSING else status)
+        await self._after_reply()
 
     async def smtp_BDAT(self, arg: str | None) -> None:
         await self.push("502 5.5.1 BDAT not supported (CHUNKING is not offered)")

@@ -51,6 +51,21 @@ def test_durations_accept_units(tmp_path: Path) -> None:
         ('[delivery]\ntls = "maybe"\n', "mta.toml: delivery.tls: expected one of"),
         ('[[dkim.keys]]\ndomain = "a.test"\n', "mta.toml: missing key 'dkim.keys[0].selector'"),
         ("[smtp\n", "mta.toml: not valid TOML"),
+        (
+            '[smtp]\nrelay_networks = ["10.0.0.300/8"]\n',
+            "mta.toml: smtp: relay_networks: '10.0.0.300/8' is not an IP network",
+        ),
+        (
+            '[smtp]\nrelay_networks = ["0.0.0.0/0"]\n',
+            "mta.toml: smtp: relay_networks covers every IPv4 address: that is an open relay; "
+            "set allow_open_relay = true",
+        ),
+        (
+            '[smtp]\nrelay_networks = ["0.0.0.0/1", "128.0.0.0/1"]\n',
+            "covers every IPv4 address",
+        ),
+        ('[smtp]\nrelay_networks = ["::/0"]\n', "covers every IPv6 address"),
+        ("[smtp]\nmax_connections = -1\n", "mta.toml: smtp: max_connections must be 0"),
     ],
 )
 def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -95,3 +110,8 @@ def test_one_webhook_from_the_environment() -> None:
     ]
     with pytest.raises(ConfigError, match="MTA_FEEDBACK_URL: url and secret go together"):
         load_config(None, environ={"MTA_FEEDBACK_URL": "http://127.0.0.1:1/"})
+
+
+def test_an_open_relay_needs_allow_open_relay(tmp_path: Path) -> None:
+    path = write(tmp_path, '[smtp]\nrelay_networks = ["0.0.0.0/0"]\nallow_open_relay = true\n')
+    assert load_config(path, environ={}).smtp.relay_networks == ("0.0.0.0/0",)

@@ -78,7 +78,7 @@ async def test_too_many_recipients_is_452_and_keeps_the_first(mta: MtaApp) -> No
     replies = [await conv.command(f"RCPT TO:<r{i}@d.test>") for i in range(4)]
     assert [r[:9] for r in replies] == ["250 2.1.5"] * 3 + ["452 4.5.3"]
     await conv.command("DATA")
-    reply = await conv.send_data(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+    reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
     assert reply.startswith("250 2.0.0")
     assert len(spool_rows(mta, "SELECT id FROM recipients")) == 3
     await conv.close()
@@ -89,7 +89,7 @@ async def test_nul_in_data_is_refused_and_nothing_is_stored(mta: MtaApp) -> None
     await conv.command("MAIL FROM:<a@b.test>")
     await conv.command("RCPT TO:<c@d.test>")
     await conv.command("DATA")
-    reply = await conv.send_data(b"Subject: x\r\n\r\nbad\x00byte\r\n.\r\n")
+    reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbad\x00byte\r\n.\r\n")
     assert reply.startswith("554 5.6.0")
     # The session goes on: the next transaction works.
     assert (await conv.command("MAIL FROM:<a@b.test>")).startswith("250")
@@ -102,7 +102,9 @@ async def test_oversize_data_is_read_to_the_end_then_refused(mta: MtaApp) -> Non
     await conv.command("MAIL FROM:<a@b.test>")
     await conv.command("RCPT TO:<c@d.test>")
     await conv.command("DATA")
-    reply = await conv.send_data(b"Subject: x\r\n\r\n" + (b"y" * 80 + b"\r\n") * 100 + b".\r\n")
+    reply = await conv.send_data(
+        b"From: a@b.test\r\nSubject: x\r\n\r\n" + (b"y" * 80 + b"\r\n") * 100 + b".\r\n"
+    )
     assert reply.startswith("552 5.3.4")
     assert (await conv.command("RSET")).startswith("250 2.0.0")
     await conv.close()
@@ -114,7 +116,10 @@ async def test_bare_newlines_are_normalised_and_only_crlf_dot_crlf_ends_data(mta
     await conv.command("RCPT TO:<c@d.test>")
     await conv.command("DATA")
     # "\n.\n" must not end the data (SMTP smuggling); bare CR and LF become CRLF.
-    raw = b"Subject: x\r\n\r\nline1\nline2\rline3\n.\nMAIL FROM:<evil@x.test>\r\n.\r\n"
+    raw = (
+        b"From: a@b.test\r\nSubject: x\r\n\r\n"
+        b"line1\nline2\rline3\n.\nMAIL FROM:<evil@x.test>\r\n.\r\n"
+    )
     reply = await conv.send_data(raw)
     assert reply.startswith("250 2.0.0"), reply
     (content,) = spool_rows(mta, "SELECT content FROM messages")[0]
@@ -129,7 +134,9 @@ async def test_dot_stuffing_is_removed(mta: MtaApp) -> None:
     await conv.command("MAIL FROM:<a@b.test>")
     await conv.command("RCPT TO:<c@d.test>")
     await conv.command("DATA")
-    assert (await conv.send_data(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n")).startswith("250")
+    assert (
+        await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\n..leading dot\r\n.\r\n")
+    ).startswith("250")
     (content,) = spool_rows(mta, "SELECT content FROM messages")[0]
     assert content.endswith(b"\r\n\r\n.leading dot\r\n")
     await conv.close()
@@ -144,7 +151,7 @@ async def test_pipelined_transaction(mta: MtaApp) -> None:
 
     replies = [await read_reply(conv.reader) for _ in range(4)]
     assert [r[:3] for r in replies] == ["250", "250", "250", "354"]
-    conv.writer.write(b"Subject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    conv.writer.write(b"From: a@b.test\r\nSubject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n")
     assert (await read_reply(conv.reader)).startswith("250 2.0.0")
     assert (await read_reply(conv.reader)).startswith("221")
     await conv.close()
@@ -177,7 +184,7 @@ async def test_bad_validity_header_is_refused(mta: MtaApp) -> None:
     await conv.command("MAIL FROM:<a@b.test>")
     await conv.command("RCPT TO:<c@d.test>")
     await conv.command("DATA")
-    reply = await conv.send_data(b"X-Campaign-Validity: soon\r\n\r\nx\r\n.\r\n")
+    reply = await conv.send_data(b"From: a@b.test\r\nX-Campaign-Validity: soon\r\n\r\nx\r\n.\r\n")
     assert reply.startswith("554 5.6.0") and "X-Campaign-Validity" in reply
     await conv.close()
 
@@ -215,7 +222,7 @@ async def store_with_failing_disk(mta: MtaApp, error: str) -> str:
         await conv.command("MAIL FROM:<a@b.test>")
         await conv.command("RCPT TO:<c@d.test>")
         await conv.command("DATA")
-        return await conv.send_data(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        return await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
     finally:
         await conv.close()
 
@@ -270,7 +277,7 @@ async def test_starttls_then_auth_lets_an_outside_client_relay(tmp_path: Path) -
         reply = await smtp.login("campaign", "s3cret")
         assert reply.code == 235
         errors, response = await smtp.sendmail(
-            "a@b.test", ["c@d.test"], b"Subject: over TLS\r\n\r\nhi\r\n"
+            "a@b.test", ["c@d.test"], b"From: a@b.test\r\nSubject: over TLS\r\n\r\nhi\r\n"
         )
         assert errors == {} and "queued" in response
         await smtp.quit()
@@ -291,7 +298,10 @@ async def test_concurrent_sessions_share_commits(mta: MtaApp) -> None:
     replies = await asyncio.gather(
         *(
             send_message(
-                *mta.smtp_address, "a@b.test", [f"r{i}@d.test"], b"Subject: g\r\n\r\nx\r\n"
+                *mta.smtp_address,
+                "a@b.test",
+                [f"r{i}@d.test"],
+                b"From: a@b.test\r\nSubject: g\r\n\r\nx\r\n",
             )
             for i in range(40)
         )

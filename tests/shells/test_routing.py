@@ -54,7 +54,7 @@ async def test_the_next_mx_takes_the_mail_when_the_first_refuses(tmp_path: Path)
             *app.smtp_address,
             "b@sender.test",
             ["r@fallback.test"],
-            b"Subject: fallback\r\n\r\nhi\r\n",
+            b"From: a@b.test\r\nSubject: fallback\r\n\r\nhi\r\n",
         )
         assert reply.startswith("250")
         await wait_for(lambda: events_of(app)[-1]["kind"] == "delivered")
