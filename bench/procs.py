@@ -34,12 +34,13 @@ class Proc:
                 await self.process.wait()
 
 
-async def start_mta(*args: str, env: dict[str, str] | None = None) -> Proc:
-    """`python -m mta ARGS...`; waits for its "listening on HOST:PORT" line."""
+async def start_mta(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> Proc:
+    """`python -m mta ARGS...` (from `cwd`: its `mta` package, when it has one); waits for
+    its "listening on HOST:PORT" line."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
     environment.update(env or {})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mta", *args, stderr=asyncio.subprocess.PIPE, env=environment
+        sys.executable, "-m", "mta", *args, stderr=asyncio.subprocess.PIPE, env=environment, cwd=cwd
     )
     assert process.stderr is not None
     while True:

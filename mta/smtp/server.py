@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -218,9 +218,9 @@ class FastSMTP(SMTP):
             refusal = refusal or self.listener.gate.admit(self, self._client_ip)
             if refusal is not None:
                 log.info("refused a connection from %s: %s", self._client_ip, refusal)
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(refusal.encode() + b"\r\n")
-                transport.close()
+                writer = cast(asyncio.WriteTransport, transport)  # uvloop's are not subclasses
+                writer.write(refusal.encode() + b"\r\n")
+                writer.close()
                 return
             self._admitted = True
             if self.limits.session_timeout:
@@ -251,8 +251,8 @@ class FastSMTP(SMTP):
         if self._handling:
             self._close_after_reply = reply
             return
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is None or transport.is_closing():
             return
         data = b"".join(self._held) + reply.encode() + b"\r\n"
         self._held.clear()
