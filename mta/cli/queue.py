@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from mta.core.throttle import rate_text
+from mta.core.durations import rate_text
 
 DEFAULT_API = "http://127.0.0.1:8080"
 

@@ -7,7 +7,7 @@ file (a built-in one) is merged with it, its keys winning, so ``name = "gmail"``
 and ``rate = "600/m"`` change only Gmail's rate; their ``[default]`` and
 ``[rampup]`` keys override key by key.
 Tables are checked with the config engine (`mta.config.engine`), then turned into
-the pure types of `mta.core.throttle`, `mta.core.rampup` and `mta.core.retry`.
+the pure types of `mta.core.limits`, `mta.core.rampup` and `mta.core.retry`.
 Every problem is a `ConfigError` naming the file and the rule, e.g.
 ``config/mx-rules.toml: mx 2 'gmail': rate: not a rate: 'fast' (use e.g. ...)``.
 
@@ -38,9 +38,9 @@ from mta.config.engine import (
     read_text,
 )
 from mta.core.bounce import BOUNCE_CLASSES
+from mta.core.limits import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
 from mta.core.rampup import Binding, RampStep, RampUp, day_index
 from mta.core.retry import RetryPolicy, RetrySchedule, ScheduleEntry
-from mta.core.throttle import AdaptiveRule, MxRule, MxRules, effective_rules, parse_trigger
 
 __all__ = [
     "BUILTIN_MX_SOURCE",

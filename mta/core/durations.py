@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -48,3 +49,14 @@ def format_duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.3g}{unit}"
     return f"{seconds:.3g}s"
+
+
+def rate_text(rate: float) -> str:
+    """A rate for people: "1.67/s", "100/m", "12/h", "unlimited"."""
+    if not math.isfinite(rate):
+        return "unlimited"
+    if rate >= 1:
+        return f"{rate:.3g}/s"
+    if rate * 60 >= 1:
+        return f"{rate * 60:.3g}/m"
+    return f"{rate * 3600:.3g}/h"

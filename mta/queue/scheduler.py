@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mta.clock import Clock
-from mta.core import events, rampup, throttle
+from mta.core import events, rampup, site_report, site_results, throttle
+from mta.core.limits import MxRule, MxRules
 from mta.core.rampup import Binding, RampUp, VolumeLedger
 from mta.core.retry import RetryPolicy, RetrySchedule
 from mta.core.routing import site_key
 from mta.core.settle import Attempted, Classifier, Settlement, expire_unattempted, settle
-from mta.core.throttle import Change, MxRule, MxRules, SiteThrottle
+from mta.core.throttle import Change, SiteThrottle
 from mta.delivery.client import Delivery, Job
 from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
@@ -562,7 +563,8 @@ class Scheduler:
         before = state.concurrency
         now = self.clock.now()
         changes: list[Change] = []
-        for result in throttle.job_results([(s.outcome, s.verdict) for s in settlements], started):
+        pairs = [(s.outcome, s.verdict) for s in settlements]
+        for result in site_results.job_results(pairs, started):
             changes += throttle.on_result(state, now, result)
         for change in changes:
             log.info("site %s via %s: %s", site.key, binding.name, change.describe())
@@ -604,7 +606,7 @@ class Scheduler:
                 self.bounced += 1
             elif s.result == "expire":
                 self.expired += 1
-            elif s.attempted and s.verdict is not None and throttle.is_throttle(s.verdict):
+            elif s.attempted and s.verdict is not None and site_results.is_throttle(s.verdict):
                 self.throttled += 1
             else:
                 self.deferred += 1
@@ -637,7 +639,7 @@ class Scheduler:
             queued = sum(self.domains[d].queued for d in site.domains if d in self.domains)
             states = site.states or {"-": throttle.new_state(site.key, "-", site.rule, now)}
             for binding, state in sorted(states.items()):
-                row = throttle.status(state, now).as_dict()
+                row = site_report.status(state, now).as_dict()
                 first = site.first_attempt_at.get(binding)
                 last = site.last_delivery_at.get(binding)
                 span = (last - first) if first is not None and last is not None else 0.0

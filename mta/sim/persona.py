@@ -46,6 +46,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mta.clock import Clock
+from mta.core.bucket import TokenBucket
 from mta.sim.artefacts import (
     Original,
     Outbox,
@@ -58,7 +59,6 @@ from mta.sim.rules import (
     Greylist,
     IpRecord,
     MailboxTable,
-    TokenBucket,
     bucket_for,
     reputation_blocked,
 )
@@ -340,10 +340,10 @@ class Persona:
         if not refused:
             bucket = self._connection_buckets.get(ip)
             if bucket is None:
-                bucket = bucket_for(limits.connections, limits.connection_burst)
+                bucket = bucket_for(limits.connections, limits.connection_burst, now)
                 if bucket is not None:
                     self._connection_buckets[ip] = bucket
-            refused = bucket is not None and not bucket.take(now)
+            refused = bucket is not None and not bucket.try_take(now)
         if not refused:
             return None
         record.refused_sessions += 1
@@ -413,10 +413,10 @@ class Persona:
         if limits.messages > 0:
             bucket = self._message_buckets.get(ip)
             if bucket is None:
-                bucket = bucket_for(limits.messages, limits.message_burst)
+                bucket = bucket_for(limits.messages, limits.message_burst, now)
                 assert bucket is not None
                 self._message_buckets[ip] = bucket
-            if not bucket.take(now):
+            if not bucket.try_take(now):
                 self.counters.throttled += 1
                 return self._refuse(self.reply("throttle", ip))
         record = self.ip_record(ip, now)

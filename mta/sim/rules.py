@@ -1,6 +1,6 @@
 """A persona's stateful rules, as plain objects with `now` passed in (no I/O, no clock reads).
 
-- `TokenBucket`: a rate with a burst; `take(now)` says whether one more event fits.
+- `bucket_for`: a token bucket for a configured rate and burst.
 - `Greylist`: (sender, recipient, client IP) triples; the first attempt waits `window`.
 - `IpRecord` + `reputation_blocked`: per-sending-IP volume and complaint memory.
 - `MailboxTable`: unknown / full / disabled / suppressed users by list or pattern.
@@ -11,37 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mta.core.bucket import TokenBucket
 from mta.sim.config import MailboxesConfig, ReputationConfig
 
 DAY = 86400.0
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    """`rate` tokens per second up to `burst`; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float = -1.0
-    stamp: float = 0.0
-
-    def take(self, now: float) -> bool:
-        if self.tokens < 0:
-            self.tokens, self.stamp = self.burst, now
-        elif now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-def bucket_for(rate: float, burst: int) -> TokenBucket | None:
-    """A bucket for a configured rate (None: unlimited); burst 0 means one minute's worth."""
+def bucket_for(rate: float, burst: int, now: float) -> TokenBucket | None:
+    """A full bucket for a configured rate (None: unlimited); burst 0 means one minute's
+    worth. The bucket is the MTA's own (`mta.core.bucket`): `try_take(now)` says whether
+    one more event fits."""
     if rate <= 0:
         return None
-    return TokenBucket(rate, float(burst) if burst > 0 else max(1.0, rate * 60.0))
+    return TokenBucket.full(rate, float(burst) if burst > 0 else max(1.0, rate * 60.0), now)
 
 
 class Greylist:

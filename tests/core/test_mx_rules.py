@@ -9,7 +9,7 @@ import pytest
 
 from mta.config.engine import ConfigError
 from mta.config.mx_rules import BindingConfig, MxData, load_mx_data, load_mx_rules, parse_mx_texts
-from mta.core.throttle import MxRule, MxRules, Trigger, parse_trigger
+from mta.core.limits import MxRule, MxRules, Trigger, parse_trigger
 
 ROOT = Path(__file__).parents[2]
 BUILTIN = (ROOT / "mta/defaults/mx-rules.toml").read_text()

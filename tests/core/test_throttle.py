@@ -14,9 +14,14 @@ from dataclasses import dataclass, replace
 import pytest
 
 from mta.config.mx_rules import load_mx_data, load_retry_schedule
+from mta.core import site_report
 from mta.core import throttle as th
+from mta.core.bucket import TokenBucket
+from mta.core.durations import rate_text
+from mta.core.limits import AdaptiveRule, MxRule, Trigger
 from mta.core.retry import decide
-from mta.core.throttle import AdaptiveRule, MxRule, Result, SiteThrottle, Trigger
+from mta.core.site_results import SiteResult, job_results, result_of
+from mta.core.throttle import SiteThrottle
 from mta.model import BounceClass, Condition, Outcome, Phase, Reply, Scope, Verdict
 
 T0 = 1_800_000_000.0
@@ -30,17 +35,17 @@ def verdict(rule: str, code: int = 70, scope: Scope = "site", permanent: bool = 
 THROTTLED = verdict("throttle-rate")
 
 
-def throttled(started_at: float = T0, text: str = THROTTLE_TEXT) -> Result:
-    return Result("throttled", started_at, THROTTLED, text)
+def throttled(started_at: float = T0, text: str = THROTTLE_TEXT) -> SiteResult:
+    return SiteResult("throttled", started_at, THROTTLED, text)
 
 
-def delivered(started_at: float = T0, recipients: int = 1) -> Result:
-    return Result("delivered", started_at, None, "250 2.0.0 ok", recipients)
+def delivered(started_at: float = T0, recipients: int = 1) -> SiteResult:
+    return SiteResult("delivered", started_at, None, "250 2.0.0 ok", recipients)
 
 
-def connect_failed(started_at: float = T0) -> Result:
+def connect_failed(started_at: float = T0) -> SiteResult:
     v = verdict("connection-refused", 20)
-    return Result("connect_failed", started_at, v, "421 4.4.1 Connection refused")
+    return SiteResult("connect_failed", started_at, v, "421 4.4.1 Connection refused")
 
 
 def rule_with(*adaptive: AdaptiveRule, **limits: float) -> MxRule:
@@ -74,7 +79,6 @@ def test_tokens_pace_the_starts() -> None:
     assert (empty.allowed, empty.next_check_at, empty.reason) == (0, T0 + 0.5, "rate")
     assert th.admit(state, T0 + 0.5, 2).allowed == 1
     assert th.admit(state, T0 + 10, 2).allowed == 2  # the bucket holds one second's worth
-    assert th.resume_at(state, T0 + 10) == T0 + 10
 
 
 def test_connections_cap_the_starts() -> None:
@@ -122,9 +126,8 @@ def test_suspend_stops_admission_until_its_end() -> None:
     state = state_for(AdaptiveRule("s", "suspend", match=re.compile(r"\[TSS04\]"), duration=60.0))
     th.on_result(state, NOW, throttled(NOW))
     assert th.admit(state, NOW + 1, 0) == th.Admission(0, NOW + 60, "suspended")
-    assert th.status(state, NOW + 1).state == "suspended"
+    assert site_report.status(state, NOW + 1).state == "suspended"
     assert th.admit(state, NOW + 60, 0).allowed > 0
-    assert th.resume_at(state, NOW + 1) == NOW + 60
 
 
 def test_halving_stops_at_the_minimum() -> None:
@@ -176,14 +179,14 @@ def test_triggers(trigger: Trigger, times: list[float], fires_at: list[float]) -
                       duration=1), throttled(), False),
         # a rule on the verdict's name cannot match a result without a verdict
         (AdaptiveRule("a", "suspend", rule=re.compile("refused"), duration=1),
-         Result("connect_failed", T0, None, "421 refused"), False),
+         SiteResult("connect_failed", T0, None, "421 refused"), False),
         (AdaptiveRule("a", "suspend", match=re.compile("refused"), duration=1),
-         Result("connect_failed", T0, None, "421 refused"), True),
+         SiteResult("connect_failed", T0, None, "421 refused"), True),
         # deliveries never trigger anything
         (AdaptiveRule("a", "suspend", match=re.compile("ok"), duration=1), delivered(), False),
     ],
 )
-def test_matchers(rule: AdaptiveRule, result: Result, matches: bool) -> None:
+def test_matchers(rule: AdaptiveRule, result: SiteResult, matches: bool) -> None:
     state = state_for(rule, down_after=0)
     changes = th.on_result(state, NOW, replace(result, started_at=NOW))
     assert bool(changes) is matches
@@ -214,7 +217,7 @@ def test_a_set_rate_above_the_ceiling_is_clamped() -> None:
     state = state_for(BACKOFF, up, rate=10.0)
     th.on_result(state, NOW, throttled(NOW))
     assert state.rate == 5.0
-    change = th.on_result(state, NOW + 1, Result("deferred", NOW + 1, None, "451 go faster"))
+    change = th.on_result(state, NOW + 1, SiteResult("deferred", NOW + 1, None, "451 go faster"))
     assert [(c.old, c.new) for c in change] == [(5.0, 10.0)]
 
 
@@ -237,7 +240,7 @@ def test_a_run_of_connection_failures_marks_the_site_down() -> None:
     ]
     assert "3 connection failures in a row" in changes[0].reason
     assert th.admit(state, NOW + 3, 0) == th.Admission(0, NOW + 302, "down")
-    assert th.status(state, NOW + 3).state == "down"
+    assert site_report.status(state, NOW + 3).state == "down"
     # Back from down, the first failure marks it down again at once...
     again = th.on_result(state, NOW + 310, connect_failed())
     assert [c.what for c in again] == ["down_until"]
@@ -269,7 +272,7 @@ def test_successes_recover_step_by_step_up_to_the_configured_limits() -> None:
     state = state_for(BACKOFF, halve, rate=10.0, max_connections=4, recover_after=5,
                       increase=0.1)
     th.on_result(state, NOW, throttled(NOW))
-    th.on_result(state, NOW, Result("deferred", NOW, verdict("block-ip", 51), "451 blocked"))
+    th.on_result(state, NOW, SiteResult("deferred", NOW, verdict("block-ip", 51), "451 blocked"))
     assert (state.rate, state.concurrency) == (5.0, 2)
     rates, conns, t = [], [], NOW
     for _ in range(100):
@@ -282,7 +285,7 @@ def test_successes_recover_step_by_step_up_to_the_configured_limits() -> None:
     assert rates[3:6] == [5.0, pytest.approx(6.0), pytest.approx(6.0)]
     assert conns[3:6] == [2, 3, 3] and max(conns) == 4
     assert max(rates) == 10.0 and rates[-1] == 10.0
-    assert th.status(state, t).state == "ok"
+    assert site_report.status(state, t).state == "ok"
 
 
 def test_no_recovery_during_a_hold() -> None:
@@ -292,7 +295,7 @@ def test_no_recovery_during_a_hold() -> None:
     th.on_result(state, NOW, throttled(NOW))
     for i in range(1, 30):
         assert th.on_result(state, NOW + i, delivered(NOW + i)) == []
-    assert th.status(state, NOW + 30).state == "slowed"
+    assert site_report.status(state, NOW + 30).state == "slowed"
     th.on_result(state, NOW + 61, delivered(NOW + 61))
     assert th.on_result(state, NOW + 62, delivered(NOW + 62))[0].what == "rate"
 
@@ -301,15 +304,15 @@ def test_no_recovery_during_a_hold() -> None:
     ("result", "positive"),
     [
         (delivered(), True),
-        (Result("bounced", T0, verdict("user-unknown", 10, "recipient", True), "550"), True),
-        (Result("deferred", T0, verdict("mailbox-full", 22, "recipient"), "452"), True),
-        (Result("deferred", T0, verdict("greylist", 70, "recipient"), "451"), True),
-        (Result("deferred", T0, verdict("content-spam", 52, "message"), "451"), False),
+        (SiteResult("bounced", T0, verdict("user-unknown", 10, "recipient", True), "550"), True),
+        (SiteResult("deferred", T0, verdict("mailbox-full", 22, "recipient"), "452"), True),
+        (SiteResult("deferred", T0, verdict("greylist", 70, "recipient"), "451"), True),
+        (SiteResult("deferred", T0, verdict("content-spam", 52, "message"), "451"), False),
         (throttled(), False),
         (connect_failed(), False),
     ],
 )
-def test_what_counts_as_a_success_for_recovery(result: Result, positive: bool) -> None:
+def test_what_counts_as_a_success_for_recovery(result: SiteResult, positive: bool) -> None:
     state = state_for(BACKOFF, recover_after=1, down_after=0)
     th.on_result(state, NOW, throttled(NOW))
     changes = th.on_result(state, NOW + 1, replace(result, started_at=NOW + 1))
@@ -342,18 +345,18 @@ REFUSED = Outcome(Reply(421, "4.4.1", "Connection refused"), Phase.CONNECT, "mx.
     ],
 )
 def test_result_of(outcome: Outcome, v: Verdict | None, kind: str) -> None:
-    result = th.result_of(outcome, v, T0)
+    result = result_of(outcome, v, T0)
     assert (result.kind, result.verdict, result.reply_text) == (kind, v, str(outcome.reply))
 
 
 def test_a_failed_session_is_one_result_for_the_whole_job() -> None:
     refused = verdict("connection-refused", 20)
-    results = th.job_results([(REFUSED, refused)] * 3, T0)
+    results = job_results([(REFUSED, refused)] * 3, T0)
     assert [(r.kind, r.recipients) for r in results] == [("connect_failed", 3)]
     unknown = Outcome(Reply(550, "5.1.1", "unknown"), Phase.RCPT, "mx.test")
-    mixed = th.job_results([(OK, None), (unknown, verdict("u", 10, "recipient", True))], T0)
+    mixed = job_results([(OK, None), (unknown, verdict("u", 10, "recipient", True))], T0)
     assert [(r.kind, r.recipients) for r in mixed] == [("delivered", 1), ("bounced", 1)]
-    assert th.job_results([], T0) == []
+    assert job_results([], T0) == []
     state = state_for(down_after=2)
     for r in results:
         th.on_result(state, NOW, r)
@@ -364,7 +367,7 @@ def test_status_and_change_records_are_json_ready() -> None:
     state = th.new_state("mx.test", "b", MxRule("open", ("*.test",)), T0)  # unlimited
     for i in range(30):
         th.on_result(state, T0 + i, delivered(T0 + i, recipients=2))
-    status = th.status(state, T0 + 30)
+    status = site_report.status(state, T0 + 30)
     assert (status.state, status.delivered, status.rule) == ("ok", 60, "open")
     assert status.effective_rate == pytest.approx(2.0, rel=0.05)
     as_json = json.loads(json.dumps(status.as_dict()))
@@ -375,17 +378,7 @@ def test_status_and_change_records_are_json_ready() -> None:
     assert th.Change("s", "b", T0, "rate", 1.0, 0.5, "r", "w").describe() == "rate 1/s -> 30/m: w"
     assert th.Change("s", "b", T0, "suspended_until", -math.inf, T0 + 1800, "r", "w").describe(
     ) == "suspended for 30m: w"
-    assert th.rate_text(1 / 3600) == "1/h"
-
-
-def test_forgettable_and_retune() -> None:
-    state = state_for(BACKOFF)
-    assert th.forgettable(state, NOW)
-    th.on_result(state, NOW, throttled(NOW))
-    assert not th.forgettable(state, NOW)
-    th.retune(state, replace(state.rule, rate=2.0, max_connections=2), NOW)
-    assert (state.rate, state.concurrency) == (2.0, 2)
-    assert th.forgettable(state, NOW)
+    assert rate_text(1 / 3600) == "1/h"
 
 
 # --- simulation: a 100 messages/minute receiver, 2,000 messages ---------------------------
@@ -407,27 +400,12 @@ class Run:
     max_in_flight: int
 
 
-class ReceiverBucket:
-    """The receiver: 100/min per sending IP, one minute's worth of burst, starts full."""
-
-    def __init__(self) -> None:
-        self.tokens, self.stamp = 100.0, 0.0
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(100.0, self.tokens + (now - self.stamp) * LIMIT)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 def simulate(rule: MxRule, messages: int = 2000, seed: int = 7) -> Run:
     """Event-driven virtual time: the controller admits, the receiver answers after
     LATENCY, throttled messages wait for the site (the retry schedule's throttle policy)."""
     schedule = load_retry_schedule()
     rng = random.Random(seed)
-    receiver = ReceiverBucket()
+    receiver = TokenBucket.full(LIMIT, 100.0, 0.0)  # 100/min per IP, a minute's burst
     state = th.new_state("google.test", "127.0.0.2", rule, 0.0)
     ready = deque(range(messages))
     waiting: list[tuple[float, int]] = []
@@ -441,11 +419,11 @@ def simulate(rule: MxRule, messages: int = 2000, seed: int = 7) -> Run:
             _, mid, accepted, started = heapq.heappop(in_flight)
             if accepted:
                 done += 1
-                th.on_result(state, t, Result("delivered", started, None, "250 ok"))
+                th.on_result(state, t, SiteResult("delivered", started, None, "250 ok"))
                 continue
             throttles += 1
             first_half += done < messages // 2
-            th.on_result(state, t, Result("throttled", started, GMAIL_VERDICT, GMAIL_TEXT))
+            th.on_result(state, t, SiteResult("throttled", started, GMAIL_VERDICT, GMAIL_TEXT))
             decision = decide(GMAIL_VERDICT, 1, t, math.inf, schedule, rng.random())
             assert decision.waits_for_site and decision.at is not None
             heapq.heappush(waiting, (decision.at, mid))
@@ -454,7 +432,7 @@ def simulate(rule: MxRule, messages: int = 2000, seed: int = 7) -> Run:
         admission = th.admit(state, t, len(in_flight))
         for _ in range(min(admission.allowed, len(ready))):
             th.on_attempt(state, t)
-            accepted = receiver.take(t + LATENCY / 2)
+            accepted = receiver.try_take(t + LATENCY / 2)
             heapq.heappush(in_flight, (t + LATENCY, ready.popleft(), accepted, t))
         max_in_flight = max(max_in_flight, len(in_flight))
         samples.append((t, state.rate, done))

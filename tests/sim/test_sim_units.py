@@ -7,7 +7,7 @@ import pytest
 from mta.sim.config import MailboxesConfig, ReputationConfig
 from mta.sim.dns_server import Zone
 from mta.sim.persona import one_line, render
-from mta.sim.rules import Greylist, IpRecord, MailboxTable, TokenBucket, reputation_blocked
+from mta.sim.rules import Greylist, IpRecord, MailboxTable, bucket_for, reputation_blocked
 from mta.sim.scripts import Script, Stage, Step, chance, parse_local_part
 
 R: Stage = "rcpt"
@@ -72,11 +72,15 @@ def test_chance_is_a_pure_function_of_its_parts() -> None:
 
 
 def test_token_bucket_refuses_only_above_the_rate_and_refills() -> None:
-    bucket = TokenBucket(rate=1.0, burst=3.0)
-    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
-    assert bucket.take(100.5) is False
-    assert bucket.take(101.0) is True  # one second, one token
-    assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+    bucket = bucket_for(1.0, 3, now=100.0)
+    assert bucket is not None
+    assert [bucket.try_take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.try_take(100.5) is False
+    assert bucket.try_take(101.0) is True  # one second, one token
+    assert [bucket.try_take(200.0) for _ in range(4)] == [True, True, True, False]  # capped
+    assert bucket_for(0.0, 3, now=100.0) is None  # no rate: unlimited
+    default = bucket_for(2.0, 0, now=0.0)  # burst 0: one minute's worth
+    assert default is not None and default.burst == 120.0
 
 
 def test_greylist_window_and_expiry() -> None:
