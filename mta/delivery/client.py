@@ -40,6 +40,7 @@ from mta.config.service import TimeoutsConfig
 from mta.core.bounce import condition_reply
 from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
+from mta.delivery.deliverer import Job
 from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
 from mta.smtp.tls import opportunistic_client_context
@@ -60,22 +61,6 @@ class DeliverySettings:
     max_connections_per_host: int = 20
     max_messages_per_connection: int = 100
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One message to one domain, for some of its recipients."""
-
-    queue_id: str
-    mail_from: str
-    content: bytes
-    domain: str
-    recipients: tuple[str, ...]
-    smtputf8: bool = False
-    source: str | None = None  # source address to bind, None: the configured default
-    group: Hashable = None  # connections limited together (site, binding); None: per key
-    group_limit: int | None = None  # open connections allowed in the group
-    max_messages_per_connection: int | None = None  # None: the configured default
 
 
 class _Failure(Exception):
@@ -276,7 +261,7 @@ def _stuff(content: bytes) -> bytes:
 
 
 class Delivery:
-    """See the module docstring."""
+    """See the module docstring; a `mta.delivery.deliverer.Deliverer`."""
 
     def __init__(
         self,
@@ -304,6 +289,10 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         await self.pool.close()
+
+    async def limit_connections(self, group: Hashable, limit: int) -> None:
+        """See `mta.delivery.deliverer.Deliverer`."""
+        await self.pool.trim(group, limit)
 
     async def _reap_forever(self) -> None:
         while True:

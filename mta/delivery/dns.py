@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -38,6 +38,12 @@ class MxAnswer:
     kind: Literal["records", "implicit", "null", "nxdomain", "failure"]
     records: tuple[MxRecord, ...] = ()
     error: str = ""
+
+
+class MxLookup(Protocol):
+    """What the scheduler needs of DNS: where a domain's mail goes (`Resolver` is one)."""
+
+    async def mx(self, domain: str) -> MxAnswer: ...
 
 
 @dataclass(frozen=True, slots=True)

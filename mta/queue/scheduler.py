@@ -14,6 +14,11 @@ group commit, and fed back to the site's throttle; every change of a site's
 limits is logged, kept in the spool and shown by `mta queue sites`. Validity
 ends are swept from their own index, so recipients waiting behind a suspended
 or capped site still expire on time.
+
+The scheduler needs of delivery only the `Deliverer` protocol and of DNS only
+`MxLookup`, so it runs in tests with functions in their place. Its memory of
+sites and domains is `mta.queue.sites`; leased rows become jobs and updates
+in `mta.queue.jobs`.
 """
 
 from __future__ import annotations
@@ -25,23 +30,25 @@ import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mta.clock import Clock
-from mta.core import events, rampup, site_report, site_results, throttle
-from mta.core.limits import MxRule, MxRules
+from mta.core import events, rampup, site_results, throttle
+from mta.core.limits import MxRules
 from mta.core.rampup import Binding, RampUp, VolumeLedger
 from mta.core.retry import RetryPolicy, RetrySchedule
 from mta.core.routing import site_key
-from mta.core.settle import Attempted, Classifier, Settlement, expire_unattempted, settle
-from mta.core.throttle import Change, SiteThrottle
-from mta.delivery.client import Delivery, Job
-from mta.delivery.dns import Resolver
+from mta.core.settle import Classifier, Settlement, expire_unattempted, settle
+from mta.core.throttle import Change
+from mta.delivery.deliverer import Deliverer, Job
+from mta.delivery.dns import MxLookup
 from mta.model import Condition, Outcome, Phase, Reply
+from mta.queue import sites
+from mta.queue.jobs import attempted, default_bindings, group_jobs, last_outcome, update_of
 from mta.queue.records import DueRecipient, NewMessage, Release, Update
+from mta.queue.sites import DomainWork, Site
 from mta.queue.spool import Spool, SpoolError
 
 log = logging.getLogger("mta.scheduler")
@@ -49,7 +56,6 @@ log = logging.getLogger("mta.scheduler")
 RECORD_RETRIES = 5
 SITE_REFRESH = 60.0  # real seconds before a domain's MX hosts are looked up again
 EXPIRY_BATCH = 500
-CHANGES_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -60,122 +66,8 @@ class SchedulerSettings:
     relayhost: str | None = None  # "host:port": every domain goes to one site
 
 
-@dataclass
-class Site:
-    """Domains that share MX hosts, with one throttle state per source binding."""
-
-    key: str
-    hosts: tuple[str, ...]
-    rule: MxRule
-    states: dict[str, SiteThrottle] = field(default_factory=dict)
-    in_flight: dict[str, int] = field(default_factory=dict)
-    domains: set[str] = field(default_factory=set)
-    changes: deque[Change] = field(default_factory=lambda: deque(maxlen=CHANGES_KEPT))
-    first_attempt_at: dict[str, float] = field(default_factory=dict)  # per binding
-    last_delivery_at: dict[str, float] = field(default_factory=dict)
-
-    def state(self, binding: str, now: float) -> SiteThrottle:
-        found = self.states.get(binding)
-        if found is None:
-            found = self.states[binding] = throttle.new_state(self.key, binding, self.rule, now)
-        return found
-
-
-@dataclass
-class DomainWork:
-    """What the scheduler knows of one domain's queue."""
-
-    name: str
-    next_due: float | None = None  # earliest unleased next attempt (None: nothing waiting)
-    queued: int = 0  # recipients not yet final, in flight included
-    site: Site | None = None
-    resolving: bool = False
-    resolved_at: float = -math.inf  # monotonic
-    # Virtual time before which its site admits nothing (+inf: until one of the site's
-    # transactions ends, which resets it).
-    not_before: float = -math.inf
-
-
 # Per domain planned this round: its site, and how many transactions from which binding.
 Plan = tuple[Site, list[tuple[Binding, int]]]
-
-
-def _before(r: DueRecipient) -> Attempted:
-    return Attempted(
-        subject=events.Subject(r.queue_id, r.delivery_id, r.log_id, r.address),
-        attempts=r.attempts,
-        seq=r.seq,
-        expires_at=r.expires_at,
-        possible_duplicate=r.possible_duplicate,
-    )
-
-
-def _last_outcome(r: DueRecipient) -> Outcome | None:
-    if r.last_code is None:
-        return None
-    phase = Phase(r.last_phase) if r.last_phase in set(Phase) else Phase.CONNECT
-    return Outcome(Reply(r.last_code, r.last_enhanced, r.last_text or ""), phase, r.last_mx)
-
-
-def _update(
-    r: DueRecipient,
-    s: Settlement,
-    now: float,
-    site: str | None = None,
-    binding: str | None = None,
-) -> Update:
-    outcome = s.outcome
-    reply = outcome.reply
-    return Update(
-        recipient_id=r.recipient_id,
-        message_id=r.message_id,
-        state=s.state.value,
-        attempts=s.attempts,
-        next_attempt_at=s.next_attempt_at,
-        seq=s.seq,
-        at=now,
-        code=reply.code,
-        enhanced=reply.enhanced,
-        text=reply.text,
-        phase=outcome.phase.value,
-        mx=outcome.mx,
-        result=s.result,
-        attempted=s.attempted,
-        possible_duplicate=s.possible_duplicate,
-        event=(str(s.event["event_id"]), str(s.event["kind"]), events.dumps(s.event)),
-        site=site,
-        binding=binding,
-    )
-
-
-def group_jobs(
-    due: Sequence[DueRecipient], contents: dict[int, bytes], per_transaction: int
-) -> Iterator[tuple[Job, list[DueRecipient]]]:
-    """One job per (message, domain), split at the per-transaction recipient limit."""
-    groups: dict[tuple[int, str], list[DueRecipient]] = {}
-    for r in due:
-        groups.setdefault((r.message_id, r.domain), []).append(r)
-    for (message_id, domain), members in groups.items():
-        first = members[0]
-        for start in range(0, len(members), per_transaction):
-            chunk = members[start : start + per_transaction]
-            yield (
-                Job(
-                    queue_id=first.queue_id,
-                    mail_from=first.mail_from,
-                    content=contents[message_id],
-                    domain=domain,
-                    recipients=tuple(r.address for r in chunk),
-                    smtputf8=first.smtputf8,
-                ),
-                chunk,
-            )
-
-
-def default_bindings() -> list[Binding]:
-    """No bindings configured: one, the system's choice of source address, old enough
-    to have no ramp-up cap."""
-    return [Binding("default", "", first_use=-1e12)]
 
 
 class Scheduler:
@@ -184,8 +76,8 @@ class Scheduler:
     def __init__(
         self,
         spool: Spool,
-        delivery: Delivery,
-        resolver: Resolver,
+        delivery: Deliverer,
+        resolver: MxLookup,
         rules: Classifier,
         clock: Clock,
         policy: RetryPolicy | RetrySchedule,
@@ -289,7 +181,7 @@ class Scheduler:
             try:
                 if now >= self._next_expiry:
                     await self._expire(now)
-                requests, plans = self._plan(now)
+                requests, plans = self.plan(now)
                 if requests:
                     await self._dispatch(requests, plans, now)
                     continue
@@ -328,7 +220,7 @@ class Scheduler:
 
     # -- planning -------------------------------------------------------------
 
-    def _plan(self, now: float) -> tuple[list[tuple[str, int]], dict[str, Plan]]:
+    def plan(self, now: float) -> tuple[list[tuple[str, int]], dict[str, Plan]]:
         """How many recipients to lease per domain now, and from which bindings."""
         room = self.settings.max_inflight - self._inflight
         requests: list[tuple[str, int]] = []
@@ -501,7 +393,7 @@ class Scheduler:
             now = self.clock.now()
             settlements = [
                 settle(
-                    _before(r),
+                    attempted(r),
                     outcome,
                     now=now,
                     rules=self.rules,
@@ -512,7 +404,7 @@ class Scheduler:
                 for r, outcome in zip(members, outcomes, strict=True)
             ]
             updates = [
-                _update(r, s, now, site.key, binding.name)
+                update_of(r, s, now, site.key, binding.name)
                 for r, s in zip(members, settlements, strict=True)
             ]
             recorded = True
@@ -573,7 +465,7 @@ class Scheduler:
                 change.at, site.key, binding.name, json.dumps(change.as_dict())
             )
         if state.concurrency < before:
-            await self.delivery.pool.trim((site.key, binding.name), state.concurrency)
+            await self.delivery.limit_connections((site.key, binding.name), state.concurrency)
 
     async def _expire(self, now: float) -> None:
         """Expire recipients whose validity ended while they waited (never attempted since)."""
@@ -584,15 +476,16 @@ class Scheduler:
                 return
             settlements = [
                 expire_unattempted(
-                    _before(r),
-                    _last_outcome(r),
+                    attempted(r),
+                    last_outcome(r),
                     now=now,
                     rules=self.rules,
                     event_id=events.new_event_id(),
                 )
                 for r in due
             ]
-            await self._record([_update(r, s, now) for r, s in zip(due, settlements, strict=True)])
+            updates = [update_of(r, s, now) for r, s in zip(due, settlements, strict=True)]
+            await self._record(updates)
             self._count(settlements)
             self._requeue(due, settlements)
             if len(due) < EXPIRY_BATCH:
@@ -633,25 +526,4 @@ class Scheduler:
 
     def site_report(self) -> list[dict[str, Any]]:
         """Per site and binding: queue depth, limits, state, last change, throughput."""
-        now = self.clock.now()
-        rows: list[dict[str, Any]] = []
-        for site in sorted(self.sites.values(), key=lambda s: s.key):
-            queued = sum(self.domains[d].queued for d in site.domains if d in self.domains)
-            states = site.states or {"-": throttle.new_state(site.key, "-", site.rule, now)}
-            for binding, state in sorted(states.items()):
-                row = site_report.status(state, now).as_dict()
-                first = site.first_attempt_at.get(binding)
-                last = site.last_delivery_at.get(binding)
-                span = (last - first) if first is not None and last is not None else 0.0
-                row.update(
-                    average_rate=state.delivered / span if span > 0 else None,
-                    site=site.key,
-                    binding=binding,
-                    hosts=list(site.hosts),
-                    domains=sorted(site.domains),
-                    queued=queued,
-                    in_flight=site.in_flight.get(binding, 0),
-                    changes=[c.as_dict() for c in site.changes if c.binding == binding],
-                )
-                rows.append(row)
-        return rows
+        return sites.report(self.sites, self.domains, self.clock.now())

@@ -1,0 +1,281 @@
+"""The scheduler on its own: planning, admission, round-robin, requeue and the expiry sweep.
+
+A real spool (an SQLite file in tmp_path), the manual clock and a function in place of
+delivery (`FunctionDeliverer`) and of DNS; no sockets. Waits are for conditions, bounded
+in count, never for a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mta.clock import ManualClock
+from mta.config.bounce_rules import load_bounce_rules
+from mta.config.mx_rules import load_retry_schedule
+from mta.core import throttle
+from mta.core.limits import AdaptiveRule, MxRule, MxRules
+from mta.core.rampup import RampUp
+from mta.core.retry import RetryPolicy
+from mta.core.routing import MxRecord
+from mta.delivery.deliverer import FunctionDeliverer, Job
+from mta.delivery.dns import MxAnswer
+from mta.model import Outcome, Phase, Reply
+from mta.queue.records import NewMessage, NewRecipient
+from mta.queue.scheduler import Scheduler, SchedulerSettings
+from mta.queue.spool import Spool
+
+OK = Reply(250, "2.0.0", "queued as 1")
+LATER = Reply(451, "4.3.0", "try again later")
+SLOW_DOWN = Reply(421, "4.7.0", "[TSS04] Messages from 127.0.0.2 temporarily deferred")
+POLICY = RetryPolicy(first=600.0, factor=2.0, jitter=0.0)
+SITES = {"a.test": "mx.a.test", "b.test": "mx.b.test", "c.test": "mx.c.test"}
+
+
+class FixedMx:
+    """DNS as a table: each domain has one MX host."""
+
+    async def mx(self, domain: str) -> MxAnswer:
+        return MxAnswer("records", (MxRecord(10, SITES[domain]),))
+
+
+def answering(*replies: Reply) -> Callable[[Job], Awaitable[list[Outcome]]]:
+    """A delivery that answers each job's recipients with the next reply (the last repeats)."""
+    queue = list(replies)
+
+    async def deliver(job: Job) -> list[Outcome]:
+        reply = queue.pop(0) if len(queue) > 1 else queue[0]
+        phase = Phase.DOT if reply.is_success else Phase.RCPT
+        return [Outcome(reply, phase, SITES[job.domain])] * len(job.recipients)
+
+    return deliver
+
+
+@dataclass
+class Harness:
+    clock: ManualClock
+    spool: Spool
+    deliverer: FunctionDeliverer
+    scheduler: Scheduler
+    ids: itertools.count[int]
+
+    async def submit(self, domain: str, count: int = 1, validity: float = 86400.0) -> None:
+        """`count` messages of one recipient each, as the ingress would queue them."""
+        for _ in range(count):
+            n = next(self.ids)
+            now = self.clock.now()
+            message = NewMessage(
+                queue_id=f"Q{n:04d}",
+                mail_from="sender@example.test",
+                delivery_id=None,
+                received_at=now,
+                expires_at=now + validity,
+                content=b"Subject: test\r\n\r\nhello\r\n",
+                smtputf8=False,
+                recipients=(NewRecipient(f"user{n}@{domain}", domain, None),),
+            )
+            await self.spool.ingest(message)
+            self.scheduler.queued(message)
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        for _ in range(2000):  # at most about 10 s of real time
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never happened: {what}")
+
+    def domains(self) -> list[str]:
+        return [job.domain for job in self.deliverer.jobs]
+
+
+def rules(*extra: MxRule) -> MxRules:
+    return MxRules(extra, MxRule("default", max_connections=20))
+
+
+@contextlib.asynccontextmanager
+async def make(
+    tmp_path: Path,
+    deliver: Callable[[Job], Awaitable[list[Outcome]]],
+    mx_rules: MxRules | None = None,
+    settings: SchedulerSettings | None = None,
+) -> AsyncIterator[Harness]:
+    clock = ManualClock()
+    spool = await Spool.open(tmp_path / "spool.sqlite3")
+    deliverer = FunctionDeliverer(deliver)
+    scheduler = Scheduler(
+        spool,
+        deliverer,
+        FixedMx(),
+        load_bounce_rules(),
+        clock,
+        load_retry_schedule().with_default(POLICY),
+        mx_rules or rules(),
+        RampUp(),
+        settings=settings,
+        rng=random.Random(7),
+    )
+    try:
+        yield Harness(clock, spool, deliverer, scheduler, itertools.count(1))
+    finally:
+        await scheduler.stop(grace=1.0)
+        await spool.close()
+
+
+@pytest.fixture
+def harness_for(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Harness]]:
+    def build(
+        deliver: Callable[[Job], Awaitable[list[Outcome]]],
+        mx_rules: MxRules | None = None,
+        settings: SchedulerSettings | None = None,
+    ) -> AbstractAsyncContextManager[Harness]:
+        return make(tmp_path, deliver, mx_rules, settings)
+
+    return build
+
+
+async def test_the_token_bucket_admits_a_burst_then_paces_by_the_clock(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    paced = MxRule("paced", ("mx.a.test",), rate=2.0, burst=2.0)
+    async with harness_for(answering(OK), rules(paced)) as h:
+        await h.scheduler.start()
+        await h.submit("a.test", 5)
+        await h.until(lambda: h.scheduler.delivered == 2, "the burst of two delivered")
+        site = h.scheduler.sites["mx.a.test"]
+        state = site.states["default"]
+        assert throttle.admit(state, h.clock.now(), 0).reason == "rate"
+        assert len(h.deliverer.jobs) == 2  # the clock has not moved: no third start
+        h.clock.advance(0.5)  # one token
+        await h.until(lambda: h.scheduler.delivered == 3, "one more after half a second")
+        h.clock.advance(1.0)  # two tokens
+        await h.until(lambda: h.scheduler.delivered == 5, "the rest")
+        assert len(h.deliverer.jobs) == 5
+        stats = await h.spool.stats()
+        assert (stats.delivered, stats.queued) == (5, 0)
+        assert h.scheduler.domains == {}  # nothing queued: the domain leaves memory
+
+
+async def test_the_connection_limit_holds_jobs_until_one_ends(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+
+    async def slow(job: Job) -> list[Outcome]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        return [Outcome(OK, Phase.DOT, "mx.a.test")] * len(job.recipients)
+
+    one = MxRule("one", ("mx.a.test",), max_connections=1)
+    async with harness_for(slow, rules(one)) as h:
+        await h.scheduler.start()
+        await h.submit("a.test", 3)
+        await h.until(lambda: len(h.deliverer.jobs) == 1, "the first job started")
+        site = h.scheduler.sites["mx.a.test"]
+        assert site.in_flight["default"] == 1
+        assert throttle.admit(site.states["default"], h.clock.now(), 1).reason == "connections"
+        gate.set()
+        await h.until(lambda: h.scheduler.delivered == 3, "all three delivered one by one")
+        assert most == 1
+
+
+async def test_planning_takes_the_domains_in_turn(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    settings = SchedulerSettings(max_inflight=1, pick_batch=1)
+    async with harness_for(answering(OK), settings=settings) as h:
+        # The loop is not started: each call of plan() is one round.
+        await h.submit("a.test", 3)
+        await h.submit("b.test", 3)
+        await h.submit("c.test", 3)
+        now = h.clock.now()
+        h.scheduler.plan(now)  # the first round looks the sites up
+        await h.until(
+            lambda: all(w.site is not None for w in h.scheduler.domains.values()), "sites known"
+        )
+        firsts = []
+        for _ in range(6):
+            requests, plans = h.scheduler.plan(now)
+            assert len(requests) == 1 and requests[0][1] == 1  # room for one recipient
+            domain = requests[0][0]
+            assert plans[domain][0].key == SITES[domain]
+            firsts.append(domain)
+        assert sorted(firsts[:3]) == ["a.test", "b.test", "c.test"]
+        assert firsts[3:] == firsts[:3]  # the same turn again, no domain served twice in a row
+
+
+async def test_a_deferred_recipient_is_requeued_and_tried_again_when_due(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    async with harness_for(answering(LATER, OK)) as h:
+        await h.scheduler.start()
+        start = h.clock.now()
+        await h.submit("a.test")
+        await h.until(lambda: h.scheduler.deferred == 1, "the first attempt deferred")
+        work = h.scheduler.domains["a.test"]
+        assert work.next_due == pytest.approx(start + POLICY.first)
+        assert work.queued == 1
+        h.clock.advance(POLICY.first - 1)
+        await asyncio.sleep(0.05)
+        assert len(h.deliverer.jobs) == 1  # not due yet
+        h.clock.advance(1)
+        await h.until(lambda: h.scheduler.delivered == 1, "delivered at the second attempt")
+        history = await h.spool.recipient_history("Q0001")
+        assert [(e["result"], e["code"]) for e in history] == [("retry", 451), ("delivered", 250)]
+
+
+async def test_a_throttling_reply_slows_the_site_and_trims_its_connections(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    halve = AdaptiveRule(
+        "halve", "halve_concurrency", rule=re.compile("^throttle-"), duration=60.0
+    )
+    site_rule = MxRule("halving", ("mx.a.test",), max_connections=8, adaptive=(halve,))
+    async with harness_for(answering(SLOW_DOWN, OK), rules(site_rule)) as h:
+        await h.scheduler.start()
+        await h.submit("a.test")
+        await h.until(lambda: bool(h.deliverer.limits), "the site's connections trimmed")
+        assert h.scheduler.throttled == 1
+        site = h.scheduler.sites["mx.a.test"]
+        assert site.states["default"].concurrency == 4
+        assert h.deliverer.limits == [(("mx.a.test", "default"), 4)]
+        assert [c.what for c in site.changes] == ["concurrency"]
+        work = h.scheduler.domains["a.test"]
+        assert work.next_due is not None and work.next_due < h.clock.now() + POLICY.first
+
+
+async def test_the_expiry_sweep_ends_recipients_that_wait_behind_a_suspended_site(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    suspend = AdaptiveRule("pause", "suspend", rule=re.compile("^throttle-"), duration=3600.0)
+    site_rule = MxRule("pausing", ("mx.a.test",), adaptive=(suspend,))
+    async with harness_for(answering(SLOW_DOWN), rules(site_rule)) as h:
+        await h.scheduler.start()
+        await h.submit("a.test", validity=300.0)
+        await h.until(lambda: h.scheduler.throttled == 1, "the throttling reply counted")
+        await h.until(lambda: bool(h.scheduler.sites["mx.a.test"].changes), "suspended")
+        state = h.scheduler.sites["mx.a.test"].states["default"]
+        assert throttle.admit(state, h.clock.now(), 0).reason == "suspended"
+        h.clock.advance(120)  # due again (the site's backoff), but the site is suspended
+        await asyncio.sleep(0.05)
+        assert len(h.deliverer.jobs) == 1
+        h.clock.advance(181)  # validity over
+        await h.until(lambda: h.scheduler.expired == 1, "expired by the sweep")
+        assert len(h.deliverer.jobs) == 1  # never attempted again
+        stats = await h.spool.stats()
+        assert (stats.expired, stats.queued) == (1, 0)
+        work = h.scheduler.domains.get("a.test")
+        assert work is None or work.queued == 0
