@@ -104,6 +104,7 @@ class Stack:
         flags: dict[str, Any] = {
             "delivery.mx_rules_files": (str(rules_file),),
             "smtp.listen": "127.0.0.1:0",
+            "admin.listen": "127.0.0.1:0",  # other processes may hold 8080
             "data_dir": str(self.root / "mta"),
             "dns.nameservers": (dns_host,),
             "dns.port": dns_port,
