@@ -112,3 +112,63 @@ def test_arf_in_a_text_part_is_a_complaint() -> None:
     inbound = parse_inbound(raw)
     assert (inbound.kind, inbound.feedback_type) == ("complaint", "abuse")
     assert _verdicts(raw) == [("hal@isp.test", "", "Hard", "Denylisted")]
+
+
+# Replies as vendors document them (Google's SMTP error reference, Microsoft's Exchange
+# Online NDR pages, Yahoo's and AOL's postmaster pages, Postfix/Exim/qmail texts).
+VENDOR_REPLIES = [
+    ("550 5.1.1 The email account that you tried to reach does not exist.", "User unknown"),
+    ("552 5.2.2 The email account that you tried to reach is over quota.", "Mailbox full"),
+    ("550 5.2.1 The email account that you tried to reach is disabled.", "Account disabled"),
+    ("550 5.7.1 Our system has detected an unusual rate of unsolicited mail originating from"
+     " your IP address.", "Refused"),
+    ("450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents"
+     " additional messages from being delivered.", "Refused"),
+    ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+     "User unknown"),
+    ("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "User unknown"),
+    ("554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException", "Mailbox full"),
+    ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", "Refused"),
+    ("554 5.4.14 Hop count exceeded - possible mail loop", "Unreachable"),
+    ("550 4.4.7 QUEUE.Expired; message expired", "Unreachable"),
+    ("554 delivery error: dd This user doesn't have a yahoo.com account", "User unknown"),
+    ("553 5.7.2 [TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will"
+     " NOT succeed.", "Refused"),
+    ("521 5.2.1 : AOL will not accept delivery of this message.", "Refused"),
+    ("550 5.1.1 <a@isp.test>: Recipient address rejected: User unknown in local recipient table",
+     "User unknown"),
+    ("450 4.1.8 <x@sender.test>: Sender address rejected: Domain not found", "Refused"),
+    ("554 5.7.1 <unknown[192.0.2.1]>: Client host rejected: cannot find your reverse hostname",
+     "Refused"),
+    ("connect to mx.isp.test[192.0.2.7]:25: Connection timed out", "Unreachable"),
+    ("Host or domain name not found. Name service error for name=isp.test type=MX",
+     "Invalid domain"),
+    ("all relevant MX records point to non-existent hosts", "Invalid domain"),
+    ("Sorry, I couldn't find any host named isp.test. (#5.1.2)", "Invalid domain"),
+    ("552 1 Requested mail action aborted, mailbox not found", "User unknown"),
+    ("550 Message was not accepted -- invalid mailbox. Local mailbox x@mail.ru is unavailable:"
+     " account is disabled", "Account disabled"),
+    ("550 Requested action not taken: mailbox unavailable (-2146232832)", "User unknown"),
+    ("550 SC-001 Mail rejected by Outlook.com for policy reasons.", "Refused"),
+    ("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+     "Refused"),
+    ("We're writing to let you know that the group you tried to contact (g) may not exist, or"
+     " you may not have permission to post messages to the group.", "Refused"),
+    ("501 5.5.4 Syntax error in parameters or arguments", "Not defined"),
+]
+
+
+def test_vendor_replies_in_a_dsn() -> None:
+    for diagnostic, reason in VENDOR_REPLIES:
+        block = ("Final-Recipient: rfc822; v@isp.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+                 f"Diagnostic-Code: smtp; {diagnostic}\r\n")
+        assert _verdicts(_report(block))[0][3] == reason, diagnostic
+
+
+def test_exchange_ndr_in_german_without_a_report_part() -> None:
+    raw = ("From: Microsoft Outlook <postmaster@firma.test>\r\n"
+           "Subject: Unzustellbar: Neuigkeiten\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           "Die Zustellung an folgende Empfänger oder Gruppen ist fehlgeschlagen:\r\n\r\n"
+           "jan@firma.test\r\nDie E-Mail-Adresse wurde nicht gefunden.\r\n\r\n"
+           "Diagnoseinformationen für Administratoren:\r\n").encode()
+    assert _verdicts(raw) == [("jan@firma.test", "", "Hard", "User unknown")]
