@@ -71,13 +71,13 @@ class Reading:
 
 def header_text(message: Message, name: str) -> str:
     """The decoded value of a header ("" when absent or unreadable)."""
-    try:
-        value = message.get(name)
-    except (TypeError, ValueError, IndexError):
-        return ""
+    wanted = name.lower()
+    value = next((raw for key, raw in message.raw_items() if key.lower() == wanted), None)
     if value is None:
         return ""
     text = str(value)
+    if any("\udc80" <= char <= "\udcff" for char in text):
+        text = _unescape(text)                     # raw 8-bit (UTF-8) bytes in the header
     if "=?" in text:
         with contextlib.suppress(UnicodeError, LookupError, ValueError, binascii.Error):
             text = str(make_header(decode_header(text)))
@@ -138,6 +138,14 @@ def _walk(part: Message, reading: Reading, plain: list[str], html: list[str],
         plain.append(_text(part))
 
 
+def _unescape(text: str) -> str:
+    """Header bytes the parser kept as surrogate escapes, read as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        return text
+
+
 def _is_report(part: Message) -> bool:
     inner = part.get_payload()
     return (isinstance(inner, list) and bool(inner) and isinstance(inner[0], Message)
@@ -175,12 +183,12 @@ def _report_text(part: Message) -> str:
         for sub in payload:
             if not isinstance(sub, Message):
                 continue
-            chunks.extend(f"{name}: {value}" for name, value in sub.items())
+            chunks.extend(f"{name}: {value}" for name, value in sub.raw_items())
             body = sub.get_payload()
             if isinstance(body, str) and body.strip():
                 chunks.append(body)
             chunks.append("")
-        text = "\n".join(chunks)
+        text = _unescape("\n".join(chunks))
     else:
         text = _text(part) if isinstance(payload, str) else ""
     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
