@@ -422,7 +422,8 @@ async def _receive(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(signum, stop.set)   # main thread only
         puller = _start_pull(args, log, stop)
         if puller is not None:
-            print(f"{PROG}: pulling events from {args.pull}", file=sys.stderr)
+            print(f"{PROG}: pulling events from {args.pull}; writing {args.log_path}",
+                  file=sys.stderr)
         await stop.wait()
     finally:
         stop.set()

@@ -222,10 +222,11 @@ class Receiver:
         return max(self.clock(), self._events_at)
 
     def describe(self) -> str:
-        """One line saying where it listens."""
+        """One line saying where it listens and which delivery log it writes."""
         parts: list[str] = []
         if self.port is not None:
             parts.append(f"webhooks at {self.webhook_url}")
         if self.bounce_port is not None:
             parts.append(f"bounce mailbox at smtp://{self.bounce_host}:{self.bounce_port}")
-        return "; ".join(parts) or "nothing"
+        parts.append(f"writing {self.log.path}")
+        return "; ".join(parts)

@@ -215,6 +215,7 @@ async def test_receive_runs_until_sigterm(tmp_path: Path) -> None:
     try:
         line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
         assert "webhooks at http://127.0.0.1:" in line and "bounce mailbox at smtp://" in line
+        assert line.rstrip().endswith(f"; writing {path}")
         url = line.split("webhooks at ")[1].split(";")[0].strip()
         assert await post(url, [ev("relayed", 1), ev("delivered", 2)]) == 204
     finally:
