@@ -24,7 +24,7 @@ from mta.config.mx_rules import load_mx_data, load_retry_schedule
 from mta.core import throttle as th
 from mta.core.retry import decide
 from mta.core.site_results import SiteResult
-from mta.model import BounceClass, Verdict
+from mta.model import BounceClass, Result, Verdict
 
 MAX_RUNS = 2_000_000  # a bound on every timing loop, whatever the time budget
 THROTTLED = Verdict(BounceClass(70, "Transient Failure"), "Soft", "Unreachable", 3, "site",
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         now = i * 0.001
         th.admit(state, now, 0)
         th.on_attempt(state, now)
-        th.on_result(state, now, SiteResult("delivered", now, None, "250 ok"))
+        th.on_result(state, now, SiteResult(Result.DELIVERED, now, None, "250 ok"))
 
     throttle_state = th.new_state("google.test", "127.0.0.3", gmail, 0.0)
 
     def throttled(i: int) -> None:
         now = i * 0.001
-        th.on_result(throttle_state, now, SiteResult("throttled", now - 1, THROTTLED, TEXT))
+        th.on_result(throttle_state, now, SiteResult(Result.THROTTLED, now - 1, THROTTLED, TEXT))
 
     hosts = ["mx1.google.test", "mx2.google.test"]
 

@@ -32,6 +32,7 @@ from mta.delivery.client import Delivery, DeliverySettings
 from mta.delivery.dns import Resolver
 from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
 from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
+from mta.model import Result
 from mta.queue.scheduler import Scheduler, SchedulerSettings
 from mta.queue.spool import Spool
 from mta.smtp.limits import Listener, SmtpLimits
@@ -42,6 +43,14 @@ from mta.smtp.tls import server_context
 log = logging.getLogger("mta")
 
 SPOOL_FILE = "spool.sqlite3"
+# The label each counted result has in /metrics (the names predate the Result enum).
+ATTEMPT_LABELS = {
+    Result.DELIVERED: "delivered",
+    Result.RETRY: "deferred",
+    Result.THROTTLED: "throttled",
+    Result.BOUNCE: "bounced",
+    Result.EXPIRE: "expired",
+}
 
 
 def bindings_of(config: MtaConfig, first_days: dict[str, int]) -> list[Binding]:
@@ -326,11 +335,10 @@ class MtaApp:
             'mta_recipients{state="bounced"}': stats.bounced,
             'mta_recipients{state="expired"}': stats.expired,
             "mta_recipients_in_flight": scheduler.inflight,
-            'mta_attempts_total{result="delivered"}': scheduler.delivered,
-            'mta_attempts_total{result="deferred"}': scheduler.deferred,
-            'mta_attempts_total{result="throttled"}': scheduler.throttled,
-            'mta_attempts_total{result="bounced"}': scheduler.bounced,
-            'mta_attempts_total{result="expired"}': scheduler.expired,
+            **{
+                f'mta_attempts_total{{result="{label}"}}': scheduler.counts[result]
+                for result, label in ATTEMPT_LABELS.items()
+            },
             "mta_connections_opened_total": pool.opened,
             "mta_connections_reused_total": pool.reused,
             "mta_connections_open": pool.open_total,

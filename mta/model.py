@@ -4,7 +4,8 @@ A `Reply` is what an SMTP server said (or what we say on its behalf for a local
 condition such as a DNS failure); an `Outcome` places it in a phase of the
 session; a `Verdict` is the MTA's judgement of an outcome (Momentum bounce
 class, Campaign failure type and reason, scope of the failure). Recipients move
-through `RecipientState`; each change produces an event of one `EventKind`.
+through `RecipientState` by the `Result` of each attempt; each change produces
+an event of one `EventKind`.
 """
 
 from __future__ import annotations
@@ -120,6 +121,25 @@ class RecipientState(StrEnum):
 TERMINAL_STATES = frozenset(
     {RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED}
 )
+
+
+class Result(StrEnum):
+    """What an attempt came to: the one vocabulary of the state table, the retry decision,
+    the throttle and every counter.
+
+    A recipient's attempt ends DELIVERED, RETRY (another attempt later), BOUNCE or
+    EXPIRE (the validity ended); these four move it through the state table
+    (`mta.core.status`) and are the values stored in the spool. The throttle sees a
+    transaction at its site and also tells apart THROTTLED (a retry because the site
+    asked us to slow down) and CONNECT_FAILED (the session never got an answer).
+    """
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    BOUNCE = "bounce"
+    EXPIRE = "expire"
+    THROTTLED = "throttled"
+    CONNECT_FAILED = "connect_failed"
 
 
 class EventKind(StrEnum):

@@ -1,10 +1,11 @@
-"""Feedback events as plain JSON-ready dicts (DESIGN 4.3), built from what happened (pure).
+"""Feedback events as frozen records, built from what happened (pure).
 
 One event per recipient state change: relayed, delivered, soft_bounce,
-hard_bounce, expired (out_of_band and complaint come from the simulated ISPs).
-`event_id` is stable: it is made once, stored in the outbox and sent unchanged
-on every redelivery, so receivers can deduplicate; `seq` counts a recipient's
-events from 1 so receivers can order them.
+hard_bounce, expired (out_of_band and complaint come from the simulated ISPs);
+docs/design.md, "Feedback events", lists the fields. `event_id` is stable: it
+is made once, stored in the outbox and sent unchanged on every redelivery, so
+receivers can deduplicate; `seq` counts a recipient's events from 1 so
+receivers can order them. `Event.as_dict` is the JSON object on the wire.
 """
 
 from __future__ import annotations
@@ -27,6 +28,80 @@ class Subject:
     recipient: str
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpPart:
+    """The reply an event reports: `smtp` on the wire."""
+
+    code: int
+    enhanced: str | None
+    text: str
+    phase: str
+    mx: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePart:
+    """Campaign's failure type and reason: `failure` on the wire."""
+
+    type: str
+    reason: str
+    reason_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One feedback event."""
+
+    event_id: str
+    seq: int
+    kind: EventKind
+    at: float
+    subject: Subject
+    attempt: int
+    smtp: SmtpPart | None = None
+    bounce_class: tuple[int, str] | None = None  # (code, name)
+    failure: FailurePart | None = None
+    next_attempt_at: float | None = None
+    possible_duplicate: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object on the wire (the field order is part of the contract's bytes)."""
+        s = self.subject
+        return {
+            "event_id": self.event_id,
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "at": self.at,
+            "queue_id": s.queue_id,
+            "delivery_id": s.delivery_id,
+            "log_id": s.log_id,
+            "recipient": s.recipient,
+            "attempt": self.attempt,
+            "smtp": None if self.smtp is None else {
+                "code": self.smtp.code,
+                "enhanced": self.smtp.enhanced,
+                "text": self.smtp.text,
+                "phase": self.smtp.phase,
+                "mx": self.smtp.mx,
+            },
+            "bounce_class": None if self.bounce_class is None else {
+                "code": self.bounce_class[0],
+                "name": self.bounce_class[1],
+            },
+            "failure": None if self.failure is None else {
+                "type": self.failure.type,
+                "reason": self.failure.reason,
+                "reason_code": self.failure.reason_code,
+            },
+            "next_attempt_at": self.next_attempt_at,
+            "possible_duplicate": self.possible_duplicate,
+        }
+
+    def dumps(self) -> str:
+        """Compact JSON, as stored in the outbox and sent."""
+        return json.dumps(self.as_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
 def new_event_id() -> str:
     return uuid.uuid4().hex
 
@@ -43,42 +118,25 @@ def build(
     verdict: Verdict | None = None,
     next_attempt_at: float | None = None,
     possible_duplicate: bool = False,
-) -> dict[str, Any]:
+) -> Event:
     smtp = None
     if outcome is not None:
         reply = outcome.reply
-        smtp = {
-            "code": reply.code,
-            "enhanced": reply.enhanced,
-            "text": reply.text,
-            "phase": outcome.phase.value,
-            "mx": outcome.mx,
-        }
+        smtp = SmtpPart(reply.code, reply.enhanced, reply.text, outcome.phase.value, outcome.mx)
     bounce_class = failure = None
     if verdict is not None:
-        bounce_class = {"code": verdict.bounce_class.code, "name": verdict.bounce_class.name}
-        failure = {
-            "type": verdict.failure_type,
-            "reason": verdict.failure_reason,
-            "reason_code": verdict.reason_code,
-        }
-    return {
-        "event_id": event_id,
-        "seq": seq,
-        "kind": kind.value,
-        "at": at,
-        "queue_id": subject.queue_id,
-        "delivery_id": subject.delivery_id,
-        "log_id": subject.log_id,
-        "recipient": subject.recipient,
-        "attempt": attempt,
-        "smtp": smtp,
-        "bounce_class": bounce_class,
-        "failure": failure,
-        "next_attempt_at": next_attempt_at,
-        "possible_duplicate": possible_duplicate,
-    }
-
-
-def dumps(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        bounce_class = (verdict.bounce_class.code, verdict.bounce_class.name)
+        failure = FailurePart(verdict.failure_type, verdict.failure_reason, verdict.reason_code)
+    return Event(
+        event_id,
+        seq,
+        kind,
+        at,
+        subject,
+        attempt,
+        smtp,
+        bounce_class,
+        failure,
+        next_attempt_at,
+        possible_duplicate,
+    )

@@ -25,10 +25,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from mta.core.durations import format_duration
-from mta.model import Verdict
+from mta.model import Result, Verdict
 
 MAX_VALIDITY = 3.5 * 86400.0
 _CACHE_LIMIT = 4096
@@ -126,8 +125,8 @@ class Decision:
     must not be counted (the reply was about the site's rate, not the recipient).
     """
 
-    action: Literal["retry", "bounce", "expire"]
-    at: float | None = None  # the next attempt, for "retry"
+    action: Result  # RETRY, BOUNCE or EXPIRE
+    at: float | None = None  # the next attempt, for RETRY
     policy: str = ""
     waits_for_site: bool = False
 
@@ -169,11 +168,11 @@ def decide(
     """
     chosen = resolve(verdict, policy)
     if verdict.permanent:
-        return Decision("bounce", policy=chosen.name)
+        return Decision(Result.BOUNCE, policy=chosen.name)
     at = now + jittered(interval(attempts, chosen), chosen.jitter, rand)
     if at >= expires_at:
-        return Decision("expire", policy=chosen.name, waits_for_site=chosen.waits_for_site)
-    return Decision("retry", at, chosen.name, chosen.waits_for_site)
+        return Decision(Result.EXPIRE, policy=chosen.name, waits_for_site=chosen.waits_for_site)
+    return Decision(Result.RETRY, at, chosen.name, chosen.waits_for_site)
 
 
 def validity_end(received_at: float, requested: float | None, default: float) -> float:

@@ -10,11 +10,11 @@ the new event's id included.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from mta.core import events, retry
-from mta.core.status import Result, transition
-from mta.model import Condition, Outcome, Phase, RecipientState, Reply, Verdict
+from mta.core.status import transition
+from mta.model import Condition, Outcome, Phase, RecipientState, Reply, Result, Verdict
 
 
 class Classifier(Protocol):
@@ -41,7 +41,7 @@ class Settlement:
     next_attempt_at: float | None
     verdict: Verdict | None
     outcome: Outcome
-    event: dict[str, Any]
+    event: events.Event
     possible_duplicate: bool
     attempted: bool
 
@@ -67,7 +67,7 @@ def settle(
     next_at: float | None = None
     result: Result
     if outcome.phase is Phase.DOT and outcome.reply.is_success:
-        result = "delivered"
+        result = Result.DELIVERED
     else:
         verdict = rules.classify(outcome)
         decision = retry.decide(verdict, attempts, now, before.expires_at, policy, rand)
@@ -108,7 +108,7 @@ def expire_unattempted(
     return _settlement(
         before,
         outcome,
-        "expire",
+        Result.EXPIRE,
         before.attempts,
         None,
         verdict,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mta.core.throttle import SiteThrottle
+from mta.model import Result
 
 SiteState = Literal["ok", "slowed", "suspended", "down"]
 
@@ -82,10 +83,10 @@ def status(state: SiteThrottle, now: float) -> SiteStatus:
         until=until,
         last_change_at=state.last_change_at,
         last_reason=state.last_reason,
-        delivered=state.delivered,
-        deferred=state.deferred,
-        throttled=state.throttled,
-        bounced=state.bounced,
-        connect_failed=state.connect_failed,
+        delivered=state.counts[Result.DELIVERED],
+        deferred=state.counts[Result.RETRY],
+        throttled=state.counts[Result.THROTTLED],
+        bounced=state.counts[Result.BOUNCE],
+        connect_failed=state.counts[Result.CONNECT_FAILED],
         effective_rate=state.deliveries.rate(now) or 0.0,
     )

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
-from mta.model import Condition, Outcome, Phase, Verdict
-
-ResultKind = Literal["delivered", "throttled", "deferred", "bounced", "connect_failed"]
+from mta.model import Condition, Outcome, Phase, Result, Verdict
 
 THROTTLE_PREFIX = "throttle-"  # bounce rules with this name prefix are throttling replies
 SESSION_PHASES = frozenset({Phase.CONNECT, Phase.EHLO, Phase.STARTTLS})
@@ -32,7 +29,7 @@ class SiteResult:
     `on_attempt`); `recipients` is how many recipients share this result.
     """
 
-    kind: ResultKind
+    kind: Result  # DELIVERED, THROTTLED, RETRY, BOUNCE or CONNECT_FAILED
     started_at: float
     verdict: Verdict | None = None
     reply_text: str = ""
@@ -44,18 +41,26 @@ def is_throttle(verdict: Verdict | None) -> bool:
     return verdict is not None and verdict.rule.startswith(THROTTLE_PREFIX)
 
 
+def counted_as(result: Result, verdict: Verdict | None, attempted: bool) -> Result:
+    """A recipient's result as the counters show it: a retry because the site asked us
+    to slow down counts as THROTTLED."""
+    if result is Result.RETRY and attempted and is_throttle(verdict):
+        return Result.THROTTLED
+    return result
+
+
 def result_of(outcome: Outcome, verdict: Verdict | None, started_at: float) -> SiteResult:
     """The result for one outcome (and its verdict; None when it was delivered)."""
     text = str(outcome.reply)
     if outcome.phase is Phase.DOT and outcome.reply.is_success:
-        return SiteResult("delivered", started_at, None, text)
+        return SiteResult(Result.DELIVERED, started_at, None, text)
     if outcome.condition in _CONNECT_FAILURES and outcome.phase in SESSION_PHASES:
-        return SiteResult("connect_failed", started_at, verdict, text)
+        return SiteResult(Result.CONNECT_FAILED, started_at, verdict, text)
     if is_throttle(verdict):
-        return SiteResult("throttled", started_at, verdict, text)
+        return SiteResult(Result.THROTTLED, started_at, verdict, text)
     if verdict is not None and verdict.permanent:
-        return SiteResult("bounced", started_at, verdict, text)
-    return SiteResult("deferred", started_at, verdict, text)
+        return SiteResult(Result.BOUNCE, started_at, verdict, text)
+    return SiteResult(Result.RETRY, started_at, verdict, text)
 
 
 def job_results(

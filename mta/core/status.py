@@ -1,17 +1,20 @@
 """Recipient state transitions on the MTA side, as one literal table (pure).
 
-An attempt's result moves a queued recipient to its next state and names the
-feedback event that the change produces. Terminal states have no way out: a
-result for a recipient that is already final is a programming error.
+Every state has its row; a (state, result) pair that is not in the table is
+refused with `InvalidTransition` (a typed error, like h11's `_state.py`). A
+queued recipient's attempt moves it on and names the feedback event the change
+produces. The final states have no way out: an out-of-band bounce or a
+complaint about a delivered recipient is an event from the receiving side, not
+a change of the MTA's state. THROTTLED and CONNECT_FAILED describe a
+transaction at its site (`mta.core.site_results`), never a recipient's move:
+the table refuses them too.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
 
-from mta.model import EventKind, RecipientState
-
-Result = Literal["delivered", "retry", "bounce", "expire"]
+from mta.model import EventKind, RecipientState, Result
 
 Q, D, B, E = (
     RecipientState.QUEUED,
@@ -20,20 +23,31 @@ Q, D, B, E = (
     RecipientState.EXPIRED,
 )
 
-TRANSITIONS: dict[tuple[RecipientState, Result], tuple[RecipientState, EventKind]] = {
-    (Q, "delivered"): (D, EventKind.DELIVERED),
-    (Q, "retry"): (Q, EventKind.SOFT_BOUNCE),
-    (Q, "bounce"): (B, EventKind.HARD_BOUNCE),
-    (Q, "expire"): (E, EventKind.EXPIRED),
+TRANSITIONS: Mapping[RecipientState, Mapping[Result, tuple[RecipientState, EventKind]]] = {
+    Q: {
+        Result.DELIVERED: (D, EventKind.DELIVERED),
+        Result.RETRY: (Q, EventKind.SOFT_BOUNCE),
+        Result.BOUNCE: (B, EventKind.HARD_BOUNCE),
+        Result.EXPIRE: (E, EventKind.EXPIRED),
+    },
+    D: {},
+    B: {},
+    E: {},
 }
 
 
 class InvalidTransition(ValueError):
-    pass
+    """A result the table has no row for in the recipient's state."""
+
+    def __init__(self, state: RecipientState, result: Result) -> None:
+        super().__init__(f"no transition from {state} on {result}")
+        self.state = state
+        self.result = result
 
 
 def transition(state: RecipientState, result: Result) -> tuple[RecipientState, EventKind]:
-    try:
-        return TRANSITIONS[(state, result)]
-    except KeyError:
-        raise InvalidTransition(f"no transition from {state} on {result}") from None
+    """The next state and the event the change produces; InvalidTransition if not allowed."""
+    found = TRANSITIONS[state].get(result)
+    if found is None:
+        raise InvalidTransition(state, result)
+    return found

@@ -42,7 +42,7 @@ back without using an attempt.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from mta.core.bucket import RateWindow, TokenBucket
 from mta.core.durations import format_duration, rate_text
 from mta.core.limits import AdaptiveRule, MxRule
 from mta.core.site_results import SiteResult
+from mta.model import Result
 
 _NEVER = -math.inf
 
@@ -78,11 +79,7 @@ class SiteThrottle:
     fired_at: dict[str, float] = field(default_factory=dict)
     last_change_at: float | None = None
     last_reason: str = ""
-    delivered: int = 0
-    deferred: int = 0
-    throttled: int = 0
-    bounced: int = 0
-    connect_failed: int = 0
+    counts: Counter[Result] = field(default_factory=Counter)  # recipients per result
     attempts: RateWindow = field(default_factory=RateWindow)
     deliveries: RateWindow = field(default_factory=RateWindow)
 
@@ -214,13 +211,13 @@ def on_result(
     changes: list[Change] = []
     state.bucket.refill(now)
     _count(state, now, result)
-    if result.kind == "connect_failed":
+    if result.kind is Result.CONNECT_FAILED:
         state.connect_failures += 1
         _cohort(state, now, changes)
     else:
         state.connect_failures = 0
         state.probing = False
-    if result.kind != "delivered":
+    if result.kind is not Result.DELIVERED:
         text = result.reply_text or "(no reply)"
         for rule in rules:
             if rule.matches(result.verdict, result.reply_text):
@@ -231,25 +228,16 @@ def on_result(
 
 
 def _count(state: SiteThrottle, now: float, result: SiteResult) -> None:
-    n = result.recipients
-    if result.kind == "delivered":
-        state.delivered += n
-        state.deliveries.add(now, n)
-    elif result.kind == "throttled":
-        state.throttled += n
-    elif result.kind == "bounced":
-        state.bounced += n
-    elif result.kind == "connect_failed":
-        state.connect_failed += n
-    else:
-        state.deferred += n
+    state.counts[result.kind] += result.recipients
+    if result.kind is Result.DELIVERED:
+        state.deliveries.add(now, result.recipients)
 
 
 def _is_positive(result: SiteResult) -> bool:
-    if result.kind == "delivered":
+    if result.kind is Result.DELIVERED:
         return True
     return (
-        result.kind in ("deferred", "bounced")
+        result.kind in (Result.RETRY, Result.BOUNCE)
         and result.verdict is not None
         and result.verdict.scope == "recipient"
     )

@@ -259,7 +259,7 @@ class IngressHandler:
             subject=events.Subject(queue_id, delivery_id, log_id, address),
             attempt=0,
         )
-        return event_id, events.dumps(body)
+        return event_id, body.dumps()
 
     def _trace(
         self,

@@ -56,7 +56,7 @@ def update_of(
         result=s.result,
         attempted=s.attempted,
         possible_duplicate=s.possible_duplicate,
-        event=(str(s.event["event_id"]), str(s.event["kind"]), events.dumps(s.event)),
+        event=(s.event.event_id, s.event.kind.value, s.event.dumps()),
         site=site,
         binding=binding,
     )

@@ -235,7 +235,7 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
                 u.text,
                 u.phase,
                 u.mx,
-                u.result,
+                u.result.value,
                 u.site,
                 u.binding,
             )

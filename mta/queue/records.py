@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mta.model import Result
+
 
 @dataclass(frozen=True, slots=True)
 class NewRecipient:
@@ -81,7 +83,7 @@ class Update:
     text: str | None = None
     phase: str | None = None
     mx: str | None = None
-    result: str = ""  # attempts.result: delivered, retry, bounce, expire
+    result: Result = Result.RETRY  # attempts.result: delivered, retry, bounce or expire
     site: str | None = None
     binding: str | None = None
     attempted: bool = True  # False: no connection was tried (e.g. validity over)

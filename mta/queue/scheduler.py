@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from mta.core.settle import Classifier, Settlement, expire_unattempted, settle
 from mta.core.throttle import Change
 from mta.delivery.deliverer import Deliverer, Job
 from mta.delivery.dns import MxLookup
-from mta.model import Condition, Outcome, Phase, Reply
+from mta.model import Condition, Outcome, Phase, Reply, Result
 from mta.queue import sites
 from mta.queue.jobs import attempted, default_bindings, group_jobs, last_outcome, update_of
 from mta.queue.records import DueRecipient, NewMessage, Release, Update
@@ -110,11 +111,8 @@ class Scheduler:
         self._next_expiry = -math.inf
         self._turn = 0
         self.rounds = 0  # turns of the loop (each plans, and may pick)
-        self.delivered = 0
-        self.deferred = 0
-        self.throttled = 0
-        self.bounced = 0
-        self.expired = 0
+        # Recipients per result: DELIVERED, RETRY, THROTTLED, BOUNCE, EXPIRE.
+        self.counts: Counter[Result] = Counter()
 
     # -- control --------------------------------------------------------------
 
@@ -409,7 +407,7 @@ class Scheduler:
             ]
             recorded = True
             await self._record(updates)
-            if any(s.result == "delivered" for s in settlements):
+            if any(s.result is Result.DELIVERED for s in settlements):
                 site.last_delivery_at[binding.name] = now
             self._count(settlements)
             self._requeue(members, settlements)
@@ -493,16 +491,7 @@ class Scheduler:
 
     def _count(self, settlements: Sequence[Settlement]) -> None:
         for s in settlements:
-            if s.result == "delivered":
-                self.delivered += 1
-            elif s.result == "bounce":
-                self.bounced += 1
-            elif s.result == "expire":
-                self.expired += 1
-            elif s.attempted and s.verdict is not None and site_results.is_throttle(s.verdict):
-                self.throttled += 1
-            else:
-                self.deferred += 1
+            self.counts[site_results.counted_as(s.result, s.verdict, s.attempted)] += 1
 
     async def _record(self, updates: list[Update]) -> None:
         delay = 0.1

@@ -18,6 +18,7 @@ from typing import Any
 from mta.core import site_report, throttle
 from mta.core.limits import MxRule
 from mta.core.throttle import Change, SiteThrottle
+from mta.model import Result
 
 CHANGES_KEPT = 20
 
@@ -72,7 +73,7 @@ def report(
             last = site.last_delivery_at.get(binding)
             span = (last - first) if first is not None and last is not None else 0.0
             row.update(
-                average_rate=state.delivered / span if span > 0 else None,
+                average_rate=state.counts[Result.DELIVERED] / span if span > 0 else None,
                 site=site.key,
                 binding=binding,
                 hosts=list(site.hosts),

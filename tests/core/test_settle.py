@@ -16,6 +16,7 @@ from mta.model import (
     Phase,
     RecipientState,
     Reply,
+    Result,
     Verdict,
 )
 
@@ -60,15 +61,15 @@ def run(outcome: Outcome, before: Attempted = BEFORE):  # type: ignore[no-untype
 def test_success_after_the_dot_is_delivered() -> None:
     s = run(Outcome(Reply(250, "2.0.0", "ok"), Phase.DOT, "mx.b.test"))
     assert (s.state, s.result, s.seq, s.attempts) == (RecipientState.DELIVERED, "delivered", 2, 1)
-    assert s.event["kind"] == "delivered"
-    assert s.event["smtp"] == {
+    assert s.event.as_dict()["kind"] == "delivered"
+    assert s.event.as_dict()["smtp"] == {
         "code": 250,
         "enhanced": "2.0.0",
         "text": "ok",
         "phase": "dot",
         "mx": "mx.b.test",
     }
-    assert s.event["failure"] is None
+    assert s.event.as_dict()["failure"] is None
 
 
 def test_a_2xx_before_the_dot_is_not_a_delivery() -> None:
@@ -80,27 +81,28 @@ def test_transient_failure_retries_with_next_attempt_in_the_event() -> None:
     s = run(Outcome(Reply(451, "4.3.0", "try later"), Phase.RCPT, "mx"))
     assert s.state is RecipientState.QUEUED
     assert s.next_attempt_at == 1600.0
-    assert s.event["kind"] == "soft_bounce"
-    assert s.event["next_attempt_at"] == 1600.0
-    assert s.event["failure"] == {"type": "Soft", "reason": "Unreachable", "reason_code": 3}
+    assert s.event.as_dict()["kind"] == "soft_bounce"
+    assert s.event.as_dict()["next_attempt_at"] == 1600.0
+    failure = {"type": "Soft", "reason": "Unreachable", "reason_code": 3}
+    assert s.event.as_dict()["failure"] == failure
 
 
 def test_permanent_failure_bounces() -> None:
     s = run(Outcome(Reply(550, "5.1.1", "no such user"), Phase.RCPT))
-    assert (s.state, s.event["kind"]) == (RecipientState.BOUNCED, "hard_bounce")
-    assert s.event["bounce_class"] == {"code": 10, "name": "Invalid Recipient"}
+    assert (s.state, s.event.as_dict()["kind"]) == (RecipientState.BOUNCED, "hard_bounce")
+    assert s.event.as_dict()["bounce_class"] == {"code": 10, "name": "Invalid Recipient"}
 
 
 def test_transient_failure_near_the_end_of_validity_expires_with_the_last_reply() -> None:
     before = Attempted(BEFORE.subject, 7, 8, 1000.0 + 60, False)
     s = run(Outcome(Reply(452, "4.2.2", "over quota"), Phase.RCPT), before)
-    assert (s.state, s.event["kind"], s.seq, s.attempts) == (
+    assert (s.state, s.event.as_dict()["kind"], s.seq, s.attempts) == (
         RecipientState.EXPIRED,
         "expired",
         9,
         8,
     )
-    assert s.event["smtp"]["text"] == "over quota"
+    assert s.event.as_dict()["smtp"]["text"] == "over quota"
 
 
 def test_unknown_outcome_after_the_dot_marks_possible_duplicate() -> None:
@@ -112,27 +114,61 @@ def test_unknown_outcome_after_the_dot_marks_possible_duplicate() -> None:
         possible_duplicate=True,
     )
     s = run(outcome)
-    assert s.possible_duplicate and s.event["possible_duplicate"] is True
+    assert s.possible_duplicate and s.event.as_dict()["possible_duplicate"] is True
 
 
 def test_expiry_without_attempt_keeps_the_attempt_count() -> None:
     s = expire_unattempted(BEFORE, None, now=5.0, rules=ByCode(), event_id="E2")
     assert (s.state, s.attempts, s.attempted) == (RecipientState.EXPIRED, 0, False)
-    assert s.event["smtp"]["enhanced"] == "4.4.7"
+    assert s.event.as_dict()["smtp"]["enhanced"] == "4.4.7"
 
 
 @pytest.mark.parametrize(
     "state", [RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED]
 )
-def test_terminal_states_have_no_way_out(state: RecipientState) -> None:
-    with pytest.raises(InvalidTransition):
-        transition(state, "retry")
+@pytest.mark.parametrize("result", list(Result))
+def test_terminal_states_have_no_way_out(state: RecipientState, result: Result) -> None:
+    with pytest.raises(InvalidTransition) as caught:
+        transition(state, result)
+    assert (caught.value.state, caught.value.result) == (state, result)
 
 
-def test_every_event_kind_of_the_table_is_a_known_kind() -> None:
+@pytest.mark.parametrize("result", [Result.THROTTLED, Result.CONNECT_FAILED])
+def test_results_of_a_site_move_no_recipient(result: Result) -> None:
+    with pytest.raises(InvalidTransition, match=f"no transition from queued on {result}"):
+        transition(RecipientState.QUEUED, result)
+
+
+def test_the_table_has_a_row_for_every_state() -> None:
     from mta.core.status import TRANSITIONS
 
-    assert {kind for _, kind in TRANSITIONS.values()} <= set(EventKind)
+    assert set(TRANSITIONS) == set(RecipientState)
+    kinds = {kind for row in TRANSITIONS.values() for _, kind in row.values()}
+    assert kinds <= set(EventKind)
+    assert set(TRANSITIONS[RecipientState.QUEUED]) == {
+        Result.DELIVERED, Result.RETRY, Result.BOUNCE, Result.EXPIRE
+    }
+
+
+def test_an_event_on_the_wire_keeps_its_fields_and_their_order() -> None:
+    s = run(Outcome(Reply(451, "4.7.1", "greylisted"), Phase.RCPT, "mx.b.test"))
+    assert s.event.dumps() == (
+        '{"event_id":"E","seq":2,"kind":"soft_bounce","at":1000.0,"queue_id":"Q1",'
+        '"delivery_id":"D1","log_id":"L1","recipient":"a@b.test","attempt":1,'
+        '"smtp":{"code":451,"enhanced":"4.7.1","text":"greylisted","phase":"rcpt",'
+        '"mx":"mx.b.test"},"bounce_class":{"code":20,"name":"Soft Bounce"},'
+        '"failure":{"type":"Soft","reason":"Unreachable","reason_code":3},'
+        '"next_attempt_at":1600.0,"possible_duplicate":false}'
+    )
+    relayed = events.build(
+        event_id="R", seq=1, kind=EventKind.RELAYED, at=5.0,
+        subject=events.Subject("Q1", None, None, "a@b.test"), attempt=0,
+    )
+    assert relayed.dumps() == (
+        '{"event_id":"R","seq":1,"kind":"relayed","at":5.0,"queue_id":"Q1",'
+        '"delivery_id":null,"log_id":null,"recipient":"a@b.test","attempt":0,"smtp":null,'
+        '"bounce_class":null,"failure":null,"next_attempt_at":null,"possible_duplicate":false}'
+    )
 
 
 def test_a_throttling_reply_does_not_use_an_attempt() -> None:
@@ -150,4 +186,4 @@ def test_a_throttling_reply_does_not_use_an_attempt() -> None:
     s = settle(BEFORE, Outcome(Reply(421, "4.7.28", "slow down"), Phase.RCPT), now=1000.0,
                rules=Throttling(), policy=schedule, rand=0.5, event_id="E")
     assert (s.state, s.attempts, s.next_attempt_at) == (RecipientState.QUEUED, 0, 1060.0)
-    assert s.event["kind"] == "soft_bounce" and s.event["next_attempt_at"] == 1060.0
+    assert (s.event.kind, s.event.next_attempt_at) == ("soft_bounce", 1060.0)

@@ -22,7 +22,7 @@ from mta.core.limits import AdaptiveRule, MxRule, Trigger
 from mta.core.retry import decide
 from mta.core.site_results import SiteResult, job_results, result_of
 from mta.core.throttle import SiteThrottle
-from mta.model import BounceClass, Condition, Outcome, Phase, Reply, Scope, Verdict
+from mta.model import BounceClass, Condition, Outcome, Phase, Reply, Result, Scope, Verdict
 
 T0 = 1_800_000_000.0
 THROTTLE_TEXT = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"
@@ -36,16 +36,16 @@ THROTTLED = verdict("throttle-rate")
 
 
 def throttled(started_at: float = T0, text: str = THROTTLE_TEXT) -> SiteResult:
-    return SiteResult("throttled", started_at, THROTTLED, text)
+    return SiteResult(Result.THROTTLED, started_at, THROTTLED, text)
 
 
 def delivered(started_at: float = T0, recipients: int = 1) -> SiteResult:
-    return SiteResult("delivered", started_at, None, "250 2.0.0 ok", recipients)
+    return SiteResult(Result.DELIVERED, started_at, None, "250 2.0.0 ok", recipients)
 
 
 def connect_failed(started_at: float = T0) -> SiteResult:
     v = verdict("connection-refused", 20)
-    return SiteResult("connect_failed", started_at, v, "421 4.4.1 Connection refused")
+    return SiteResult(Result.CONNECT_FAILED, started_at, v, "421 4.4.1 Connection refused")
 
 
 def rule_with(*adaptive: AdaptiveRule, **limits: float) -> MxRule:
@@ -119,7 +119,7 @@ def test_each_action(rule: AdaptiveRule, what: str, new: float) -> None:
     assert changes[0].site == "mx.test" and changes[0].binding == "127.0.0.2"
     assert changes[0].at == NOW and "TSS04" in changes[0].reason
     assert state.last_reason == changes[0].describe()
-    assert state.throttled == 1
+    assert state.counts[Result.THROTTLED] == 1
 
 
 def test_suspend_stops_admission_until_its_end() -> None:
@@ -179,9 +179,9 @@ def test_triggers(trigger: Trigger, times: list[float], fires_at: list[float]) -
                       duration=1), throttled(), False),
         # a rule on the verdict's name cannot match a result without a verdict
         (AdaptiveRule("a", "suspend", rule=re.compile("refused"), duration=1),
-         SiteResult("connect_failed", T0, None, "421 refused"), False),
+         SiteResult(Result.CONNECT_FAILED, T0, None, "421 refused"), False),
         (AdaptiveRule("a", "suspend", match=re.compile("refused"), duration=1),
-         SiteResult("connect_failed", T0, None, "421 refused"), True),
+         SiteResult(Result.CONNECT_FAILED, T0, None, "421 refused"), True),
         # deliveries never trigger anything
         (AdaptiveRule("a", "suspend", match=re.compile("ok"), duration=1), delivered(), False),
     ],
@@ -198,7 +198,7 @@ def test_replies_to_sends_before_the_last_decrease_count_for_nothing() -> None:
     # Three more replies to transactions started before the decrease: no further cut.
     for i in range(3):
         assert th.on_result(state, NOW + i, throttled(started_at=NOW - 0.5)) == []
-    assert state.rate == 5.0 and state.throttled == 4
+    assert state.rate == 5.0 and state.counts[Result.THROTTLED] == 4
     # A reply to a transaction started after it: the rate is still too high.
     assert th.on_result(state, NOW + 5, throttled(started_at=NOW + 2))[0].new == 2.5
 
@@ -217,7 +217,7 @@ def test_a_set_rate_above_the_ceiling_is_clamped() -> None:
     state = state_for(BACKOFF, up, rate=10.0)
     th.on_result(state, NOW, throttled(NOW))
     assert state.rate == 5.0
-    change = th.on_result(state, NOW + 1, SiteResult("deferred", NOW + 1, None, "451 go faster"))
+    change = th.on_result(state, NOW + 1, SiteResult(Result.RETRY, NOW + 1, None, "451 go faster"))
     assert [(c.old, c.new) for c in change] == [(5.0, 10.0)]
 
 
@@ -248,7 +248,7 @@ def test_a_run_of_connection_failures_marks_the_site_down() -> None:
     # ... and an answer from the server ends the probing.
     assert th.on_result(state, NOW + 620, delivered()) == []
     assert th.on_result(state, NOW + 621, connect_failed()) == []
-    assert state.connect_failed == 5 and state.delivered == 1
+    assert state.counts[Result.CONNECT_FAILED] == 5 and state.counts[Result.DELIVERED] == 1
 
 
 def test_any_answer_breaks_the_streak() -> None:
@@ -272,7 +272,7 @@ def test_successes_recover_step_by_step_up_to_the_configured_limits() -> None:
     state = state_for(BACKOFF, halve, rate=10.0, max_connections=4, recover_after=5,
                       increase=0.1)
     th.on_result(state, NOW, throttled(NOW))
-    th.on_result(state, NOW, SiteResult("deferred", NOW, verdict("block-ip", 51), "451 blocked"))
+    th.on_result(state, NOW, SiteResult(Result.RETRY, NOW, verdict("block-ip", 51), "451 blocked"))
     assert (state.rate, state.concurrency) == (5.0, 2)
     rates, conns, t = [], [], NOW
     for _ in range(100):
@@ -304,10 +304,11 @@ def test_no_recovery_during_a_hold() -> None:
     ("result", "positive"),
     [
         (delivered(), True),
-        (SiteResult("bounced", T0, verdict("user-unknown", 10, "recipient", True), "550"), True),
-        (SiteResult("deferred", T0, verdict("mailbox-full", 22, "recipient"), "452"), True),
-        (SiteResult("deferred", T0, verdict("greylist", 70, "recipient"), "451"), True),
-        (SiteResult("deferred", T0, verdict("content-spam", 52, "message"), "451"), False),
+        (SiteResult(Result.BOUNCE, T0, verdict("user-unknown", 10, "recipient", True), "550"),
+         True),
+        (SiteResult(Result.RETRY, T0, verdict("mailbox-full", 22, "recipient"), "452"), True),
+        (SiteResult(Result.RETRY, T0, verdict("greylist", 70, "recipient"), "451"), True),
+        (SiteResult(Result.RETRY, T0, verdict("content-spam", 52, "message"), "451"), False),
         (throttled(), False),
         (connect_failed(), False),
     ],
@@ -335,13 +336,13 @@ REFUSED = Outcome(Reply(421, "4.4.1", "Connection refused"), Phase.CONNECT, "mx.
          verdict("connection-timeout", 24), "connect_failed"),
         # a timeout after the dot is not a connection failure
         (Outcome(Reply(421, "4.4.2", "timed out"), Phase.DOT, None, Condition.TIMEOUT),
-         verdict("connection-timeout", 24, "message"), "deferred"),
+         verdict("connection-timeout", 24, "message"), Result.RETRY),
         (Outcome(Reply(421, "4.7.0", "[TSS04]"), Phase.CONNECT, "mx.test"), THROTTLED,
          "throttled"),
         (Outcome(Reply(550, "5.1.1", "unknown"), Phase.RCPT, "mx.test"),
-         verdict("user-unknown", 10, "recipient", True), "bounced"),
+         verdict("user-unknown", 10, "recipient", True), Result.BOUNCE),
         (Outcome(Reply(452, "4.2.2", "full"), Phase.RCPT, "mx.test"),
-         verdict("mailbox-full", 22, "recipient"), "deferred"),
+         verdict("mailbox-full", 22, "recipient"), Result.RETRY),
     ],
 )
 def test_result_of(outcome: Outcome, v: Verdict | None, kind: str) -> None:
@@ -352,15 +353,16 @@ def test_result_of(outcome: Outcome, v: Verdict | None, kind: str) -> None:
 def test_a_failed_session_is_one_result_for_the_whole_job() -> None:
     refused = verdict("connection-refused", 20)
     results = job_results([(REFUSED, refused)] * 3, T0)
-    assert [(r.kind, r.recipients) for r in results] == [("connect_failed", 3)]
+    assert [(r.kind, r.recipients) for r in results] == [(Result.CONNECT_FAILED, 3)]
     unknown = Outcome(Reply(550, "5.1.1", "unknown"), Phase.RCPT, "mx.test")
     mixed = job_results([(OK, None), (unknown, verdict("u", 10, "recipient", True))], T0)
-    assert [(r.kind, r.recipients) for r in mixed] == [("delivered", 1), ("bounced", 1)]
+    assert [(r.kind, r.recipients) for r in mixed] == [(Result.DELIVERED, 1), (Result.BOUNCE, 1)]
     assert job_results([], T0) == []
     state = state_for(down_after=2)
     for r in results:
         th.on_result(state, NOW, r)
-    assert (state.connect_failed, state.connect_failures) == (3, 1)  # counted once for cohort
+    # counted once for the cohort rule
+    assert (state.counts[Result.CONNECT_FAILED], state.connect_failures) == (3, 1)
 
 
 def test_status_and_change_records_are_json_ready() -> None:
@@ -419,11 +421,11 @@ def simulate(rule: MxRule, messages: int = 2000, seed: int = 7) -> Run:
             _, mid, accepted, started = heapq.heappop(in_flight)
             if accepted:
                 done += 1
-                th.on_result(state, t, SiteResult("delivered", started, None, "250 ok"))
+                th.on_result(state, t, SiteResult(Result.DELIVERED, started, None, "250 ok"))
                 continue
             throttles += 1
             first_half += done < messages // 2
-            th.on_result(state, t, SiteResult("throttled", started, GMAIL_VERDICT, GMAIL_TEXT))
+            th.on_result(state, t, SiteResult(Result.THROTTLED, started, GMAIL_VERDICT, GMAIL_TEXT))
             decision = decide(GMAIL_VERDICT, 1, t, math.inf, schedule, rng.random())
             assert decision.waits_for_site and decision.at is not None
             heapq.heappush(waiting, (decision.at, mid))

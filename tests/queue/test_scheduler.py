@@ -29,7 +29,7 @@ from mta.core.retry import RetryPolicy
 from mta.core.routing import MxRecord
 from mta.delivery.deliverer import FunctionDeliverer, Job
 from mta.delivery.dns import MxAnswer
-from mta.model import Outcome, Phase, Reply
+from mta.model import Outcome, Phase, Reply, Result
 from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.scheduler import Scheduler, SchedulerSettings
 from mta.queue.spool import Spool
@@ -93,6 +93,10 @@ class Harness:
             await asyncio.sleep(0.005)
         raise AssertionError(f"never happened: {what}")
 
+    def n(self, result: Result) -> int:
+        """Recipients the scheduler counted with `result`."""
+        return self.scheduler.counts[result]
+
     def domains(self) -> list[str]:
         return [job.domain for job in self.deliverer.jobs]
 
@@ -149,15 +153,15 @@ async def test_the_token_bucket_admits_a_burst_then_paces_by_the_clock(
     async with harness_for(answering(OK), rules(paced)) as h:
         await h.scheduler.start()
         await h.submit("a.test", 5)
-        await h.until(lambda: h.scheduler.delivered == 2, "the burst of two delivered")
+        await h.until(lambda: h.n(Result.DELIVERED) == 2, "the burst of two delivered")
         site = h.scheduler.sites["mx.a.test"]
         state = site.states["default"]
         assert throttle.admit(state, h.clock.now(), 0).reason == "rate"
         assert len(h.deliverer.jobs) == 2  # the clock has not moved: no third start
         h.clock.advance(0.5)  # one token
-        await h.until(lambda: h.scheduler.delivered == 3, "one more after half a second")
+        await h.until(lambda: h.n(Result.DELIVERED) == 3, "one more after half a second")
         h.clock.advance(1.0)  # two tokens
-        await h.until(lambda: h.scheduler.delivered == 5, "the rest")
+        await h.until(lambda: h.n(Result.DELIVERED) == 5, "the rest")
         assert len(h.deliverer.jobs) == 5
         stats = await h.spool.stats()
         assert (stats.delivered, stats.queued) == (5, 0)
@@ -188,7 +192,7 @@ async def test_the_connection_limit_holds_jobs_until_one_ends(
         assert site.in_flight["default"] == 1
         assert throttle.admit(site.states["default"], h.clock.now(), 1).reason == "connections"
         gate.set()
-        await h.until(lambda: h.scheduler.delivered == 3, "all three delivered one by one")
+        await h.until(lambda: h.n(Result.DELIVERED) == 3, "all three delivered one by one")
         assert most == 1
 
 
@@ -224,7 +228,7 @@ async def test_a_deferred_recipient_is_requeued_and_tried_again_when_due(
         await h.scheduler.start()
         start = h.clock.now()
         await h.submit("a.test")
-        await h.until(lambda: h.scheduler.deferred == 1, "the first attempt deferred")
+        await h.until(lambda: h.n(Result.RETRY) == 1, "the first attempt deferred")
         work = h.scheduler.domains["a.test"]
         assert work.next_due == pytest.approx(start + POLICY.first)
         assert work.queued == 1
@@ -232,7 +236,7 @@ async def test_a_deferred_recipient_is_requeued_and_tried_again_when_due(
         await asyncio.sleep(0.05)
         assert len(h.deliverer.jobs) == 1  # not due yet
         h.clock.advance(1)
-        await h.until(lambda: h.scheduler.delivered == 1, "delivered at the second attempt")
+        await h.until(lambda: h.n(Result.DELIVERED) == 1, "delivered at the second attempt")
         history = await h.spool.recipient_history("Q0001")
         assert [(e["result"], e["code"]) for e in history] == [("retry", 451), ("delivered", 250)]
 
@@ -248,7 +252,7 @@ async def test_a_throttling_reply_slows_the_site_and_trims_its_connections(
         await h.scheduler.start()
         await h.submit("a.test")
         await h.until(lambda: bool(h.deliverer.limits), "the site's connections trimmed")
-        assert h.scheduler.throttled == 1
+        assert h.n(Result.THROTTLED) == 1
         site = h.scheduler.sites["mx.a.test"]
         assert site.states["default"].concurrency == 4
         assert h.deliverer.limits == [(("mx.a.test", "default"), 4)]
@@ -265,7 +269,7 @@ async def test_the_expiry_sweep_ends_recipients_that_wait_behind_a_suspended_sit
     async with harness_for(answering(SLOW_DOWN), rules(site_rule)) as h:
         await h.scheduler.start()
         await h.submit("a.test", validity=300.0)
-        await h.until(lambda: h.scheduler.throttled == 1, "the throttling reply counted")
+        await h.until(lambda: h.n(Result.THROTTLED) == 1, "the throttling reply counted")
         await h.until(lambda: bool(h.scheduler.sites["mx.a.test"].changes), "suspended")
         state = h.scheduler.sites["mx.a.test"].states["default"]
         assert throttle.admit(state, h.clock.now(), 0).reason == "suspended"
@@ -273,7 +277,7 @@ async def test_the_expiry_sweep_ends_recipients_that_wait_behind_a_suspended_sit
         await asyncio.sleep(0.05)
         assert len(h.deliverer.jobs) == 1
         h.clock.advance(181)  # validity over
-        await h.until(lambda: h.scheduler.expired == 1, "expired by the sweep")
+        await h.until(lambda: h.n(Result.EXPIRE) == 1, "expired by the sweep")
         assert len(h.deliverer.jobs) == 1  # never attempted again
         stats = await h.spool.stats()
         assert (stats.expired, stats.queued) == (1, 0)
