@@ -39,6 +39,7 @@ class Condition(StrEnum):
     TLS_FAILURE = "tls_failure"
     CONNECTION_LOST = "connection_lost"
     LOCAL_ERROR = "local_error"  # a bug or resource problem on our side
+    VALIDITY_EXPIRED = "validity_expired"  # the validity ended before it could be tried again
 
 
 @dataclass(frozen=True, slots=True)

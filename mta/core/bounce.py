@@ -206,6 +206,9 @@ _CONDITION_REPLIES: Final[Mapping[Condition, Reply]] = {
     Condition.TLS_FAILURE: Reply(421, "4.7.5", "TLS handshake failed"),
     Condition.CONNECTION_LOST: Reply(421, "4.4.2", "Connection lost"),
     Condition.LOCAL_ERROR: Reply(451, "4.3.0", "Local error in processing"),
+    Condition.VALIDITY_EXPIRED: Reply(
+        451, "4.4.7", "Delivery time expired: the validity period ended before delivery"
+    ),
 }
 
 

@@ -3,9 +3,11 @@
 A `RetryPolicy` is exponential backoff from `first`, multiplied by `factor` per
 attempt, capped at `max_interval`, spread by +-`jitter` (a fraction) so that a
 recovered site is not hit by every deferred recipient at once. A retry that
-would fall at or after the end of the validity period is not scheduled: the
-recipient expires now, carrying its last reply. `rand` is a number in [0, 1)
-supplied by the caller; nothing here reads a clock.
+would fall at or after the end of the validity period is clamped to that end:
+the last attempt happens when the validity ends, not one interval earlier. An
+attempt that fails at (or after) the end expires the recipient, carrying its
+last reply. `rand` is a number in [0, 1) supplied by the caller; nothing here
+reads a clock.
 
 A `RetrySchedule` picks the policy from the verdict ("the type and severity of
 the bounce"): an ordered list of entries matched on the Momentum bounce class,
@@ -169,9 +171,9 @@ def decide(
     chosen = resolve(verdict, policy)
     if verdict.permanent:
         return Decision(Result.BOUNCE, policy=chosen.name)
-    at = now + jittered(interval(attempts, chosen), chosen.jitter, rand)
-    if at >= expires_at:
+    if now >= expires_at:
         return Decision(Result.EXPIRE, policy=chosen.name, waits_for_site=chosen.waits_for_site)
+    at = min(now + jittered(interval(attempts, chosen), chosen.jitter, rand), expires_at)
     return Decision(Result.RETRY, at, chosen.name, chosen.waits_for_site)
 
 

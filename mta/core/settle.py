@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mta.core import events, retry
+from mta.core.bounce import condition_reply
 from mta.core.status import transition
-from mta.model import Condition, Outcome, Phase, RecipientState, Reply, Result, Verdict
+from mta.model import Condition, Outcome, Phase, RecipientState, Result, Verdict
 
 
 class Classifier(Protocol):
@@ -96,13 +97,15 @@ def expire_unattempted(
     now: float,
     rules: Classifier,
     event_id: str,
+    held: str = "",
 ) -> Settlement:
-    """The validity ended while the recipient waited: expire it with its last reply."""
+    """The validity ended while the recipient waited: expire it with its last reply, or, if it
+    was never tried, with the `validity_expired` condition and what held it back (`held`)."""
     outcome = last or Outcome(
-        Reply(451, "4.4.7", "Delivery time expired: the validity period ended before delivery"),
+        condition_reply(Condition.VALIDITY_EXPIRED, held),
         Phase.CONNECT,
         None,
-        Condition.LOCAL_ERROR,
+        Condition.VALIDITY_EXPIRED,
     )
     verdict = rules.classify(outcome)
     return _settlement(

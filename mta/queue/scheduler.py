@@ -177,11 +177,14 @@ class Scheduler:
             self._wake.clear()
             now = self.clock.now()
             try:
-                if now >= self._next_expiry:
-                    await self._expire(now)
+                # Dispatch before the expiry sweep: a last attempt clamped to the validity end
+                # is due at that very time and must be tried, not swept away untried.
                 requests, plans = self.plan(now)
                 if requests:
                     await self._dispatch(requests, plans, now)
+                if now >= self._next_expiry:
+                    await self._expire(now)
+                if requests:
                     continue
             except SpoolError as exc:
                 log.error("cannot read the queue: %s", exc)
@@ -479,6 +482,7 @@ class Scheduler:
                     now=now,
                     rules=self.rules,
                     event_id=events.new_event_id(),
+                    held=self._held_reason(r.domain, now),
                 )
                 for r in due
             ]
@@ -488,6 +492,29 @@ class Scheduler:
             self._requeue(due, settlements)
             if len(due) < EXPIRY_BATCH:
                 return
+
+    def _held_reason(self, domain: str, now: float) -> str:
+        """What kept a domain's recipients from being tried, in words a sender understands."""
+        work = self.domains.get(domain)
+        site = work.site if work else None
+        if site is None:
+            return "its MX hosts could not be resolved"
+        isp = site.rule.name
+        held: list[str] = []
+        for binding in self.bindings:
+            if not rampup.admit(self.ramp, self.ledger, binding, isp, now).allowed:
+                held.append(f"the daily volume cap of {binding.name} for {isp} (IP ramp-up)")
+                continue
+            state = site.states.get(binding.name)
+            if state is not None and now < state.suspended_until:
+                held.append(f"a suspension of the site {site.key}")
+            elif state is not None and now < state.down_until:
+                held.append(f"the site {site.key} being down")
+        if not held and self._inflight >= self.settings.max_inflight:
+            held.append("a full delivery pipeline (spool.max_inflight)")
+        if not held:
+            held.append(f"the rate and connection limits of the site {site.key}")
+        return "held back by " + " and ".join(dict.fromkeys(held))
 
     def _count(self, settlements: Sequence[Settlement]) -> None:
         for s in settlements:

@@ -32,8 +32,14 @@ def test_permanent_bounces_at_once() -> None:
     assert decide(HARD, 1, 0.0, DAY, POLICY, 0.5).action == "bounce"
 
 
-def test_retry_past_validity_expires_now() -> None:
-    assert decide(SOFT, 1, 0.0, 100.0, POLICY, 0.5).action == "expire"
+def test_a_retry_past_the_validity_end_is_clamped_to_the_end() -> None:
+    decision = decide(SOFT, 1, 0.0, 100.0, POLICY, 0.5)
+    assert decision.action == "retry" and decision.at == 100.0
+
+
+def test_an_attempt_failing_at_or_after_the_end_expires() -> None:
+    assert decide(SOFT, 3, 100.0, 100.0, POLICY, 0.5).action == "expire"
+    assert decide(SOFT, 3, 160.0, 100.0, POLICY, 0.5).action == "expire"
 
 
 @pytest.mark.parametrize(

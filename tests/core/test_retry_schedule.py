@@ -136,22 +136,21 @@ def test_a_retry_always_falls_inside_the_validity(
     for remaining in (base * 0.5, base * (1 - policy.jitter) - 1, base, base * 1.5, DAY):
         expires = NOW + remaining
         decision = decide(v, attempts, NOW, expires, schedule, rand)
-        if at < expires:
-            assert (decision.action, decision.at) == ("retry", at)
-            assert NOW < at < expires
-        else:
-            assert (decision.action, decision.at) == ("expire", None)
-    # Far too little time left: expire now, whatever the jitter.
-    tight = decide(v, attempts, NOW, NOW + base * (1 - policy.jitter) - 1, schedule, rand)
-    assert tight.action == "expire"
+        # The next attempt on the schedule, or the validity end itself when that comes first.
+        assert (decision.action, decision.at) == ("retry", min(at, expires))
+        assert NOW < decision.at <= expires
+    # No time left: expire now, whatever the jitter.
+    assert decide(v, attempts, NOW, NOW, schedule, rand).action == "expire"
 
 
-def test_a_throttled_recipient_expires_when_the_site_backoff_passes_the_validity(
+def test_a_throttled_recipient_waits_for_the_site_until_the_validity_end(
     schedule: RetrySchedule,
 ) -> None:
     v = verdict(70, "throttle-rate", "site")
     decision = decide(v, 1, NOW, NOW + 20, schedule, 0.5)
-    assert (decision.action, decision.waits_for_site) == ("expire", True)
+    assert (decision.action, decision.at, decision.waits_for_site) == ("retry", NOW + 20, True)
+    at_the_end = decide(v, 1, NOW + 20, NOW + 20, schedule, 0.5)
+    assert (at_the_end.action, at_the_end.waits_for_site) == ("expire", True)
 
 
 def test_a_single_policy_still_works_for_old_callers() -> None:

@@ -93,8 +93,18 @@ def test_permanent_failure_bounces() -> None:
     assert s.event.as_dict()["bounce_class"] == {"code": 10, "name": "Invalid Recipient"}
 
 
-def test_transient_failure_near_the_end_of_validity_expires_with_the_last_reply() -> None:
+def test_transient_failure_near_the_end_of_validity_retries_at_the_end() -> None:
     before = Attempted(BEFORE.subject, 7, 8, 1000.0 + 60, False)
+    s = run(Outcome(Reply(452, "4.2.2", "over quota"), Phase.RCPT), before)
+    assert (s.state, s.event.as_dict()["kind"], s.next_attempt_at) == (
+        RecipientState.QUEUED,
+        "soft_bounce",
+        1060.0,
+    )
+
+
+def test_transient_failure_at_the_end_of_validity_expires_with_the_last_reply() -> None:
+    before = Attempted(BEFORE.subject, 7, 8, 1000.0, False)
     s = run(Outcome(Reply(452, "4.2.2", "over quota"), Phase.RCPT), before)
     assert (s.state, s.event.as_dict()["kind"], s.seq, s.attempts) == (
         RecipientState.EXPIRED,
@@ -121,6 +131,19 @@ def test_expiry_without_attempt_keeps_the_attempt_count() -> None:
     s = expire_unattempted(BEFORE, None, now=5.0, rules=ByCode(), event_id="E2")
     assert (s.state, s.attempts, s.attempted) == (RecipientState.EXPIRED, 0, False)
     assert s.event.as_dict()["smtp"]["enhanced"] == "4.4.7"
+
+
+def test_an_untried_expiry_says_what_held_it_back_and_reads_as_unreachable() -> None:
+    from mta.config.bounce_rules import load_bounce_rules
+
+    held = "held back by a suspension of the site mx.example.test"
+    s = expire_unattempted(
+        BEFORE, None, now=5.0, rules=load_bounce_rules(), event_id="E3", held=held
+    )
+    assert s.event.as_dict()["smtp"]["text"].endswith(held)
+    doc = s.event.as_dict()
+    assert doc["bounce_class"] == {"code": 24, "name": "Timeout"}
+    assert doc["failure"] == {"type": "Soft", "reason": "Unreachable", "reason_code": 3}
 
 
 @pytest.mark.parametrize(

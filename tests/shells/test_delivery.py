@@ -174,37 +174,6 @@ async def test_mixed_recipients_in_one_transaction(
         await app.stop()
 
 
-async def test_validity_end_expires_with_exactly_one_event(
-    tmp_path: Path, receiver: ScriptedServer
-) -> None:
-    # A generic transient reply: the default policy (10m, x2, jitter 0 here), not greylisting.
-    receiver.handler.rcpt[:] = ["451 4.3.0 Temporary local problem"] * 50
-    clock = ManualClock()
-    app = await relay_to(tmp_path, receiver.port, clock, retry__first="10m")
-    message = MESSAGE.replace(b"Subject:", b"X-Campaign-Validity: 1h\r\nSubject:")
-    try:
-        await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], message)
-        for _ in range(20):
-            await wait_for(
-                lambda: (
-                    states(app) == {"r@dest.test": "expired"}
-                    or spool_rows(app, "SELECT leased FROM recipients") == [(0,)]
-                )
-            )
-            if states(app) == {"r@dest.test": "expired"}:
-                break
-            clock.advance(601)
-            await asyncio.sleep(0.05)
-        found = kinds(app)
-        assert found[0] == "relayed" and found[-1] == "expired" and found.count("expired") == 1
-        expired = events_of(app)[-1]
-        assert expired["smtp"]["text"] == "Temporary local problem"
-        # 10m, 20m, then 40m would pass the hour: 3 attempts, 2 soft bounces, then expired.
-        assert found == ["relayed", "soft_bounce", "soft_bounce", "expired"]
-    finally:
-        await app.stop()
-
-
 async def test_connections_are_reused(tmp_path: Path) -> None:
     sink = await Sink.start()
     app = await started(mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{sink.port}"))
