@@ -22,12 +22,12 @@ from mta.admin.api import Admin, AdminSources
 from mta.clock import Clock, make_clock
 from mta.config.bounce_rules import load_bounce_rules
 from mta.config.engine import parse_hostport
-from mta.config.mx_rules import load_mx_data, load_retry_schedule
-from mta.config.service import MtaConfig
+from mta.config.mx_rules import load_mx_data
+from mta.config.service import MtaConfig, retry_schedule
 from mta.core.bounce import BounceRules
 from mta.core.explain import classify_one
 from mta.core.rampup import DAY, Binding, day_index
-from mta.core.retry import RetryPolicy
+from mta.core.retry import RetrySchedule
 from mta.delivery.client import Delivery, DeliverySettings
 from mta.delivery.dns import Resolver
 from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
@@ -65,11 +65,6 @@ def bindings_of(config: MtaConfig, first_days: dict[str, int]) -> list[Binding]:
             first_use = (first_days[name] - spec.age) * DAY
         found.append(Binding(name, spec.address, first_use))
     return found
-
-
-def retry_policy(config: MtaConfig) -> RetryPolicy:
-    r = config.retry
-    return RetryPolicy(first=r.first, factor=r.factor, max_interval=r.max_interval, jitter=r.jitter)
 
 
 def delivery_settings(config: MtaConfig) -> DeliverySettings:
@@ -168,9 +163,7 @@ class MtaApp:
         signer = build_signer(config)
         rules = self._rules or load_bounce_rules(config.bounce.rules_files)
         mx = load_mx_data(config.delivery.mx_rules_files)
-        schedule = load_retry_schedule(config.retry.schedule_files).with_default(
-            retry_policy(config)
-        )
+        schedule = retry_schedule(config)
         tls_context: ssl.SSLContext | None = None
         if config.smtp.tls_cert:
             tls_context = server_context(config.smtp.tls_cert, config.smtp.tls_key)
@@ -236,7 +229,9 @@ class MtaApp:
         admin_port: int | None = None
         try:
             if config.admin.listen:
-                admin = Admin(self._admin_sources(spool, scheduler, handler, feedback, rules))
+                admin = Admin(
+                    self._admin_sources(spool, scheduler, handler, feedback, rules, schedule)
+                )
                 spool.add_commit_listener(admin.notify)
                 admin_host, wanted = parse_hostport(config.admin.listen)
                 try:
@@ -307,9 +302,10 @@ class MtaApp:
         handler: IngressHandler,
         feedback: Feedback,
         rules: BounceRules,
+        schedule: RetrySchedule,
     ) -> AdminSources:
         def classify(reply: str, phase: str | None, condition: str | None) -> dict[str, Any]:
-            return classify_one(rules, reply, phase or "rcpt", condition)
+            return classify_one(rules, reply, phase or "rcpt", condition, schedule)
 
         return AdminSources(
             ready=lambda: self.parts is not None and self.parts.server.is_serving(),

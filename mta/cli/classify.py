@@ -29,8 +29,10 @@ from typing import Any, TextIO
 
 from mta.config.bounce_rules import load_bounce_rules
 from mta.config.engine import ConfigError
+from mta.config.service import load_config, retry_schedule
 from mta.core.bounce import BounceRules
 from mta.core.explain import CONDITIONS, PHASES, InputError, human, outcome_of, verdict_document
+from mta.core.retry import RetrySchedule
 from mta.model import Outcome
 
 __all__ = ["add_parser", "main", "run"]
@@ -68,25 +70,25 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--config", dest="classify_config", metavar="FILE",
-        help="an MTA config file whose [bounce] rules_files are used too",
+        help="the MTA config file: its [bounce] rules_files and its retry schedule are used",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute the parsed `classify` command; returns the exit code."""
     try:
-        rules = _load_rules(args)
+        rules, schedule = _load(args)
         if args.reply == "-":
-            return _run_lines(rules, args, sys.stdin, sys.stdout)
+            return _run_lines(rules, schedule, args, sys.stdin, sys.stdout)
         outcome = outcome_of(args.reply, args.phase, args.condition)
     except (ConfigError, InputError) as exc:
         print(f"mta classify: error: {exc}", file=sys.stderr)
         return 2
     explanation = rules.explain(outcome)
     if args.json:
-        print(json.dumps(verdict_document(explanation, outcome)))
+        print(json.dumps(verdict_document(explanation, outcome, schedule)))
     else:
-        print(human(explanation, outcome))
+        print(human(explanation, outcome, schedule))
     return 0
 
 
@@ -99,14 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- pieces
 
 
-def _load_rules(args: argparse.Namespace) -> BounceRules:
-    files: list[str] = list(args.rules_files or ())
-    config_path = getattr(args, "classify_config", None)
-    if config_path:
-        from mta.config.service import load_config
-
-        files.extend(load_config(config_path).bounce.rules_files)
-    return load_bounce_rules(files)
+def _load(args: argparse.Namespace) -> tuple[BounceRules, RetrySchedule]:
+    """The rules and the retry schedule `mta serve` would use with the same config and env."""
+    config = load_config(getattr(args, "classify_config", None))
+    files: list[str] = [*(args.rules_files or ()), *config.bounce.rules_files]
+    return load_bounce_rules(files), retry_schedule(config)
 
 
 def _lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
@@ -124,7 +123,11 @@ def _lines(stream: TextIO) -> Iterator[tuple[int, str | None]]:
 
 
 def _run_lines(
-    rules: BounceRules, args: argparse.Namespace, stream: TextIO, out: TextIO
+    rules: BounceRules,
+    schedule: RetrySchedule,
+    args: argparse.Namespace,
+    stream: TextIO,
+    out: TextIO,
 ) -> int:
     bad = 0
     for number, line in _lines(stream):
@@ -139,9 +142,9 @@ def _run_lines(
             continue
         explanation = rules.explain(outcome)
         if args.json:
-            out.write(json.dumps(verdict_document(explanation, outcome)) + "\n")
+            out.write(json.dumps(verdict_document(explanation, outcome, schedule)) + "\n")
         else:
-            out.write(human(explanation, outcome) + "\n\n")
+            out.write(human(explanation, outcome, schedule) + "\n\n")
     out.flush()
     return 1 if bad else 0
 

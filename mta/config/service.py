@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from mta.config import engine
 from mta.config.engine import ConfigError, duration_field, hostport_field
-from mta.config.mx_rules import BindingConfig
+from mta.config.mx_rules import BindingConfig, load_retry_schedule
+from mta.core.retry import RetryPolicy, RetrySchedule
 from mta.core.standard_webhooks import secret_key
 
 __all__ = ["ConfigError", "MtaConfig", "load_config"]
@@ -305,3 +306,14 @@ def load_config(
         environ=environ,
         reserved_env=("MTA_CONFIG",),
     )
+
+
+def retry_schedule(config: MtaConfig) -> RetrySchedule:
+    """The retry schedule the running MTA uses: `retry.schedule_files` in front of the built-in
+    schedule, with the `[retry]` section as the default policy. `mta classify` and the API's
+    classify explain retries with this same schedule."""
+    r = config.retry
+    default = RetryPolicy(
+        first=r.first, factor=r.factor, max_interval=r.max_interval, jitter=r.jitter
+    )
+    return load_retry_schedule(r.schedule_files).with_default(default)

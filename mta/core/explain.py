@@ -8,7 +8,7 @@ from typing import Any
 
 from mta.core.bounce import BounceRules, Explanation, condition_reply
 from mta.core.reply import parse_reply
-from mta.core.retry import RetryPolicy, describe
+from mta.core.retry import RetryPolicy, RetrySchedule, describe
 from mta.model import Condition, Outcome, Phase, Reply
 
 __all__ = [
@@ -31,15 +31,19 @@ class InputError(ValueError):
 
 
 def classify_one(
-    rules: BounceRules, reply: str | None, phase: str = "rcpt", condition: str | None = None
+    rules: BounceRules,
+    reply: str | None,
+    phase: str = "rcpt",
+    condition: str | None = None,
+    policy: RetryPolicy | RetrySchedule | None = None,
 ) -> dict[str, Any]:
     """The JSON document for one reply (raises InputError on a bad reply, phase or condition)."""
     outcome = outcome_of(reply, phase, condition)
-    return verdict_document(rules.explain(outcome), outcome)
+    return verdict_document(rules.explain(outcome), outcome, policy)
 
 
 def verdict_document(
-    explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None
+    explanation: Explanation, outcome: Outcome, policy: RetryPolicy | RetrySchedule | None = None
 ) -> dict[str, Any]:
     """The verdict as `mta classify --json` (and the admin API) shows it."""
     verdict = explanation.verdict
@@ -62,7 +66,9 @@ def verdict_document(
     }
 
 
-def human(explanation: Explanation, outcome: Outcome, policy: RetryPolicy | None = None) -> str:
+def human(
+    explanation: Explanation, outcome: Outcome, policy: RetryPolicy | RetrySchedule | None = None
+) -> str:
     """A short aligned explanation."""
     verdict = explanation.verdict
     rule = explanation.rule
