@@ -73,6 +73,7 @@ class Category:
     share: float
     patterns: tuple[str, ...]  # "{i}" is the recipient's number
     expected: str  # the final EFS status
+    reason: str | None = None  # the final failure reason of a Failed line (None: not checked)
 
 
 CATEGORIES = (
@@ -94,20 +95,26 @@ CATEGORIES = (
         0.08,
         ("unknown{i}@gmail.test", "unknown{i}@outlook.test", "unknown{i}@yahoo.test"),
         "Failed",
+        "User unknown",
     ),
-    Category("account disabled", 0.02, ("disabled{i}@gmail.test",), "Failed"),
+    Category("account disabled", 0.02, ("disabled{i}@gmail.test",), "Failed", "Account disabled"),
     Category("soft bounce, then success", 0.10, ("s{i}+452-250@isp.test",), "Sent"),
     Category(
         "soft bounces until the validity ends",
         0.05,
         ("full{i}@gmail.test", "full{i}@outlook.test"),
         "Failed",
+        "Mailbox full",
     ),
     Category("greylisted, then accepted", 0.10, ("g{i}@isp.test",), "Sent"),
     Category("throttled, then accepted", 0.03, ("t{i}+421-250@gmail.test",), "Sent"),
-    Category("invalid domain (NXDOMAIN)", 0.03, ("x{i}@nxdomain.test",), "Failed"),
-    Category("null MX", 0.03, ("x{i}@nullmx.test",), "Failed"),
-    Category("async bounce after delivery", 0.04, ("a{i}+async@isp.test",), "Failed"),
+    Category(
+        "invalid domain (NXDOMAIN)", 0.03, ("x{i}@nxdomain.test",), "Failed", "Invalid domain"
+    ),
+    Category("null MX", 0.03, ("x{i}@nullmx.test",), "Failed", "User unknown"),
+    Category(
+        "async bounce after delivery", 0.04, ("a{i}+async@isp.test",), "Failed", "User unknown"
+    ),
     Category("auto-reply", 0.03, ("o{i}+ooto@outlook.test",), "Sent"),
     Category("complaint", 0.03, ("c{i}+complaint@gmail.test",), "Sent"),
 )
@@ -291,21 +298,25 @@ async def run_demo(args: argparse.Namespace) -> int:
         {
             "recipient": line.recipient,
             "category": expected[line.log_id][1].name,
-            "expected": expected[line.log_id][1].expected,
+            "expected": _designed(expected[line.log_id][1]),
             "got": line.status,
             "reason": line.failure_reason,
             "last_reply": line.last_reply,
         }
         for line in lines
-        if line.log_id in expected and line.status != expected[line.log_id][1].expected
+        if line.log_id in expected and not _as_designed(line, expected[line.log_id][1])
     ]
     missing = len(expected) - len(lines)
+    designed_success = round(
+        100.0 * sum(c.expected == "Sent" for _, c in planned) / len(planned), 2
+    )
     by_category = _by_category(lines, expected)
     summary = {
         "delivery_id": delivery_id,
         "total": final.total,
         "by_status": dict(final.by_status),
         "success_pct": final.success_pct,
+        "designed_success_pct": designed_success,
         "by_failure_reason": dict(final.by_failure_reason),
         "categories": by_category,
         "mismatches": mismatches,
@@ -316,7 +327,12 @@ async def run_demo(args: argparse.Namespace) -> int:
         "processes": statuses,
         "data_dir": str(root) if keep else None,
     }
-    ok = not mismatches and final.not_final == 0 and missing == 0
+    ok = (
+        not mismatches
+        and final.not_final == 0
+        and missing == 0
+        and final.success_pct == designed_success
+    )
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
@@ -333,7 +349,10 @@ async def run_demo(args: argparse.Namespace) -> int:
         verdict = (
             "every recipient ended as designed"
             if ok
-            else (f"{len(mismatches)} mismatches, {final.not_final} not final, {missing} missing")
+            else (
+                f"{len(mismatches)} mismatches, {final.not_final} not final, {missing} missing,"
+                f" Success {final.success_pct}% (designed {designed_success}%)"
+            )
         )
         print(f"mta demo: {verdict}; {wall_seconds:.1f}s", file=out)
     if not keep:
@@ -341,17 +360,34 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _as_designed(line: Any, category: Category) -> bool:
+    """The final status as designed and, for a Failed line, the final reason too."""
+    if line.status != category.expected:
+        return False
+    return category.reason is None or line.failure_reason == category.reason
+
+
+def _designed(category: Category) -> str:
+    return category.expected + (f" ({category.reason})" if category.reason else "")
+
+
 def _by_category(lines: list[Any], expected: dict[str, tuple[str, Any]]) -> list[dict[str, Any]]:
     got: dict[str, Counter[str]] = {}
+    reasons: dict[str, Counter[str]] = {}
     for line in lines:
         if line.log_id in expected:
-            got.setdefault(expected[line.log_id][1].name, Counter())[line.status] += 1
+            name = expected[line.log_id][1].name
+            got.setdefault(name, Counter())[line.status] += 1
+            if line.status == "Failed":
+                reasons.setdefault(name, Counter())[line.failure_reason or "Not defined"] += 1
     return [
         {
             "category": c.name,
             "expected": c.expected,
+            "expected_reason": c.reason,
             "count": sum(got.get(c.name, Counter()).values()),
             "got": dict(got.get(c.name, Counter())),
+            "reasons": dict(reasons.get(c.name, Counter())),
         }
         for c in CATEGORIES
     ]
@@ -359,11 +395,17 @@ def _by_category(lines: list[Any], expected: dict[str, tuple[str, Any]]) -> list
 
 def _category_table(rows: list[dict[str, Any]]) -> str:
     width = max(len(r["category"]) for r in rows)
-    lines = [f"{'address design':<{width}}  count  expected  got"]
+    lines = [f"{'address design':<{width}}  count  expected                   got"]
     for r in rows:
         got = ", ".join(f"{k} {v}" for k, v in sorted(r["got"].items())) or "-"
-        mark = "" if r["got"] == {r["expected"]: r["count"]} else "   <-- differs"
-        lines.append(f"{r['category']:<{width}}  {r['count']:>5}  {r['expected']:<8}  {got}{mark}")
+        if r["reasons"]:
+            got += " (" + ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) + ")"
+        designed = r["expected"] + (f" ({r['expected_reason']})" if r["expected_reason"] else "")
+        as_designed = r["got"] == {r["expected"]: r["count"]} and (
+            not r["expected_reason"] or r["reasons"] == {r["expected_reason"]: r["count"]}
+        )
+        mark = "" if as_designed else "   <-- differs"
+        lines.append(f"{r['category']:<{width}}  {r['count']:>5}  {designed:<25}  {got}{mark}")
     return "\n".join(lines)
 
 

@@ -45,8 +45,11 @@ def test_demo_every_recipient_ends_as_designed(tmp_path: Path) -> None:
     for category in CATEGORIES:
         row = by_category[category.name]
         assert row["count"] >= 1 and row["got"] == {category.expected: row["count"]}
+        if category.reason:
+            assert row["reasons"] == {category.reason: row["count"]}, category.name
     assert summary["by_status"]["Sent"] + summary["by_status"]["Failed"] == 24
     assert 0 < summary["success_pct"] < 100
+    assert summary["success_pct"] == summary["designed_success_pct"]
     assert any(site["throttled"] for site in summary["sites"])  # the throttled row was seen
     assert summary["processes"] == {"mta": 0, "sim": 0}  # both stopped cleanly
 
