@@ -28,7 +28,7 @@ from mta.model import BounceClass, Result, Verdict
 
 MAX_RUNS = 2_000_000  # a bound on every timing loop, whatever the time budget
 THROTTLED = Verdict(BounceClass(70, "Transient Failure"), "Soft", "Unreachable", 3, "site",
-                    False, "throttle-unusual-rate")
+                    False, "throttle-unusual-rate", throttle=True)
 TEXT = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"
 
 

@@ -110,6 +110,7 @@ class Verdict:
     scope: Scope
     permanent: bool
     rule: str
+    throttle: bool = False  # the reply asks us to slow down: the site's doing, not the recipient's
 
 
 class RecipientState(StrEnum):

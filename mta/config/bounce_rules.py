@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ _RULE_KEYS: Final = (
     "reason",
     "scope",
     "permanent",
+    "throttle",
     "comment",
 )
 _TYPES: Final[Mapping[str, FailureType]] = {"hard": "Hard", "soft": "Soft", "ignored": "Ignored"}
@@ -47,6 +49,11 @@ _SCOPES: Final = ("recipient", "message", "site", SCOPE_BY_PHASE)
 _CODE_RANGE = re.compile(r"(\d{3})-(\d{3})")
 _CODE_MASK = re.compile(r"(\d)([\dx])([\dx])")
 BUILTIN_SOURCE: Final = "mta/defaults/bounce-rules.toml"
+# Before `throttle = true`, a rule's name starting with this marked a throttling reply. A
+# user's rule named so without the key still is one, with a warning saying what to write.
+DEPRECATED_THROTTLE_PREFIX: Final = "throttle-"
+
+log = logging.getLogger("mta.config")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -165,6 +172,16 @@ def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
     comment = data.get("comment", "")
     if not isinstance(comment, str):
         raise ValueError("comment must be a string")
+    throttle = data.get("throttle", False)
+    if not isinstance(throttle, bool):
+        raise ValueError(f"throttle must be true or false, got {throttle!r}")
+    if "throttle" not in data and name.strip().startswith(DEPRECATED_THROTTLE_PREFIX):
+        throttle = True
+        log.warning(
+            "%s: rule %d '%s': a name starting %r marks a throttling reply only until this"
+            " is removed; add throttle = true to the rule",
+            source, number, name.strip(), DEPRECATED_THROTTLE_PREFIX,
+        )
 
     pattern: re.Pattern[str] | None = None
     alternatives: tuple[tuple[re.Pattern[str], frozenset[str] | None], ...] = ()
@@ -211,6 +228,7 @@ def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
         codes=codes,
         enhanced=enhanced,
         comment=comment.strip(),
+        throttle=throttle,
     )
 
 

@@ -87,6 +87,7 @@ class AdaptiveTable:
     rule: str = ""
     classes: tuple[int, ...] = ()
     match: str = ""
+    throttle: bool = False  # match throttling replies (only when given)
     trigger: str = "immediate"
     duration: float = duration_field("0s")
     rate: float = rate_field()  # 0: not given
@@ -106,6 +107,7 @@ class PolicyTable:
     classes: tuple[int, ...] = ()
     rule: str = ""
     scope: tuple[Literal["recipient", "message", "site"], ...] = ()
+    throttle: bool = False  # match throttling replies (only when given)
     first: float = duration_field("10m")
     factor: float = 2.0
     max_interval: float = duration_field("4h")
@@ -115,7 +117,7 @@ class PolicyTable:
     comment: str = ""
 
 
-_MATCH_KEYS = ("classes", "rule", "scope")
+_MATCH_KEYS = ("classes", "rule", "scope", "throttle")
 _MX_OWN_KEYS = ("name", "hosts", "adaptive", "inherit_adaptive", "comment")
 
 
@@ -274,6 +276,7 @@ def _adaptive(table: Any, label: str) -> AdaptiveRule:
             rule=_regex(checked.rule, label, "rule"),
             classes=_classes(checked.classes, label),
             match=_regex(checked.match, label, "match"),
+            throttle=checked.throttle if "throttle" in table else None,
             rate=checked.rate or None,
             factor=checked.factor or None,
             where=label,
@@ -474,7 +477,7 @@ def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
     entries: list[ScheduleEntry] = []
     for label, table in _named(documents, "policy"):
         if not any(key in table for key in _MATCH_KEYS):
-            raise ConfigError(f"{label}: needs classes, rule or scope to match verdicts")
+            raise ConfigError(f"{label}: needs classes, rule, scope or throttle to match verdicts")
         policy = _policy({**timing, **table}, label)
         checked = build(PolicyTable, table, label)
         entries.append(
@@ -483,6 +486,7 @@ def _schedule(documents: Sequence[tuple[str, dict[str, Any]]]) -> RetrySchedule:
                 classes=_classes(checked.classes, label),
                 rule=_regex(checked.rule, label, "rule"),
                 scopes=frozenset(checked.scope) if checked.scope else None,
+                throttle=checked.throttle if "throttle" in table else None,
                 where=label,
             )
         )

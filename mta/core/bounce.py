@@ -134,6 +134,7 @@ class Rule:
     codes: frozenset[int] | None = None
     enhanced: tuple[tuple[str, str, str], ...] | None = None
     comment: str = ""
+    throttle: bool = False  # a reply asking us to slow down (the verdict says so)
 
     @property
     def where(self) -> str:
@@ -153,6 +154,7 @@ class Rule:
             scope=scope,
             permanent=permanent,
             rule=self.name,
+            throttle=self.throttle,
         )
 
 

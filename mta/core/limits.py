@@ -74,6 +74,7 @@ class AdaptiveRule:
     rule: re.Pattern[str] | None = None  # searched in Verdict.rule
     classes: frozenset[int] | None = None  # Momentum bounce classes
     match: re.Pattern[str] | None = None  # searched in the reply text ("421 4.7.0 ...")
+    throttle: bool | None = None  # the verdict is (True) or is not (False) a throttling reply
     rate: float | None = None  # set_rate: messages per second
     factor: float | None = None  # set_rate: x the current rate
     where: str = ""  # "file: adaptive 2 'name'" for messages
@@ -81,8 +82,8 @@ class AdaptiveRule:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("an adaptive rule needs a name")
-        if self.rule is None and self.classes is None and self.match is None:
-            raise ValueError("an adaptive rule needs rule, classes or match")
+        if all(m is None for m in (self.rule, self.classes, self.match, self.throttle)):
+            raise ValueError("an adaptive rule needs rule, classes, match or throttle")
         if self.duration < 0:
             raise ValueError("duration must not be negative")
         if self.action == "suspend" and self.duration <= 0:
@@ -99,6 +100,9 @@ class AdaptiveRule:
 
     def matches(self, verdict: Verdict | None, reply_text: str) -> bool:
         if self.rule is not None and (verdict is None or not self.rule.search(verdict.rule)):
+            return False
+        throttling = verdict is not None and verdict.throttle
+        if self.throttle is not None and throttling != self.throttle:
             return False
         if self.classes is not None and (
             verdict is None or verdict.bounce_class.code not in self.classes

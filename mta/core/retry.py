@@ -70,12 +70,15 @@ class ScheduleEntry:
     classes: frozenset[int] | None = None  # Momentum bounce class codes
     rule: re.Pattern[str] | None = None  # searched in Verdict.rule (the bounce rule's name)
     scopes: frozenset[str] | None = None  # "recipient", "message", "site"
+    throttle: bool | None = None  # the verdict is (True) or is not (False) a throttling reply
     where: str = ""  # "file: policy 2 'greylist'", for explanations
 
     def matches(self, verdict: Verdict) -> bool:
         if self.classes is not None and verdict.bounce_class.code not in self.classes:
             return False
         if self.scopes is not None and verdict.scope not in self.scopes:
+            return False
+        if self.throttle is not None and verdict.throttle != self.throttle:
             return False
         return self.rule is None or self.rule.search(verdict.rule) is not None
 
@@ -86,12 +89,12 @@ class RetrySchedule:
 
     entries: tuple[ScheduleEntry, ...] = ()
     default: RetryPolicy = RetryPolicy()
-    _cache: dict[tuple[int, str, str], RetryPolicy] = field(
+    _cache: dict[tuple[int, str, str, bool], RetryPolicy] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     def policy_for(self, verdict: Verdict) -> RetryPolicy:
-        key = (verdict.bounce_class.code, verdict.rule, verdict.scope)
+        key = (verdict.bounce_class.code, verdict.rule, verdict.scope, verdict.throttle)
         cached = self._cache.get(key)
         if cached is not None:
             return cached

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from mta.model import Condition, Outcome, Phase, Result, Verdict
 
-THROTTLE_PREFIX = "throttle-"  # bounce rules with this name prefix are throttling replies
 SESSION_PHASES = frozenset({Phase.CONNECT, Phase.EHLO, Phase.STARTTLS})
 _CONNECT_FAILURES = frozenset(
     {Condition.CONNECTION_REFUSED, Condition.TIMEOUT, Condition.CONNECTION_LOST}
@@ -37,8 +36,8 @@ class SiteResult:
 
 
 def is_throttle(verdict: Verdict | None) -> bool:
-    """A reply asking us to slow down (the bounce rules name them "throttle-...")."""
-    return verdict is not None and verdict.rule.startswith(THROTTLE_PREFIX)
+    """A reply asking us to slow down (its bounce rule says `throttle = true`)."""
+    return verdict is not None and verdict.throttle
 
 
 def counted_as(result: Result, verdict: Verdict | None, attempted: bool) -> Result:

@@ -513,3 +513,74 @@ def test_cache_is_bounded_and_transparent() -> None:
     assert rules._lookup.cache_info().currsize == 0
     with pytest.raises(ValueError):
         BounceRules([], cache_size=-1)
+
+
+# --- "this reply means slow down" is a rule field, not a name --------------------------------
+
+SLOW = Outcome(Reply(421, "4.7.0", "mx.partner.test says slow down"), Phase.CONNECT, "mx")
+SLOW_RULE = """
+[[rule]]
+name = "{name}"
+{extra}
+match = 'slow down'
+class = 70
+type = "Soft"
+reason = "Unreachable"
+scope = "site"
+"""
+
+
+def test_throttle_true_marks_the_verdict_and_the_schedule_and_throttle_act_on_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mta.config.mx_rules import load_mx_data, load_retry_schedule
+    from mta.core.bounce import BounceRules
+
+    text = SLOW_RULE.format(name="partner-busy", extra="throttle = true")
+    rules = BounceRules(parse_rules_text(text, "mine.toml"))
+    verdict = rules.classify(SLOW)
+    assert (verdict.rule, verdict.throttle) == ("partner-busy", True)
+    assert not caplog.records  # nothing deprecated here
+    assert load_retry_schedule().policy_for(verdict).name == "throttle"
+    backoff = next(a for a in load_mx_data().global_adaptive if a.name == "throttle-backoff")
+    assert backoff.throttle is True and backoff.matches(verdict, str(SLOW.reply))
+    plain = BounceRules(parse_rules_text(SLOW_RULE.format(name="busy", extra=""), "m.toml"))
+    assert plain.classify(SLOW).throttle is False
+    assert not backoff.matches(plain.classify(SLOW), str(SLOW.reply))
+
+
+def test_the_old_name_prefix_still_marks_a_throttle_with_a_deprecation_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = SLOW_RULE.format(name="throttle-partner", extra="")
+    with caplog.at_level("WARNING", logger="mta.config"):
+        (rule,) = parse_rules_text(text, "mine.toml")
+    assert rule.throttle is True
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("mine.toml: rule 1 'throttle-partner': a name starting 'throttle-'")
+    assert message.endswith("add throttle = true to the rule")
+    caplog.clear()
+    explicit = SLOW_RULE.format(name="throttle-partner", extra="throttle = false")
+    (rule,) = parse_rules_text(explicit, "mine.toml")
+    assert rule.throttle is False and not caplog.records  # the key decides when given
+
+
+def test_throttle_must_be_a_boolean() -> None:
+    text = SLOW_RULE.format(name="busy", extra='throttle = "yes"')
+    with pytest.raises(ConfigError, match=r"^mine.toml: rule 1 'busy': throttle must be true or"):
+        parse_rules_text(text, "mine.toml")
+
+
+def test_every_builtin_throttling_rule_says_so_and_warns_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mta.config.bounce_rules import BUILTIN_SOURCE
+    from mta.config.engine import parse_toml
+
+    resource = Path(__file__).resolve().parents[2] / BUILTIN_SOURCE
+    with caplog.at_level("WARNING", logger="mta.config"):
+        parse_rules_text(resource.read_text(), BUILTIN_SOURCE)
+    assert not caplog.records
+    tables = parse_toml(resource.read_text(), BUILTIN_SOURCE)["rule"]
+    marked = [t["name"] for t in tables if t.get("throttle")]
+    assert marked and all(name.startswith("throttle-") for name in marked)

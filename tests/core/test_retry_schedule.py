@@ -25,7 +25,10 @@ VALID = NOW + 3.5 * DAY
 
 
 def verdict(code: int, rule: str, scope: Scope = "recipient", permanent: bool = False) -> Verdict:
-    return Verdict(BounceClass(code, "x"), "Soft", "Unreachable", 3, scope, permanent, rule)
+    throttle = rule.startswith("throttle-")  # as the built-in rules mark them
+    return Verdict(
+        BounceClass(code, "x"), "Soft", "Unreachable", 3, scope, permanent, rule, throttle
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +109,11 @@ def test_every_builtin_throttle_and_greylist_rule_is_scheduled_so(
     seen = set()
     for rule in builtin_rules():
         scope: Scope = "site" if rule.scope == "by-phase" else rule.scope  # type: ignore[assignment]
-        v = Verdict(rule.bounce_class, "Soft", "Unreachable", 3, scope, False, rule.name)
-        if rule.name.startswith("throttle-"):
+        v = Verdict(
+            rule.bounce_class, "Soft", "Unreachable", 3, scope, False, rule.name, rule.throttle
+        )
+        assert rule.throttle == rule.name.startswith("throttle-"), rule.name
+        if rule.throttle:
             assert schedule.policy_for(v).name == "throttle", rule.name
             seen.add("throttle")
         if "greylist" in rule.name:
@@ -230,7 +236,7 @@ BAD_FILES = [
     ('[[policy]]\nname = "x"\nclasses = [99]\n',
      "user.toml: policy 1 'x': classes: unknown bounce class 99"),
     ('[[policy]]\nname = "x"\nfirst = "1h"\n',
-     "user.toml: policy 1 'x': needs classes, rule or scope to match verdicts"),
+     "user.toml: policy 1 'x': needs classes, rule, scope or throttle to match verdicts"),
     ('[[policy]]\nname = "x"\nclasses = [22]\n\n[[policy]]\nname = "y"\nclasses = [21]\n'
      'first = "soon"\n',
      "user.toml: policy 2 'y': first: not a duration: 'soon'"),

@@ -29,7 +29,10 @@ THROTTLE_TEXT = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"
 
 
 def verdict(rule: str, code: int = 70, scope: Scope = "site", permanent: bool = False) -> Verdict:
-    return Verdict(BounceClass(code, "x"), "Soft", "Unreachable", 3, scope, permanent, rule)
+    throttle = rule.startswith("throttle-")  # as the built-in rules mark them
+    return Verdict(
+        BounceClass(code, "x"), "Soft", "Unreachable", 3, scope, permanent, rule, throttle
+    )
 
 
 THROTTLED = verdict("throttle-rate")
