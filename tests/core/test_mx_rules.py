@@ -202,7 +202,7 @@ BAD = [
     (MX + '[[mx.adaptive]]\nname = "s"\nmatch = "(x"\naction = "suspend"\nduration = "1m"\n',
      "user.toml: mx 1 'a': adaptive 1 's': match: bad regex '(x'"),
     (MX + '[[mx.adaptive]]\nname = "s"\naction = "suspend"\nduration = "1m"\n',
-     "user.toml: mx 1 'a': adaptive 1 's': an adaptive rule needs rule, classes, match or throttle"),
+     "user.toml: mx 1 'a': adaptive 1 's': an adaptive rule needs rule, classes, match or"),
     (MX + '[[mx.adaptive]]\nname = "s"\nrule = "x"\naction = "pause"\n',
      "user.toml: mx 1 'a': adaptive 1 's': action: expected one of 'suspend'"),
     (MX + '[[mx.adaptive]]\nname = "s"\nrule = "x"\naction = "set_rate"\n',
