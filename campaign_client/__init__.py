@@ -101,7 +101,6 @@ __all__ = [
     "compute_kpis",
     "decide",
     "fetch_events",
-    "first_name",
     "kpis",
     "load_config",
     "load_rules",

@@ -1,4 +1,5 @@
-"""Feedback events as the client sees them: frozen records parsed from the MTA's JSON (DESIGN 4.3).
+"""Feedback events as the client sees them: frozen records parsed from the MTA's JSON
+(docs/design.md, "Feedback events").
 
 `Event.from_json(obj)` validates one JSON object and raises `EventError` naming the field;
 `parse_batch(body)` does the same for a webhook body (a JSON array) or a pull answer's list.

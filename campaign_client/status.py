@@ -1,4 +1,5 @@
-"""The delivery log's status machine (DESIGN 4.2, the seed's table) as ONE literal table.
+"""The delivery log's status machine as ONE literal table (docs/design.md, "Delivery log
+statuses").
 
 A log line has a `Status`; each event is reduced to a `Trigger`; `TABLE[status][trigger]` is an
 `Effect` (new status or unchanged, what happens to the failure fields, whether the reply and
@@ -6,7 +7,7 @@ attempt are recorded). `apply(state, event)` returns the new `LineState`; `effec
 is the table's cell. Pure: no I/O, no clock. What an event does to the ADDRESS (quarantine,
 denylist) is `campaign_client.quarantine`'s table, not this one.
 
-The seed's rows, and the choices made where it is silent:
+The documented rows, and the choices made where the documentation is silent:
 - relayed (SMTP 250 at submission, or the MTA's `relayed` event) -> Taken into account by the
   service provider; the Success KPI does not count it.
 - hard_bounce / expired -> Failed, failure type and reason from the event (expired carries the

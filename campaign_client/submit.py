@@ -1,4 +1,5 @@
-"""Submission: send a delivery to the MTA over SMTP, one message per recipient (DESIGN 4.1).
+"""Submission: send a delivery to the MTA over SMTP, one message per recipient
+(docs/design.md, "Submission").
 
     delivery = Delivery("D1", [Recipient("a@x.test", "1", {"first_name": "Ann"})],
                         from_addr="news@sender.test", subject="Hi {first_name}",
