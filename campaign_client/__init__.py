@@ -22,11 +22,12 @@ Library API (all names importable from `campaign_client`; heavy modules load on 
 
 Modules: status (the status table, pure), quarantine (the address quarantine table, pure),
 events (event records, pure), kpis (pure), webhook (Standard Webhooks signatures, pure), inbound
-(DSN / ARF / auto-reply parsing and rules, pure), config (the client's TOML config), log (SQLite
+(the bounce mailbox's API; the reading itself is the `bounces` package: DSNs and plain-text
+bounces, ARF, auto-replies, inbound rules, pure), config (the client's TOML config), log (SQLite
 delivery log) with address_store (its quarantine, history and exclusion tables), mailbox (bounce
 mailbox), receiver (HTTP + SMTP listeners), submit (SMTP submission, exclusions first), pull
 (pull API), wait (wait_for, watch_idle), recipients (the per-recipient report), cli,
-cli_common and quarantine_cmd (the `campaign-client` command).
+cli_common, quarantine_cmd and qualify_cmd (the `campaign-client` command).
 """
 
 from __future__ import annotations

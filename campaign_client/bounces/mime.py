@@ -26,7 +26,7 @@ from typing import Final
 
 from campaign_client.bounces.fields import Fields, parse_fields
 
-TEXT_LIMIT: Final = 24_000
+TEXT_LIMIT: Final = 16_000
 RAW_LIMIT: Final = 96_000
 
 REPORT_TYPES: Final = ("message/delivery-status", "message/global-delivery-status",
@@ -51,6 +51,7 @@ _RETURNED_MARKER = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _TAGS = re.compile(r"<(?:style|script)\b.*?</(?:style|script)>|<[^>]{0,2000}>", re.I | re.S)
+_SURROGATE = re.compile("[\udc80-\udcff]")
 _BR = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\s*/?>", re.I)
 _ENTITIES = {"&nbsp;": " ", "&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&#39;": "'"}
 
@@ -76,7 +77,7 @@ def header_text(message: Message, name: str) -> str:
     if value is None:
         return ""
     text = str(value)
-    if any("\udc80" <= char <= "\udcff" for char in text):
+    if not text.isascii() and _SURROGATE.search(text):
         text = _unescape(text)                     # raw 8-bit (UTF-8) bytes in the header
     if "=?" in text:
         with contextlib.suppress(UnicodeError, LookupError, ValueError, binascii.Error):

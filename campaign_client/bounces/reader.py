@@ -118,7 +118,12 @@ def _inbound(reading: Reading, fingerprint: str) -> Inbound:
         if has_dsn_fields(in_text):
             blocks = in_text
     groups = recipient_groups(blocks)
-    failures = find_failures(text)
+    # The text's layouts are read when no report says which recipients failed, or when a
+    # recipient's Diagnostic-Code says too little on its own.
+    needs_text = not groups or any(
+        _weak(_clean_diagnostic(typed_value(group.get("diagnostic-code", ""))))
+        for group in groups)
+    failures = find_failures(text) if needs_text else []
     failed_header = [address for _, address in
                      getaddresses([reading.header("X-Failed-Recipients")]) if "@" in address]
     score = evidence.bounce_score(reading, bool(groups), len(failures) + len(failed_header))
