@@ -21,11 +21,8 @@ import email.utils
 import json
 import logging
 import random
-import sqlite3
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
 
 import aiohttp
 
@@ -33,18 +30,6 @@ from mta.core.standard_webhooks import secret_key, signature
 from mta.queue.spool import Spool
 
 log = logging.getLogger("mta.feedback")
-
-CURSORS = """
-CREATE TABLE IF NOT EXISTS webhook_cursors (
-    url TEXT PRIMARY KEY,
-    last_id INTEGER NOT NULL DEFAULT 0,
-    disabled INTEGER NOT NULL DEFAULT 0,
-    failing_since REAL,
-    delivered INTEGER NOT NULL DEFAULT 0,
-    dropped INTEGER NOT NULL DEFAULT 0
-)
-"""
-
 
 def retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
@@ -117,16 +102,14 @@ class Feedback:
     async def start(self) -> None:
         if not self.states:
             return
-        rows = await self.spool.execute(
-            lambda c: _load_cursors(c, [s.endpoint.url for s in self.states])
-        )
+        cursors = await self.spool.webhook_cursors([s.endpoint.url for s in self.states])
         for state in self.states:
-            cursor, disabled, failing_since, delivered, dropped = rows[state.endpoint.url]
-            state.status.cursor = cursor
-            state.status.disabled = bool(disabled)
-            state.status.failing_since = failing_since
-            state.status.delivered = delivered
-            state.status.dropped = dropped
+            found = cursors[state.endpoint.url]
+            state.status.cursor = found.last_id
+            state.status.disabled = found.disabled
+            state.status.failing_since = found.failing_since
+            state.status.delivered = found.delivered
+            state.status.dropped = found.dropped
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
             headers={"User-Agent": "mta-sim feedback"},
@@ -176,7 +159,7 @@ class Feedback:
                 await self._advance(state, last_id, delivered=len(batch))
             elif outcome == "gone":
                 status.disabled = True
-                await self.spool.execute(lambda c: _disable(c, status.url))
+                await self.spool.disable_webhook(status.url)
                 log.error("webhook %s answered 410 Gone: disabled", status.url)
                 return
             elif outcome == "expired":
@@ -199,7 +182,7 @@ class Feedback:
         status.failing_since = None
         status.attempts = 0
         status.next_try_at = None
-        await self.spool.execute(lambda c: _save_cursor(c, status.url, last_id, delivered, dropped))
+        await self.spool.advance_webhook(status.url, last_id, delivered, dropped)
 
     async def _post(self, state: _State, msg_id: str, body: bytes) -> str:
         """POST until a 2xx ("ok"), a 410 ("gone") or the window ends ("expired")."""
@@ -229,7 +212,7 @@ class Feedback:
             now = time.time()
             if status.failing_since is None:
                 status.failing_since = since = now
-                await self.spool.execute(partial(_failing, url=status.url, since=since))
+                await self.spool.webhook_failing(status.url, since)
             if now - status.failing_since >= self.settings.window:
                 return "expired"
             status.attempts += 1
@@ -250,34 +233,3 @@ class Feedback:
             )
             await asyncio.sleep(wait)
         return "stopped"
-
-
-def _load_cursors(conn: sqlite3.Connection, urls: list[str]) -> dict[str, tuple[Any, ...]]:
-    conn.execute(CURSORS)
-    found: dict[str, tuple[Any, ...]] = {}
-    for url in urls:
-        conn.execute("INSERT OR IGNORE INTO webhook_cursors (url) VALUES (?)", (url,))
-        found[url] = conn.execute(
-            "SELECT last_id, disabled, failing_since, delivered, dropped FROM webhook_cursors"
-            " WHERE url = ?",
-            (url,),
-        ).fetchone()
-    return found
-
-
-def _save_cursor(
-    conn: sqlite3.Connection, url: str, last_id: int, delivered: int, dropped: int
-) -> None:
-    conn.execute(
-        "UPDATE webhook_cursors SET last_id = ?, failing_since = NULL,"
-        " delivered = delivered + ?, dropped = dropped + ? WHERE url = ?",
-        (last_id, delivered, dropped, url),
-    )
-
-
-def _failing(conn: sqlite3.Connection, url: str, since: float) -> None:
-    conn.execute("UPDATE webhook_cursors SET failing_since = ? WHERE url = ?", (since, url))
-
-
-def _disable(conn: sqlite3.Connection, url: str) -> None:
-    conn.execute("UPDATE webhook_cursors SET disabled = 1 WHERE url = ?", (url,))

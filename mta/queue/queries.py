@@ -16,6 +16,7 @@ from mta.queue.records import (
     Release,
     SpoolStats,
     Update,
+    WebhookCursor,
 )
 
 
@@ -325,3 +326,37 @@ def history(conn: sqlite3.Connection, queue_id: str) -> list[dict[str, Any]]:
         "result",
     )
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def webhook_cursors(conn: sqlite3.Connection, urls: Sequence[str]) -> dict[str, WebhookCursor]:
+    """Each endpoint's cursor; an endpoint seen for the first time starts at event 0."""
+    found: dict[str, WebhookCursor] = {}
+    for url in urls:
+        conn.execute("INSERT OR IGNORE INTO webhook_cursors (url) VALUES (?)", (url,))
+        last_id, disabled, failing_since, delivered, dropped = conn.execute(
+            "SELECT last_id, disabled, failing_since, delivered, dropped FROM webhook_cursors"
+            " WHERE url = ?",
+            (url,),
+        ).fetchone()
+        found[url] = WebhookCursor(
+            url, last_id, bool(disabled), failing_since, delivered, dropped
+        )
+    return found
+
+
+def advance_webhook(
+    conn: sqlite3.Connection, url: str, last_id: int, delivered: int, dropped: int
+) -> None:
+    conn.execute(
+        "UPDATE webhook_cursors SET last_id = ?, failing_since = NULL,"
+        " delivered = delivered + ?, dropped = dropped + ? WHERE url = ?",
+        (last_id, delivered, dropped, url),
+    )
+
+
+def webhook_failing(conn: sqlite3.Connection, url: str, since: float) -> None:
+    conn.execute("UPDATE webhook_cursors SET failing_since = ? WHERE url = ?", (since, url))
+
+
+def disable_webhook(conn: sqlite3.Connection, url: str) -> None:
+    conn.execute("UPDATE webhook_cursors SET disabled = 1 WHERE url = ?", (url,))

@@ -100,6 +100,18 @@ class Release:
     possible_duplicate: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookCursor:
+    """Where one webhook endpoint is in the event outbox, and its counters."""
+
+    url: str
+    last_id: int = 0  # the last event delivered (or dropped) to it
+    disabled: bool = False
+    failing_since: float | None = None
+    delivered: int = 0
+    dropped: int = 0
+
+
 @dataclass
 class SpoolStats:
     queued: int = 0

@@ -1,4 +1,5 @@
-"""The spool's SQLite schema and its version (one file: messages, recipients, attempts, events)."""
+"""The spool's SQLite schema and its version (one file: messages, recipients, attempts, events,
+site events, bindings and the webhook cursors)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -72,5 +73,16 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    url TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0
+);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions this one opens in place: version 2 lacked only webhook_cursors (feedback created it
+# itself), which the CREATE ... IF NOT EXISTS above adds.
+UPGRADABLE = frozenset({2})

@@ -42,8 +42,9 @@ from mta.queue.records import (
     Release,
     SpoolStats,
     Update,
+    WebhookCursor,
 )
-from mta.queue.schema import SCHEMA, SCHEMA_VERSION
+from mta.queue.schema import SCHEMA, SCHEMA_VERSION, UPGRADABLE
 
 log = logging.getLogger("mta.spool")
 
@@ -134,7 +135,7 @@ class Spool:
         conn.execute("PRAGMA foreign_keys=OFF")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()
-        if tables[0] and version != SCHEMA_VERSION:
+        if tables[0] and version != SCHEMA_VERSION and version not in UPGRADABLE:
             conn.close()
             raise sqlite3.DatabaseError(
                 f"spool schema version {version}, this MTA needs {SCHEMA_VERSION}:"
@@ -192,10 +193,15 @@ class Spool:
                 conn.execute("RELEASE op")
                 outcomes.append((op.future, result, None))
             except Exception as exc:  # one failing operation must not sink the batch
+                error = _storage_error(exc)
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself (it may on a full disk
+                    # or an I/O error): every operation of the batch is lost, with this error.
+                    return [(each.future, None, error) for each in batch]
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                outcomes.append((op.future, None, _storage_error(exc)))
+                outcomes.append((op.future, None, error))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -259,6 +265,22 @@ class Spool:
 
     # -- reads, on their own connection and thread (WAL: they never hold up a commit) --
 
+    async def webhook_cursors(self, urls: Sequence[str]) -> dict[str, WebhookCursor]:
+        """Each webhook endpoint's place in the event outbox (new ones start at 0)."""
+        return await self._submit(lambda conn: queries.webhook_cursors(conn, urls))
+
+    async def advance_webhook(self, url: str, last_id: int, delivered: int, dropped: int) -> None:
+        """Events up to `last_id` went to `url` (or were dropped): its cursor moves on."""
+        await self._submit(
+            lambda conn: queries.advance_webhook(conn, url, last_id, delivered, dropped)
+        )
+
+    async def webhook_failing(self, url: str, since: float) -> None:
+        await self._submit(lambda conn: queries.webhook_failing(conn, url, since))
+
+    async def disable_webhook(self, url: str) -> None:
+        await self._submit(lambda conn: queries.disable_webhook(conn, url))
+
     async def stats(self) -> SpoolStats:
         """Recipients by state (counts the table: for the API, not the hot path)."""
         return await self._read(queries.stats)
@@ -293,16 +315,12 @@ class Spool:
             self._read_conn.close()
             self._read_conn = None
 
-    async def execute(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a custom operation in the writer thread, inside the group commit."""
-        return await self._submit(run)
 
 
 def _storage_error(exc: BaseException) -> SpoolError:
     if isinstance(exc, SpoolError):
         return exc
-    text = str(exc).lower()
-    if isinstance(exc, sqlite3.Error) and ("full" in text or ("disk" in text and "space" in text)):
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
         return SpoolFull(str(exc))
     error = SpoolError(f"{type(exc).__name__}: {exc}")
     error.__cause__ = exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -311,5 +312,31 @@ async def test_concurrent_sessions_share_commits(mta: MtaApp) -> None:
 
 
 async def test_a_full_spool_answers_452_insufficient_storage(mta: MtaApp) -> None:
-    reply = await store_with_failing_disk(mta, "database or disk is full")
+    """SQLite itself reports SQLITE_FULL: the writer's database may not grow by a page."""
+    spool = mta.running.spool
+
+    def cap(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    body = b"From: a@b.test\r\nSubject: x\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40 + b".\r\n"
+
+    async def submit() -> str:
+        conv = await open_conv(mta)
+        try:
+            await conv.command("MAIL FROM:<a@b.test>")
+            await conv.command("RCPT TO:<c@d.test>")
+            await conv.command("DATA")
+            return await conv.send_data(body)
+        finally:
+            await conv.close()
+
+    assert (await submit()).startswith("250")  # fills the messages table's first page
+    await spool._submit(cap)  # the writer thread's own connection
+    reply = await submit()  # needs a new page
     assert reply.startswith("452 4.3.1 Insufficient system storage")
+
+
+async def test_words_in_an_error_message_do_not_make_a_full_disk(mta: MtaApp) -> None:
+    reply = await store_with_failing_disk(mta, "database or disk is full")
+    assert reply.startswith("451 4.3.0")  # a trigger's text, not SQLite's SQLITE_FULL
