@@ -63,16 +63,16 @@ def result_of(outcome: Outcome, verdict: Verdict | None, started_at: float) -> S
 
 
 def job_results(
-    pairs: Iterable[tuple[Outcome, Verdict | None]], started_at: float
+    pairs: Iterable[tuple[Outcome, Verdict | None]], started_at: float, session_failed: bool
 ) -> list[SiteResult]:
     """Results for one delivery job: one per recipient, except that a failure of the
-    session itself (connect, greeting, EHLO, STARTTLS: every recipient shares it) is
-    one result for all, so a refused connection counts once for the cohort rule."""
+    session itself (delivery says so: every recipient shares it) is one result for all,
+    so a refused connection counts once for the cohort rule."""
     items = list(pairs)
     if not items:
         return []
     first = items[0][0]
-    if first.phase in SESSION_PHASES and all(o == first for o, _ in items):
+    if session_failed:
         result = result_of(first, items[0][1], started_at)
         return [
             SiteResult(result.kind, started_at, result.verdict, result.reply_text, len(items))

@@ -1,4 +1,5 @@
-"""Outbound SMTP: route a message to its domain's MX hosts and report one outcome per recipient.
+"""Outbound SMTP: route a message to its domain's MX hosts and report one outcome per recipient
+with its scope (the session, the message or the recipient: `mta.delivery.deliverer.JobResult`).
 
 aiosmtplib carries the bytes; this module drives it command by command with
 the per-stage timeouts of RFC 5321 4.5.3.2 (configurable, in real seconds),
@@ -40,7 +41,7 @@ from mta.config.service import TimeoutsConfig
 from mta.core.bounce import condition_reply
 from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
-from mta.delivery.deliverer import Job
+from mta.delivery.deliverer import FailureScope, Job, JobResult
 from mta.delivery.dns import Resolver
 from mta.model import Condition, Outcome, Phase, Reply
 from mta.smtp.tls import opportunistic_client_context
@@ -325,11 +326,13 @@ class Delivery:
             return local(Condition.DNS_FAILURE, Phase.CONNECT, None, answer.error)
         return order_hosts(answer.records, self.rng)
 
-    async def deliver(self, job: Job) -> list[Outcome]:
-        """One outcome per recipient of the job, in order; a 2xx at DOT means delivered."""
+    async def deliver(self, job: Job) -> JobResult:
+        """One outcome per recipient of the job, in order, with its scope; a 2xx at DOT
+        means delivered."""
+        count = len(job.recipients)
         targets = await self._targets(job.domain)
         if isinstance(targets, Outcome):
-            return [targets] * len(job.recipients)
+            return JobResult.session(targets, count)
         port = self.settings.relayhost[1] if self.settings.relayhost else self.settings.port
         source = job.source
         last: Outcome | None = None
@@ -354,13 +357,13 @@ class Delivery:
             last = local(
                 Condition.NO_ADDRESS, Phase.CONNECT, None, f"no MX host of {job.domain} answered"
             )
-        return [last] * len(job.recipients)
+        return JobResult.session(last, count)
 
     # -- sessions -------------------------------------------------------------
 
     async def _deliver_via(
         self, job: Job, host: str, address: str, port: int, source: str | None
-    ) -> list[Outcome]:
+    ) -> JobResult:
         key = (address, port, source)
         group = key if job.group is None else job.group
         per_connection = (
@@ -530,7 +533,7 @@ class Delivery:
         response = await conn.smtp.execute_command(*args, timeout=timeout)
         return from_parts(response.code, response.message)
 
-    async def _transaction(self, conn: Connection, job: Job) -> tuple[list[Outcome], bool]:
+    async def _transaction(self, conn: Connection, job: Job) -> tuple[JobResult, bool]:
         """MAIL, RCPT..., DATA, content.
 
         Returns the outcome per recipient and whether the connection may be reused.
@@ -541,9 +544,12 @@ class Delivery:
         count = len(job.recipients)
         results: list[Outcome | None] = [None] * count
 
-        def settle(outcome: Outcome) -> list[Outcome]:
-            """Give `outcome` to every recipient that has none yet."""
-            return [outcome if r is None else r for r in results]
+        def for_the_rest(outcome: Outcome) -> JobResult:
+            """`outcome` (about the message) for every recipient without a reply of its own."""
+            scopes: tuple[FailureScope, ...] = tuple(
+                "message" if r is None else "recipient" for r in results
+            )
+            return JobResult(tuple(outcome if r is None else r for r in results), scopes)
 
         params = b""
         if smtp.supports_extension("size"):
@@ -557,7 +563,7 @@ class Delivery:
         ):
             if not smtp.supports_extension("smtputf8"):
                 reply = Reply(553, "5.6.7", f"{host} does not support SMTPUTF8")
-                return settle(Outcome(reply, Phase.MAIL, host)), True
+                return for_the_rest(Outcome(reply, Phase.MAIL, host)), True
             params += b" SMTPUTF8"
         phase = Phase.MAIL
         try:
@@ -565,7 +571,7 @@ class Delivery:
                 conn, t.mail, b"MAIL", b"FROM:<" + job.mail_from.encode() + b">" + params
             )
             if not reply.is_success:
-                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
             phase = Phase.RCPT
             accepted: list[int] = []
             for index, recipient in enumerate(job.recipients):
@@ -573,24 +579,24 @@ class Delivery:
                     conn, t.rcpt, b"RCPT", b"TO:<" + recipient.encode() + b">"
                 )
                 if reply.code == 421:  # the server is closing: the rest waits for another session
-                    return settle(Outcome(reply, phase, host)), False
+                    return for_the_rest(Outcome(reply, phase, host)), False
                 if reply.is_success:
                     accepted.append(index)
                 else:
                     results[index] = Outcome(reply, phase, host)
             if not accepted:
-                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
             phase = Phase.DATA
             reply = await self._command(conn, t.data, b"DATA")
             if reply.code != 354:
-                return settle(Outcome(reply, phase, host)), await self._reset(conn, reply)
+                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
             phase = Phase.DOT
             protocol = smtp.protocol
             assert protocol is not None
             protocol.write(_stuff(job.content))
             response = await protocol.read_response(timeout=t.dot)
             reply = from_parts(response.code, response.message)
-            return settle(Outcome(reply, phase, host)), reply.code != 421
+            return for_the_rest(Outcome(reply, phase, host)), reply.code != 421
         except (SMTPServerDisconnected, SMTPTimeoutError, OSError) as exc:
             timeout = isinstance(exc, SMTPTimeoutError)
             if phase is Phase.MAIL and not timeout and conn.messages > 0:
@@ -601,7 +607,8 @@ class Delivery:
                 text += ", after the final dot: the outcome is unknown"
             smtp.close()
             condition = Condition.TIMEOUT if timeout else Condition.CONNECTION_LOST
-            return settle(local(condition, phase, host, text, possible_duplicate=unknown)), False
+            lost = local(condition, phase, host, text, possible_duplicate=unknown)
+            return for_the_rest(lost), False
 
     async def _reset(self, conn: Connection, reply: Reply) -> bool:
         """RSET after a failed transaction; whether the connection stays usable."""

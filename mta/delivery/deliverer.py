@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from mta.model import Outcome
+
+FailureScope = Literal["session", "message", "recipient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +33,47 @@ class Job:
     max_messages_per_connection: int | None = None  # None: the configured default
 
 
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What delivery observed for one job: one outcome per recipient, in order, and what each
+    outcome is about, decided where it happened (as Postfix's smtp_trouble does):
+
+    - "session": no transaction took place (DNS, connect, greeting, EHLO, STARTTLS, a new
+      connection dropped): every recipient shares the one outcome, a failure of the site;
+    - "message": MAIL, DATA or the final dot answered for every recipient still open;
+    - "recipient": the recipient's own RCPT reply.
+    """
+
+    outcomes: tuple[Outcome, ...]
+    scopes: tuple[FailureScope, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.outcomes) != len(self.scopes):
+            raise ValueError("a job result needs one scope per outcome")
+
+    @classmethod
+    def session(cls, outcome: Outcome, recipients: int) -> JobResult:
+        """The session failed: every recipient shares `outcome`."""
+        scope: FailureScope = "session"
+        return cls((outcome,) * recipients, (scope,) * recipients)
+
+    @classmethod
+    def message(cls, outcome: Outcome, recipients: int) -> JobResult:
+        """One answer for the whole message."""
+        scope: FailureScope = "message"
+        return cls((outcome,) * recipients, (scope,) * recipients)
+
+    @property
+    def session_failed(self) -> bool:
+        return bool(self.scopes) and all(scope == "session" for scope in self.scopes)
+
+
 class Deliverer(Protocol):
     """Carries jobs to the next hop."""
 
-    async def deliver(self, job: Job) -> list[Outcome]:
-        """One outcome per recipient of the job, in order; a 2xx at DOT means delivered."""
+    async def deliver(self, job: Job) -> JobResult:
+        """One outcome per recipient of the job, in order, with its scope; a 2xx at DOT
+        means delivered."""
         ...
 
     async def limit_connections(self, group: Hashable, limit: int) -> None:
@@ -48,12 +86,12 @@ class FunctionDeliverer:
     """A `Deliverer` backed by a function (for tests and tools): `deliver` awaits
     `fn(job)`; `limit_connections` records each call in `limits`."""
 
-    def __init__(self, fn: Callable[[Job], Awaitable[list[Outcome]]]) -> None:
+    def __init__(self, fn: Callable[[Job], Awaitable[JobResult]]) -> None:
         self.fn = fn
         self.jobs: list[Job] = []
         self.limits: list[tuple[Hashable, int]] = []
 
-    async def deliver(self, job: Job) -> list[Outcome]:
+    async def deliver(self, job: Job) -> JobResult:
         self.jobs.append(job)
         return await self.fn(job)
 

@@ -43,7 +43,7 @@ from mta.core.retry import RetryPolicy, RetrySchedule
 from mta.core.routing import site_key
 from mta.core.settle import Classifier, Settlement, expire_unattempted, settle
 from mta.core.throttle import Change
-from mta.delivery.deliverer import Deliverer, Job
+from mta.delivery.deliverer import Deliverer, Job, JobResult
 from mta.delivery.dns import MxLookup
 from mta.model import Condition, Outcome, Phase, Reply, Result
 from mta.queue import sites
@@ -379,7 +379,7 @@ class Scheduler:
         recorded = False
         try:
             try:
-                outcomes = await self.delivery.deliver(job)
+                result = await self.delivery.deliver(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -390,7 +390,7 @@ class Scheduler:
                     None,
                     Condition.LOCAL_ERROR,
                 )
-                outcomes = [local] * len(members)
+                result = JobResult.session(local, len(members))
             now = self.clock.now()
             settlements = [
                 settle(
@@ -402,7 +402,7 @@ class Scheduler:
                     rand=self.rng.random(),
                     event_id=events.new_event_id(),
                 )
-                for r, outcome in zip(members, outcomes, strict=True)
+                for r, outcome in zip(members, result.outcomes, strict=True)
             ]
             updates = [
                 update_of(r, s, now, site.key, binding.name)
@@ -414,7 +414,7 @@ class Scheduler:
                 site.last_delivery_at[binding.name] = now
             self._count(settlements)
             self._requeue(members, settlements)
-            await self._learn(site, binding, settlements, started)
+            await self._learn(site, binding, settlements, started, result.session_failed)
         except asyncio.CancelledError:
             if not recorded:
                 # Stopped mid-attempt: give the recipients back; the outcome is unknown.
@@ -449,7 +449,12 @@ class Scheduler:
             work.site.domains.discard(work.name)
 
     async def _learn(
-        self, site: Site, binding: Binding, settlements: list[Settlement], started: float
+        self,
+        site: Site,
+        binding: Binding,
+        settlements: list[Settlement],
+        started: float,
+        session_failed: bool,
     ) -> None:
         """Feed the results to the site's throttle; log and keep each change it makes."""
         state = site.states[binding.name]
@@ -457,7 +462,7 @@ class Scheduler:
         now = self.clock.now()
         changes: list[Change] = []
         pairs = [(s.outcome, s.verdict) for s in settlements]
-        for result in site_results.job_results(pairs, started):
+        for result in site_results.job_results(pairs, started, session_failed):
             changes += throttle.on_result(state, now, result)
         for change in changes:
             log.info("site %s via %s: %s", site.key, binding.name, change.describe())

@@ -355,12 +355,14 @@ def test_result_of(outcome: Outcome, v: Verdict | None, kind: str) -> None:
 
 def test_a_failed_session_is_one_result_for_the_whole_job() -> None:
     refused = verdict("connection-refused", 20)
-    results = job_results([(REFUSED, refused)] * 3, T0)
+    results = job_results([(REFUSED, refused)] * 3, T0, session_failed=True)
     assert [(r.kind, r.recipients) for r in results] == [(Result.CONNECT_FAILED, 3)]
     unknown = Outcome(Reply(550, "5.1.1", "unknown"), Phase.RCPT, "mx.test")
-    mixed = job_results([(OK, None), (unknown, verdict("u", 10, "recipient", True))], T0)
+    mixed = job_results(
+        [(OK, None), (unknown, verdict("u", 10, "recipient", True))], T0, session_failed=False
+    )
     assert [(r.kind, r.recipients) for r in mixed] == [(Result.DELIVERED, 1), (Result.BOUNCE, 1)]
-    assert job_results([], T0) == []
+    assert job_results([], T0, session_failed=True) == []
     state = state_for(down_after=2)
     for r in results:
         th.on_result(state, NOW, r)

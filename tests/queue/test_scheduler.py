@@ -27,9 +27,9 @@ from mta.core.limits import AdaptiveRule, MxRule, MxRules
 from mta.core.rampup import RampUp
 from mta.core.retry import RetryPolicy
 from mta.core.routing import MxRecord
-from mta.delivery.deliverer import FunctionDeliverer, Job
+from mta.delivery.deliverer import FunctionDeliverer, Job, JobResult
 from mta.delivery.dns import MxAnswer
-from mta.model import Outcome, Phase, Reply, Result
+from mta.model import Condition, Outcome, Phase, Reply, Result
 from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.scheduler import Scheduler, SchedulerSettings
 from mta.queue.spool import Spool
@@ -48,14 +48,18 @@ class FixedMx:
         return MxAnswer("records", (MxRecord(10, SITES[domain]),))
 
 
-def answering(*replies: Reply) -> Callable[[Job], Awaitable[list[Outcome]]]:
-    """A delivery that answers each job's recipients with the next reply (the last repeats)."""
+def answering(*replies: Reply) -> Callable[[Job], Awaitable[JobResult]]:
+    """A delivery that answers each job's recipients with the next reply (the last repeats):
+    a success after the dot, a failure at RCPT for each recipient."""
     queue = list(replies)
 
-    async def deliver(job: Job) -> list[Outcome]:
+    async def deliver(job: Job) -> JobResult:
         reply = queue.pop(0) if len(queue) > 1 else queue[0]
-        phase = Phase.DOT if reply.is_success else Phase.RCPT
-        return [Outcome(reply, phase, SITES[job.domain])] * len(job.recipients)
+        if reply.is_success:
+            ok = Outcome(reply, Phase.DOT, SITES[job.domain])
+            return JobResult.message(ok, len(job.recipients))
+        outcome = Outcome(reply, Phase.RCPT, SITES[job.domain])
+        return JobResult((outcome,) * len(job.recipients), ("recipient",) * len(job.recipients))
 
     return deliver
 
@@ -68,8 +72,10 @@ class Harness:
     scheduler: Scheduler
     ids: itertools.count[int]
 
-    async def submit(self, domain: str, count: int = 1, validity: float = 86400.0) -> None:
-        """`count` messages of one recipient each, as the ingress would queue them."""
+    async def submit(
+        self, domain: str, count: int = 1, validity: float = 86400.0, recipients: int = 1
+    ) -> None:
+        """`count` messages of `recipients` each, as the ingress would queue them."""
         for _ in range(count):
             n = next(self.ids)
             now = self.clock.now()
@@ -81,7 +87,9 @@ class Harness:
                 expires_at=now + validity,
                 content=b"Subject: test\r\n\r\nhello\r\n",
                 smtputf8=False,
-                recipients=(NewRecipient(f"user{n}@{domain}", domain, None),),
+                recipients=tuple(
+                    NewRecipient(f"user{n}.{i}@{domain}", domain, None) for i in range(recipients)
+                ),
             )
             await self.spool.ingest(message)
             self.scheduler.queued(message)
@@ -108,7 +116,7 @@ def rules(*extra: MxRule) -> MxRules:
 @contextlib.asynccontextmanager
 async def make(
     tmp_path: Path,
-    deliver: Callable[[Job], Awaitable[list[Outcome]]],
+    deliver: Callable[[Job], Awaitable[JobResult]],
     mx_rules: MxRules | None = None,
     settings: SchedulerSettings | None = None,
 ) -> AsyncIterator[Harness]:
@@ -137,7 +145,7 @@ async def make(
 @pytest.fixture
 def harness_for(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Harness]]:
     def build(
-        deliver: Callable[[Job], Awaitable[list[Outcome]]],
+        deliver: Callable[[Job], Awaitable[JobResult]],
         mx_rules: MxRules | None = None,
         settings: SchedulerSettings | None = None,
     ) -> AbstractAsyncContextManager[Harness]:
@@ -181,7 +189,7 @@ async def test_the_connection_limit_holds_jobs_until_one_ends(
         most = max(most, running)
         await gate.wait()
         running -= 1
-        return [Outcome(OK, Phase.DOT, "mx.a.test")] * len(job.recipients)
+        return JobResult.message(Outcome(OK, Phase.DOT, "mx.a.test"), len(job.recipients))
 
     one = MxRule("one", ("mx.a.test",), max_connections=1)
     async with harness_for(slow, rules(one)) as h:
@@ -283,3 +291,27 @@ async def test_the_expiry_sweep_ends_recipients_that_wait_behind_a_suspended_sit
         assert (stats.expired, stats.queued) == (1, 0)
         work = h.scheduler.domains.get("a.test")
         assert work is None or work.queued == 0
+
+
+async def test_a_failed_session_is_one_signal_for_the_site_whatever_its_recipients(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    refused = Outcome(
+        Reply(421, "4.4.1", "Connection refused"),
+        Phase.CONNECT,
+        "mx.a.test",
+        Condition.CONNECTION_REFUSED,
+    )
+
+    async def refuse(job: Job) -> JobResult:
+        return JobResult.session(refused, len(job.recipients))
+
+    async with harness_for(refuse) as h:
+        await h.scheduler.start()
+        await h.submit("a.test", recipients=3)
+        await h.until(lambda: h.n(Result.RETRY) == 3, "three recipients deferred")
+        await h.until(lambda: "mx.a.test" in h.scheduler.sites, "site known")
+        state = h.scheduler.sites["mx.a.test"].states["default"]
+        await h.until(lambda: state.counts[Result.CONNECT_FAILED] == 3, "the site learned")
+        assert state.connect_failures == 1  # one session, one failure in the cohort's streak
+        assert len(h.deliverer.jobs) == 1
