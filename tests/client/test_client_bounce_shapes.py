@@ -103,10 +103,10 @@ def test_sender_refusals_are_soft_refused_not_hard() -> None:
         assert _verdicts(_report(block))[0][2:] == ("Soft", "Refused"), diagnostic
 
 
-def test_null_mx_is_soft_invalid_domain() -> None:
+def test_null_mx_is_hard_user_unknown_as_the_mta_says() -> None:
     block = ("Final-Recipient: rfc822; g@nullmx.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"
              "Diagnostic-Code: smtp; 556 5.1.10 Recipient address has null MX\r\n")
-    assert _verdicts(_report(block)) == [("g@nullmx.test", "5.1.10", "Soft", "Invalid domain")]
+    assert _verdicts(_report(block)) == [("g@nullmx.test", "5.1.10", "Hard", "User unknown")]
 
 
 def test_arf_in_a_text_part_is_a_complaint() -> None:
@@ -193,7 +193,7 @@ def test_raw_utf8_in_headers_and_report_fields() -> None:
 def test_one_voice_with_the_mta_on_its_sourced_replies() -> None:
     """The MTA's corpus of real replies (tests/data/bounce_corpus.jsonl, with the type and
     reason the MTA gives each), each put in a DSN: the client's rules mostly agree. Where they
-    differ on purpose: null MX (the client says Soft "Invalid domain"), 4xx "user unknown"
+    differ on purpose: 4xx "user unknown"
     replies a server gave up on (the client says Hard), a few 4.7.x deferrals."""
     corpus = Path(__file__).resolve().parents[1] / "data" / "bounce_corpus.jsonl"
     rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines()

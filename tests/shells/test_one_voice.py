@@ -91,3 +91,28 @@ async def test_classify_the_api_and_the_running_mta_agree(
         "reason": api["failure_reason"],
         "reason_code": api["failure_reason_code"],
     }
+
+
+@pytest.mark.parametrize(
+    "condition", ["null_mx", "dns_nxdomain", "validity_expired"]
+)
+def test_the_client_reads_the_mtas_condition_replies_as_the_mta_does(condition: str) -> None:
+    """What the MTA says of a local condition (null MX, NXDOMAIN, validity end) is what the
+    client's inbound rules say of the same reply in a DSN: one voice on both sides."""
+    from campaign_client.inbound import load_rules, parse_inbound, qualify
+    from mta.config.bounce_rules import load_bounce_rules
+    from mta.core.bounce import condition_reply
+    from mta.model import Condition, Outcome, Phase
+
+    reply = condition_reply(Condition(condition))
+    mta = load_bounce_rules().classify(Outcome(reply, Phase.CONNECT, None, Condition(condition)))
+    dsn = (
+        "From: MAILER-DAEMON@mta.test\r\nTo: bounces@sender.test\r\nSubject: Undeliverable\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;'
+        ' boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n'
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: {reply.enhanced}\r\n"
+        f"Diagnostic-Code: smtp; {reply.code} {reply.enhanced} {reply.text}\r\n--B--\r\n"
+    ).encode()
+    [client] = qualify(parse_inbound(dsn), load_rules())
+    assert (client.failure_type, client.reason) == (mta.failure_type, mta.failure_reason)
