@@ -112,7 +112,7 @@ class Running:
     scheduler: Scheduler
     delivery: Delivery
     handler: IngressHandler
-    server: asyncio.Server
+    server: asyncio.Server | None  # None only while start() fails half-way
     listener: Listener
     executor: ThreadPoolExecutor
     feedback: Feedback
@@ -147,7 +147,9 @@ class MtaApp:
     @property
     def smtp_address(self) -> tuple[str, int]:
         host, _ = parse_hostport(self.config.smtp.listen)
-        return host, bound_port(self.running.server)
+        server = self.running.server
+        assert server is not None
+        return host, bound_port(server)
 
     @property
     def admin_address(self) -> tuple[str, int] | None:
@@ -249,13 +251,11 @@ class MtaApp:
                     f"cannot listen on {config.smtp.listen} (smtp.listen): {exc.strerror}"
                 ) from None
         except OSError:
-            if admin is not None:
-                await admin.stop()
-            await feedback.stop()
-            await scheduler.stop(0)
-            await delivery.close()
-            await spool.close()
-            executor.shutdown()
+            # Undo what started, as stop() does (there is no SMTP server to close).
+            self.parts = Running(
+                spool, scheduler, delivery, handler, None, listener, executor, feedback, admin, None
+            )
+            await self.stop()
             raise
         self.parts = Running(
             spool,
@@ -281,7 +281,8 @@ class MtaApp:
         parts = self.parts
         if parts is None:
             return
-        parts.server.close()
+        if parts.server is not None:
+            parts.server.close()
         parts.handler.closing = True
         parts.listener.shut_down()
         await parts.handler.close(grace=5.0)
@@ -308,7 +309,11 @@ class MtaApp:
             return classify_one(rules, reply, phase or "rcpt", condition, schedule)
 
         return AdminSources(
-            ready=lambda: self.parts is not None and self.parts.server.is_serving(),
+            ready=lambda: (
+                self.parts is not None
+                and self.parts.server is not None
+                and self.parts.server.is_serving()
+            ),
             status=self.status,
             events_after=spool.events_after,
             message=spool.recipient_history,

@@ -90,7 +90,7 @@ class Spool:
     def _committed(
         self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
     ) -> None:
-        _settle(outcomes)
+        _resolve_futures(outcomes)
         for listener in self._listeners:
             listener()
 
@@ -337,7 +337,9 @@ def _fail_future(future: asyncio.Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
-def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _resolve_futures(
+    outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | None]],
+) -> None:
     for future, result, error in outcomes:
         if future.done():
             continue

@@ -380,7 +380,7 @@ def open_store(kind: str, data_dir: Path, fsync: bool = False) -> Store:
 _Job = tuple[Received, "asyncio.Future[None]"]
 
 
-def _settle(results: list[tuple[asyncio.Future[None], OSError | None]]) -> None:
+def _resolve_futures(results: list[tuple[asyncio.Future[None], OSError | None]]) -> None:
     for future, error in results:
         if future.done():
             continue
@@ -445,7 +445,7 @@ class StoreWriter:
                     by_loop.setdefault(future.get_loop(), []).append((future, error))
                 for loop, results in by_loop.items():
                     if not loop.is_closed():
-                        loop.call_soon_threadsafe(_settle, results)
+                        loop.call_soon_threadsafe(_resolve_futures, results)
             if stopping:
                 return
 
