@@ -37,6 +37,7 @@ from mta.core.retry import validity_end
 from mta.model import EventKind
 from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.spool import Spool, SpoolError, SpoolFull
+from mta.smtp import replies
 from mta.smtp.limits import Listener
 from mta.smtp.server import FastSMTP, content_of
 
@@ -137,7 +138,7 @@ class IngressHandler:
         options: list[str],
     ) -> str:
         if self.closing:
-            return "421 4.3.2 Service shutting down, please try again later"
+            return replies.SHUTTING_DOWN
         size = declared_size(options)
         if size is not None:
             free = shutil.disk_usage(self.spool.path.parent).free
@@ -145,8 +146,8 @@ class IngressHandler:
                 log.warning(
                     "refused MAIL with SIZE=%d: %d bytes free on the spool's disk", size, free
                 )
-                return "452 4.3.1 Insufficient system storage for a message of that size"
-        return "250 2.1.0 Sender ok"
+                return replies.STORAGE_TOO_SMALL
+        return replies.SENDER_OK
 
     def relay_allowed(self, session: Session) -> bool:
         if session.authenticated:
@@ -171,12 +172,12 @@ class IngressHandler:
     ) -> str:
         if not self.relay_allowed(session):
             self.rejected += 1
-            return "554 5.7.1 Relay access denied"
-        return "250 2.1.5 Recipient ok"
+            return replies.RELAY_DENIED
+        return replies.RECIPIENT_OK
 
     async def handle_DATA(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
         if self.closing:
-            return "421 4.3.2 Service shutting down, please try again later"
+            return replies.SHUTTING_DOWN
         self._storing += 1
         self._idle.clear()
         try:
@@ -213,7 +214,7 @@ class IngressHandler:
                 )
             except Exception:
                 log.exception("DKIM signing failed for %s", queue_id)
-                return "451 4.3.0 Local error in processing; please try again later"
+                return replies.LOCAL_ERROR
         delivery_id = fields.get(DELIVERY_ID)
         log_id = fields.get(LOG_ID)
         recipients = tuple(
@@ -239,10 +240,10 @@ class IngressHandler:
             await self.spool.ingest(message)
         except SpoolFull:
             log.error("spool full: refused a message of %d bytes", len(content))
-            return "452 4.3.1 Insufficient system storage"
+            return replies.STORAGE_FULL
         except SpoolError as exc:
             log.error("spool failure, message refused with 451: %s", exc)
-            return "451 4.3.0 Local error in processing; please try again later"
+            return replies.LOCAL_ERROR
         self.accepted += 1
         self.on_queued(message)
         return f"250 2.0.0 {queue_id} queued"

@@ -50,6 +50,7 @@ from aiosmtpd.smtp import (
 )
 
 from mta.core.address import AddressError, parse_path
+from mta.smtp import replies
 from mta.smtp.limits import Listener, SmtpLimits, failure_delay
 from mta.smtp.receive import DataSink, LineMeter
 
@@ -90,7 +91,6 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024  # DATA is taken from the socket's buffer in pieces of about this size
-SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 
 
 @dataclass
@@ -214,7 +214,7 @@ class FastSMTP(SMTP):
         if self._original_transport is None and not self._admitted:  # not the STARTTLS layer
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-            refusal = SHUTTING_DOWN if self.listener.closing else None
+            refusal = replies.SHUTTING_DOWN if self.listener.closing else None
             refusal = refusal or self.listener.gate.admit(self, self._client_ip)
             if refusal is not None:
                 log.info("refused a connection from %s: %s", self._client_ip, refusal)
@@ -245,7 +245,7 @@ class FastSMTP(SMTP):
 
     def shut_down(self) -> None:
         """Say 421 4.3.2 and close; a session whose message is being stored gets its reply first."""
-        self._close_with(SHUTTING_DOWN)
+        self._close_with(replies.SHUTTING_DOWN)
 
     def _close_with(self, reply: str) -> None:
         if self._handling:
@@ -370,7 +370,7 @@ class FastSMTP(SMTP):
             return
         assert self.session is not None and self.envelope is not None
         if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 Error: nested MAIL command")
+            await self.push(replies.NESTED_MAIL)
             return
         if _not_utf8(arg):
             await self.push("553 5.1.7 Sender address is not valid UTF-8")
@@ -394,7 +394,7 @@ class FastSMTP(SMTP):
                 await self.push("501 5.5.4 Bad SIZE parameter")
                 return
             if self.data_size_limit and int(size) > self.data_size_limit:
-                await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
+                await self.push(replies.TOO_BIG)
                 return
         body = params.pop("BODY", "7BIT")
         if (body or "").upper() not in ("7BIT", "8BITMIME"):
@@ -410,7 +410,7 @@ class FastSMTP(SMTP):
         options = [k if v is None else f"{k}={v}" for k, v in path.params.items()]
         status = await self._call_handler_hook("MAIL", path.address, options)
         if status is MISSING:
-            status = "250 2.1.0 Sender ok"
+            status = replies.SENDER_OK
         if status.startswith("2"):
             self.envelope.mail_from = path.address
             self.envelope.mail_options.extend(options)
@@ -422,7 +422,7 @@ class FastSMTP(SMTP):
             return
         assert self.session is not None and self.envelope is not None
         if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 Error: need MAIL command")
+            await self.push(replies.NEED_MAIL)
             return
         if _not_utf8(arg):
             await self.push("553 5.1.3 Recipient address is not valid UTF-8")
@@ -444,7 +444,7 @@ class FastSMTP(SMTP):
             return
         status = await self._call_handler_hook("RCPT", path.address, [])
         if status is MISSING:
-            status = "250 2.1.5 Recipient ok"
+            status = replies.RECIPIENT_OK
         if status.startswith("2"):
             self.envelope.rcpt_tos.append(path.address)
         await self.push(status)
@@ -575,7 +575,7 @@ class FastSMTP(SMTP):
 
     def _data_refusal(self, data: _Data) -> str | None:
         if data.too_big:
-            return "552 5.3.4 Message size exceeds fixed maximum message size"
+            return replies.TOO_BIG
         if data.nul:
             return "554 5.6.0 Message contains NUL characters"
         if data.long_line:
@@ -592,7 +592,7 @@ class FastSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 Error: need MAIL command")
+            await self.push(replies.NEED_MAIL)
             return
         if not self.envelope.rcpt_tos:
             await self.push("554 5.5.1 Error: no valid recipients")
