@@ -45,6 +45,7 @@ from mta.queue.records import (
     WebhookCursor,
 )
 from mta.queue.schema import SCHEMA, SCHEMA_VERSION, UPGRADABLE
+from mta.sqlite import SchemaVersionError, open_database
 
 log = logging.getLogger("mta.spool")
 
@@ -128,21 +129,16 @@ class Spool:
     # -- the writer thread ----------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA foreign_keys=OFF")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()
-        if tables[0] and version != SCHEMA_VERSION and version not in UPGRADABLE:
-            conn.close()
-            raise sqlite3.DatabaseError(
-                f"spool schema version {version}, this MTA needs {SCHEMA_VERSION}:"
-                " move the old data directory away"
+        try:
+            conn = open_database(
+                self.path, SCHEMA, SCHEMA_VERSION, opens=lambda found: found in UPGRADABLE
             )
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except SchemaVersionError as exc:
+            raise sqlite3.DatabaseError(
+                f"spool schema version {exc.found}, this MTA needs {exc.needed}:"
+                " move the old data directory away"
+            ) from None
+        conn.execute("PRAGMA foreign_keys=OFF")
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:

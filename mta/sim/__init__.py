@@ -15,6 +15,6 @@ Modules: `config` (isps.toml), `scripts` (local-part grammar, seeded chance),
 SQLite and Maildir stores, written and read back), `http` (the /sim/v1 API),
 `simulation` (the running whole); the command is `mta.cli.sim`.
 
-May import `mta.model`, `mta.clock`, `mta.smtp` and the config engine; never the service's
-stages (it talks to the MTA over the network only) nor a command.
+May import `mta.model`, `mta.clock`, `mta.sqlite`, `mta.smtp` and the config engine; never
+the service's stages (it talks to the MTA over the network only) nor a command.
 """

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mta.smtp.maildir import Maildir
+from mta.sqlite import SchemaVersionError, open_database
 
 log = logging.getLogger("mta.sim.store")
 
@@ -303,30 +304,20 @@ class SqliteStore(Store):
         self.path = data_dir / SQLITE_FILE
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+            self._conn = open_database(
+                self.path,
+                _SCHEMA,
+                SCHEMA_VERSION,
+                synchronous="FULL" if fsync else "NORMAL",
+                opens=lambda found: found < SCHEMA_VERSION,  # older files gain the tables
             )
+        except SchemaVersionError as exc:
+            raise OSError(
+                f"{self.path}: written by a newer version (schema {exc.found}); "
+                "use another --data-dir"
+            ) from None
         except sqlite3.Error as exc:
-            raise OSError(f"cannot open {self.path}: {exc}") from None
-        try:
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OSError(f"{self.path}: cannot use WAL mode here (got {mode!r})")
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise OSError(
-                    f"{self.path}: written by a newer version (schema {version}); "
-                    "use another --data-dir"
-                )
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            self._conn.close()
             raise OSError(f"cannot use {self.path}: {exc}") from None
-        except OSError:
-            self._conn.close()
-            raise
 
     @property
     def location(self) -> Path:

@@ -5,7 +5,8 @@
 - No stage of the service (ingress, queue, delivery, feedback, admin, config, smtp, the wiring
   in app.py) and nothing of the simulation imports a command (`mta.cli`).
 - The simulation talks to the MTA over the network only: it imports the shared pieces
-  (model, clock, smtp, the config engine, core's pure helpers), never a stage.
+  (model, clock, the SQLite opener, smtp, the config engine, core's pure helpers), never a
+  stage.
 - The shared folders (config, smtp) import no stage of the service.
 - No import circle anywhere in `mta`, counting imports inside functions too.
 That the Campaign-side client never imports the MTA is checked in tests/client.
@@ -38,7 +39,9 @@ FORBIDDEN_IN_CORE = {
 }
 ALLOWED_PROJECT_IN_CORE = ("mta.model", "mta.core")
 STAGES = ("ingress", "queue", "delivery", "feedback", "admin", "config", "smtp", "sim", "core")
-ALLOWED_IN_SIM = ("mta.sim", "mta.model", "mta.clock", "mta.smtp", "mta.config.engine", "mta.core")
+ALLOWED_IN_SIM = (
+    "mta.sim", "mta.model", "mta.clock", "mta.sqlite", "mta.smtp", "mta.config.engine", "mta.core"
+)
 SERVICE = ("mta.ingress", "mta.queue", "mta.delivery", "mta.feedback", "mta.admin", "mta.app")
 
 
