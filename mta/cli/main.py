@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from mta.cli.common import CliError, run_async, setup_logging, until_signalled
 from mta.config.engine import ConfigError, parse_hostport
 from mta.config.service import DkimKey, MtaConfig, load_config
+from mta.core.tokens import TOKEN_ENV
 
 log = logging.getLogger("mta")
 
@@ -251,6 +253,17 @@ def _log_flag(data: Path) -> str:
     return "" if log == Path("var") / "campaign-log.sqlite" else f" --log {log}"
 
 
+def _default_dkim(directory: Path) -> str:
+    """`mta up` signs mail from campaign.test (the README's sender) with a key of its own,
+    which the simulation publishes, so the inbox shows a DKIM verdict out of the box."""
+    from mta.cli.dkim import keygen
+
+    path = directory / "mta._domainkey.campaign.test.pem"
+    if not path.exists():
+        keygen("campaign.test", "mta", directory)
+    return f"campaign.test:mta:{path}"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """The MTA and the simulated internet together, as two processes sharing a clock."""
     import time
@@ -261,6 +274,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         client_service,
         feedback_env,
         mta_service,
+        reachable,
         sim_service,
     )
     from mta.clock import Anchor
@@ -283,6 +297,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         webhook=args.webhook,
     )
     secret = os.environ.get("WEBHOOK_SECRET") or _new_secret()
+    token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18)
+    dkim_keys = data / "dkim"
+    signing = _default_dkim(dkim_keys) if args.config is None else None
     wall = time.time()
     anchor = Anchor(wall, wall, args.time_scale)
 
@@ -290,27 +307,35 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor = Supervisor()
         data.mkdir(parents=True, exist_ok=True)
         try:
-            await supervisor.start(
-                sim_service(
-                    addresses, anchor, data / "sim", args.sim_config, args.seed, args.log_level
-                ),
-                log=data / "sim.log",
+            sim = sim_service(
+                addresses,
+                anchor,
+                data / "sim",
+                args.sim_config,
+                args.seed,
+                args.log_level,
+                dkim_keys=dkim_keys,
             )
-            env: dict[str, str] = {}
+            await supervisor.start(
+                dataclasses.replace(sim, env={TOKEN_ENV: token}), log=data / "sim.log"
+            )
+            env: dict[str, str] = {TOKEN_ENV: token}
             if args.client:
                 await supervisor.start(
                     client_service(addresses, data, secret), log=data / "client.log"
                 )
-                env = feedback_env(addresses, secret)
-            await supervisor.start(
-                mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env),
-                log=data / "mta.log",
-            )
+                env.update(feedback_env(addresses, secret))
+            mta = mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env)
+            if signing is not None:
+                mta = dataclasses.replace(mta, argv=(*mta.argv, "--dkim", signing))
+            await supervisor.start(mta, log=data / "mta.log")
         except RuntimeError as exc:
             await supervisor.stop()
             raise CliError(str(exc)) from None
         print(
             f"mta up: submit mail to {addresses.smtp} (SMTP); admin API http://{addresses.admin}/\n"
+            f"  inbox http://{reachable(addresses.sim_http)}/ ; operator console"
+            f" http://{reachable(addresses.admin)}/ ; write token: {token}\n"
             f"  simulated ISPs on port {addresses.persona_port} of 127.0.0.11-15, stub DNS"
             f" {addresses.dns}\n"
             f"  what they received: mta sim ls --data-dir {data / 'sim'}"

@@ -21,11 +21,13 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mta.config.engine import ConfigError, parse_hostport
+from mta.core.tokens import TOKEN_ENV
 from mta.sim.config import SimConfig, load_sim_config
 from mta.sim.store import STORES
 
@@ -62,6 +64,15 @@ def add_parser(subparsers: Any) -> None:
         choices=STORES,
         help="where the personas keep what they accept: one SQLite file (default) or a"
         " Maildir per persona (sim.store)",
+    )
+    sim.add_argument(
+        "--dkim-keys",
+        metavar="DIR",
+        help="publish the DKIM keys of DIR (<selector>._domainkey.<domain>.pem) so the inbox"
+        " verifies signatures (sim.dkim_keys)",
+    )
+    sim.add_argument(
+        "--mta-admin", metavar="URL", help="the MTA's admin URL, linked from the inbox"
     )
     sim.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sim.set_defaults(func=run, sim_command=None)
@@ -117,6 +128,12 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         flags["sim.smtp_port"] = args.port
     if getattr(args, "store", None):
         flags["sim.store"] = args.store
+    if getattr(args, "dkim_keys", None):
+        flags["sim.dkim_keys"] = args.dkim_keys
+    if getattr(args, "mta_admin", None):
+        flags["sim.mta_admin"] = args.mta_admin
+    if os.environ.get(TOKEN_ENV):
+        flags["sim.token"] = os.environ[TOKEN_ENV]
     return flags
 
 
@@ -219,7 +236,8 @@ def _describe(sim: Any) -> str:
         domains = ", ".join(persona.config.domains)
         lines.append(f"  {name:10} {addresses}:{sim.smtp_port}  ({domains})")
     if sim.http_address:
-        lines.append(f"  HTTP on http://{sim.http_address[0]}:{sim.http_address[1]}/sim/v1/stats")
+        host, port = sim.http_address
+        lines.append(f"  inbox on http://{host}:{port}/ (API: http://{host}:{port}/sim/v1/)")
     submit = sim.mta_submit
     lines.append(f"  artefacts go to {submit[0]}:{submit[1]}" if submit else "  artefacts: none")
     if sim.store is not None:

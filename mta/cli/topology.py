@@ -82,6 +82,7 @@ def sim_service(
     seed: int | None = None,
     log_level: str = "warning",
     deterministic: bool = False,
+    dkim_keys: Path | None = None,
 ) -> Service:
     argv = [
         "sim",
@@ -106,6 +107,10 @@ def sim_service(
         argv += ["--seed", str(seed)]
     if deterministic:
         argv.append("--deterministic")
+    if dkim_keys is not None:
+        argv += ["--dkim-keys", str(dkim_keys)]
+    if a.admin and a.sim_http:
+        argv += ["--mta-admin", f"http://{reachable(a.admin)}/"]
     ready = ["check", "--dns", a.dns]
     if a.sim_http:
         ready += ["--http", f"http://{reachable(a.sim_http)}/sim/v1/stats"]

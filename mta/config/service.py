@@ -270,6 +270,7 @@ class FeedbackConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     listen: str = hostport_field("127.0.0.1:8080")  # "" disables the HTTP API
+    token: str = ""  # the write token (env MTA_ADMIN_TOKEN); "": every write is refused
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,11 @@ class IngressHandler:
                 self.rejected += 1
                 return "554 5.6.0 Bad X-Campaign-Validity header: use e.g. 5d or 84h"
         queue_id = new_queue_id()
+        delivery_id = fields.get(DELIVERY_ID)
+        if delivery_id and not headers.has(content, "Feedback-ID"):
+            # as ESPs do for Gmail's Postmaster Tools: the receiver sees the campaign's id
+            head, body = headers.split(content)
+            content = head + f"Feedback-ID: {delivery_id}:mta-sim\r\n".encode() + b"\r\n" + body
         content = self._trace(content, session, envelope, queue_id, server.hostname, now)
         if self.signer is not None:
             # t= only on a real clock: verifiers refuse signing times in their future.
@@ -215,7 +220,6 @@ class IngressHandler:
             except Exception:
                 log.exception("DKIM signing failed for %s", queue_id)
                 return replies.LOCAL_ERROR
-        delivery_id = fields.get(DELIVERY_ID)
         log_id = fields.get(LOG_ID)
         recipients = tuple(
             NewRecipient(address, ascii_domain(address.rpartition("@")[2]), log_id)

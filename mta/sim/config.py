@@ -297,6 +297,9 @@ class SimSection:
     store: Literal["sqlite", "maildir"] = "sqlite"  # where accepted messages go (mta.sim.store)
     store_fsync: bool = False  # true: SQLite synchronous=FULL / fsync each Maildir file
     random_faults: bool = True  # false: no seeded faults nor random artefacts (exact runs)
+    token: str = ""  # the write token of the HTTP API (env MTA_ADMIN_TOKEN wins); "": no writes
+    dkim_keys: str = ""  # a directory of <selector>._domainkey.<domain>.pem keys the sim publishes
+    mta_admin: str = ""  # the MTA's admin URL, for the inbox's link to the operator console
 
     def __post_init__(self) -> None:
         if not 0 <= self.smtp_port <= 65535:

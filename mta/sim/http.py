@@ -11,6 +11,9 @@
   refused) and the same per sending IP; the outbox of asynchronous artefacts; the DNS
   query count; the store (kind, path).
 
+The inbox page at `/` and its API (search, one message, delete, a live stream) are
+in `mta.sim.inbox_http`.
+
 Reading is the same for both stores (`mta.sim.store`'s readers, run in a thread);
 a store that cannot be read answers 503 with a one-line error.
 """
@@ -25,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from mta.sim import store
+from mta.sim.inbox_http import Inbox, add_routes
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
@@ -35,7 +39,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def build_app(
-    data_dir: Path, stats: Callable[[], dict[str, Any]], personas: Callable[[], list[str]]
+    data_dir: Path,
+    stats: Callable[[], dict[str, Any]],
+    personas: Callable[[], list[str]],
+    box: Inbox | None = None,
 ) -> web.Application:
     async def messages(request: web.Request) -> web.Response:
         persona = request.query.get("persona") or None
@@ -71,6 +78,8 @@ def build_app(
     app.router.add_get("/sim/v1/messages", messages)
     app.router.add_get("/sim/v1/messages/{persona}/{name}", message)
     app.router.add_get("/sim/v1/stats", stats_view)
+    if box is not None:
+        add_routes(app, box)
     return app
 
 

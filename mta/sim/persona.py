@@ -156,6 +156,14 @@ class PersonaEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.plans: list[RcptPlan] = []
+        self.transcript: list[tuple[str, str]] = []  # (stage, reply), kept with the message
+
+
+def _note(envelope: Envelope, stage: str, reply: str) -> str:
+    """Remember the persona's answer at a stage (the inbox shows it), and return it."""
+    if isinstance(envelope, PersonaEnvelope):
+        envelope.transcript.append((stage, reply))
+    return reply
 
 
 @dataclass
@@ -423,7 +431,7 @@ class Persona:
         if reputation_blocked(record, now, self.config.reputation):
             self.counters.reputation_blocked += 1
             return self._refuse(self.reply("reputation", ip))
-        return self.replies["mail_ok"]
+        return _note(envelope, f"MAIL FROM:<{address}>", self.replies["mail_ok"])
 
     async def handle_RCPT(
         self,
@@ -450,8 +458,8 @@ class Persona:
         if reply is None:
             assert isinstance(envelope, PersonaEnvelope)
             envelope.plans.append(plan)
-            return self.replies["rcpt_ok"]
-        return reply
+            reply = self.replies["rcpt_ok"]
+        return _note(envelope, f"RCPT TO:<{address}>", reply)
 
     async def _scripted_rcpt(
         self, server: FastSMTP, script: Script, plan: RcptPlan, ip: str
@@ -535,7 +543,13 @@ class Persona:
                 return await self.hang(server, 0)
         content = content_of(envelope)
         mail_from = envelope.mail_from or ""
-        item = Received(self.name, mail_from, envelope.rcpt_tos, content, self.clock.now())
+        message_id = f"{next(self._ids):x}.{self.name}"
+        accepted = render(self.replies["accepted"], {"id": message_id, "ip": ip})
+        transcript = [*envelope.transcript, ("DATA", "354 End data with <CR><LF>.<CR><LF>")]
+        transcript.append(("end of data", accepted))
+        item = Received(
+            self.name, mail_from, envelope.rcpt_tos, content, self.clock.now(), transcript
+        )
         try:
             if self.writer is not None:
                 await self.writer.write(item)
@@ -555,8 +569,7 @@ class Persona:
             for plan in plans:
                 if plan.async_code or plan.autoreply or plan.complaint:
                     self._artefacts(plan, mail_from, content, ip, now)
-        message_id = f"{next(self._ids):x}.{self.name}"
-        return render(self.replies["accepted"], {"id": message_id, "ip": ip})
+        return accepted
 
     def _artefacts(
         self, plan: RcptPlan, mail_from: str, content: bytes, ip: str, now: float

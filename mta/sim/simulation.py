@@ -22,11 +22,12 @@ from typing import Any
 
 from mta.clock import Clock
 from mta.config.engine import parse_hostport
-from mta.sim import store
+from mta.sim import mailview, store
 from mta.sim.artefacts import Outbox
 from mta.sim.config import SimConfig
 from mta.sim.dns_server import StubDns, Zone
 from mta.sim.http import HttpServer, build_app
+from mta.sim.inbox_http import Inbox
 from mta.sim.persona import Blackhole, Persona
 from mta.smtp.server import close_server, start_server
 
@@ -58,6 +59,7 @@ class Simulation:
         self.smtp_port = 0
         self.store: store.Store | None = None
         self.writer: store.StoreWriter | None = None
+        self.inbox: Inbox | None = None
         self._servers: list[asyncio.Server] = []
 
     @property
@@ -92,6 +94,9 @@ class Simulation:
         submit = parse_hostport(config.sim.mta_submit) if config.sim.mta_submit else None
         outbox = Outbox(clock, submit)
         kept = store.open_store(config.sim.store, root, config.sim.store_fsync)
+        keys = mailview.load_keys(Path(config.sim.dkim_keys)) if config.sim.dkim_keys else {}
+        if keys:
+            kept.dkim_check = mailview.checker(keys)
         writer = store.StoreWriter(kept)
         try:
             personas = {
@@ -122,7 +127,10 @@ class Simulation:
             sim.dns = await StubDns.start(zone, host, port)
             if http and config.sim.http_listen:
                 host, port = parse_hostport(config.sim.http_listen)
-                app = build_app(root, sim.stats, lambda: list(personas))
+                sim.inbox = Inbox(root, keys, config.sim.token, config.sim.mta_admin)
+                sim.inbox.forget = kept.forget
+                writer.listeners.append(sim.inbox.changed)
+                app = build_app(root, sim.stats, lambda: list(personas), sim.inbox)
                 sim.http = await HttpServer.start(app, host, port)
         except BaseException:
             await sim.stop()

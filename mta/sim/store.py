@@ -52,7 +52,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,7 +66,7 @@ PERSONAS_DIR = "personas"
 MAILDIR = "Maildir"
 SQLITE_FILE = "received.sqlite3"
 STORES = ("sqlite", "maildir")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: delivery_id, dkim_result, transcript (what the inbox searches and shows)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,:=-]*$")
 _MAILDIR_NAME = re.compile(r"^(\d+)\.P\d+Q(\d+)\.")
 READ_LIMIT = 64 * 1024
@@ -110,6 +110,7 @@ _FIELDS = {
     b"subject": "subject",
     b"message-id": "message_id",
     b"dkim-signature": "dkim",
+    b"feedback-id": "feedback_id",
 }
 
 
@@ -150,6 +151,8 @@ class Received:
     recipients: list[str]
     content: bytes
     received_at: float  # the sim's clock
+    # (stage, reply) in session order: what the persona answered to MAIL, each RCPT, DATA, dot
+    transcript: list[tuple[str, str]] | None = None
 
 
 class LeanMaildir(Maildir):
@@ -195,6 +198,8 @@ class Store(ABC):
         self.data_dir = data_dir
         self.fsync = fsync
         self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self.dkim_check: DkimCheck | None = None  # set by the simulation when it knows keys
 
     @abstractmethod
     def open(self, persona: str) -> None:
@@ -210,10 +215,16 @@ class Store(ABC):
     def write(self, batch: Sequence[Received]) -> list[OSError | None]:
         """Store every message of `batch`; one result per message (None: stored)."""
         errors = self._write(batch)
-        for item, error in zip(batch, errors, strict=True):
-            if error is None:
-                self._counts[item.persona] = self._counts.get(item.persona, 0) + 1
+        with self._counts_lock:
+            for item, error in zip(batch, errors, strict=True):
+                if error is None:
+                    self._counts[item.persona] = self._counts.get(item.persona, 0) + 1
         return errors
+
+    def forget(self, persona: str, count: int) -> None:
+        """`count` messages of `persona` were deleted (by the inbox) behind the writer's back."""
+        with self._counts_lock:
+            self._counts[persona] = max(0, self._counts.get(persona, 0) - count)
 
     def count(self, persona: str) -> int:
         """Messages `persona` has in this store (earlier runs included)."""
@@ -268,19 +279,57 @@ CREATE TABLE IF NOT EXISTS messages (
     header_to TEXT NOT NULL,
     message_id TEXT NOT NULL,
     dkim INTEGER NOT NULL,
-    message BLOB NOT NULL
+    message BLOB NOT NULL,
+    delivery_id TEXT NOT NULL DEFAULT '',
+    dkim_result TEXT NOT NULL DEFAULT '',
+    transcript TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_by_persona ON messages (persona, received_at);
 """
-_INSERT = (
-    "INSERT INTO messages (persona, received_at, mail_from, recipients, size, subject,"
-    " header_from, header_to, message_id, dkim, message) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_MIGRATE_1_TO_2 = (
+    ("delivery_id", "ALTER TABLE messages ADD COLUMN delivery_id TEXT NOT NULL DEFAULT ''"),
+    ("dkim_result", "ALTER TABLE messages ADD COLUMN dkim_result TEXT NOT NULL DEFAULT ''"),
+    ("transcript", "ALTER TABLE messages ADD COLUMN transcript TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
-def _row(item: Received) -> tuple[Any, ...]:
+def _upgrade(path: Path) -> None:
+    """A version-1 file gains the inbox's columns (before the schema is applied)."""
+    if not path.is_file():
+        return
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    try:
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) != 1:
+            return
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        for column, statement in _MIGRATE_1_TO_2:
+            if column not in columns:
+                conn.execute(statement)
+    finally:
+        conn.close()
+_INSERT = (
+    "INSERT INTO messages (persona, received_at, mail_from, recipients, size, subject,"
+    " header_from, header_to, message_id, dkim, message, delivery_id, dkim_result, transcript)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def delivery_id_of(feedback_id: str) -> str:
+    """The delivery id the MTA put first in `Feedback-ID: <delivery id>:<sender id>` ("" none)."""
+    head, colon, _ = feedback_id.rpartition(":")
+    return head.strip() if colon else ""
+
+
+DkimCheck = Callable[[bytes], str]  # the message -> "pass" | "fail" | "permerror" | "none"
+
+
+def _row(item: Received, check: DkimCheck | None = None) -> tuple[Any, ...]:
     fields = header_fields(item.content)
+    if check is not None:
+        dkim_result = check(item.content)
+    else:
+        dkim_result = "unchecked" if fields["dkim"] else "none"
     return (
         item.persona,
         item.received_at,
@@ -293,6 +342,9 @@ def _row(item: Received) -> tuple[Any, ...]:
         fields["message_id"],
         1 if fields["dkim"] else 0,
         item.content,
+        delivery_id_of(fields["feedback_id"]),
+        dkim_result,
+        json.dumps(item.transcript or []),
     )
 
 
@@ -304,6 +356,7 @@ class SqliteStore(Store):
         self.path = data_dir / SQLITE_FILE
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            _upgrade(self.path)
             self._conn = open_database(
                 self.path,
                 _SCHEMA,
@@ -338,7 +391,7 @@ class SqliteStore(Store):
             return []
         conn = self._conn
         try:
-            rows = [_row(item) for item in batch]
+            rows = [_row(item, self.dkim_check) for item in batch]
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_INSERT, rows)
@@ -392,6 +445,12 @@ class StoreWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.batches = 0  # wake-ups that wrote something (a batch: one SQLite transaction)
+        # called on the writing session's event loop after each stored batch (the inbox's live view)
+        self.listeners: list[Callable[[], None]] = []
+
+    def _stored(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sim-store", daemon=True)
@@ -404,6 +463,7 @@ class StoreWriter:
             error = self._store([item])[0]
             if error is None:
                 future.set_result(None)
+                self._stored()
             else:
                 future.set_exception(error)
             return future
@@ -434,9 +494,12 @@ class StoreWriter:
                 ] = {}
                 for (_, future), error in zip(jobs, errors, strict=True):
                     by_loop.setdefault(future.get_loop(), []).append((future, error))
+                stored = any(error is None for error in errors)
                 for loop, results in by_loop.items():
                     if not loop.is_closed():
                         loop.call_soon_threadsafe(_resolve_futures, results)
+                        if stored and self.listeners:
+                            loop.call_soon_threadsafe(self._stored)
             if stopping:
                 return
 
