@@ -162,3 +162,31 @@ def test_query_terms() -> None:
     assert search.matches(search.Term("persona", "ISP"), {"persona": ["isp"]})
     assert not search.matches(search.Term("persona", "is"), {"persona": ["isp"]})
     assert search.matches(search.Term("to", "ANN"), {"to": ["ann@isp.test"]})
+
+
+def test_a_version_1_store_gains_the_inbox_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mta.sim import inbox, store
+
+    conn = sqlite3.connect(tmp_path / store.SQLITE_FILE)
+    conn.executescript(
+        "CREATE TABLE personas (name TEXT PRIMARY KEY) WITHOUT ROWID;"
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, persona TEXT NOT NULL,"
+        " received_at REAL NOT NULL, mail_from TEXT NOT NULL, recipients TEXT NOT NULL,"
+        " size INTEGER NOT NULL, subject TEXT NOT NULL, header_from TEXT NOT NULL,"
+        " header_to TEXT NOT NULL, message_id TEXT NOT NULL, dkim INTEGER NOT NULL,"
+        " message BLOB NOT NULL);"
+        "INSERT INTO messages VALUES (7, 'isp', 1.0, 'a@b.test', '[\"c@isp.test\"]', 4,"
+        " 'Old', 'a@b.test', 'c@isp.test', '<m@b>', 0, x'61626364');"
+        "PRAGMA user_version=1;"
+    )
+    conn.close()
+    kept = store.SqliteStore(tmp_path)
+    kept.close()
+    page = inbox.search(tmp_path, search.parse("subject:old"))
+    assert [(m["id"], m["delivery_id"], m["dkim_result"]) for m in page["messages"]] == [
+        ("isp/7", "", "")
+    ]
+    found = inbox.record(tmp_path, "isp/7")
+    assert found is not None and found["transcript"] == [] and found["content"] == b"abcd"
