@@ -38,6 +38,9 @@ DEFAULT_GAP_TIMEOUT = 120.0
 MAX_BODY = 16 * 1024 * 1024
 
 
+DELIVERY_LINES = 500
+
+
 @dataclass(slots=True)
 class ReceiverStats:
     batches: int = 0
@@ -107,6 +110,7 @@ class Receiver:
                 if self.path != "/":
                     app.router.add_post("/", self._handle_webhook)
                 app.router.add_get("/livez", self._handle_livez)
+                app.router.add_get("/deliveries", self._handle_deliveries)
                 self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 await self._runner.setup()
                 site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
@@ -171,6 +175,24 @@ class Receiver:
 
     async def _handle_livez(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _handle_deliveries(self, request: web.Request) -> web.Response:
+        """The delivery log for the MTA's operator console: each delivery's KPIs and its
+        most recently changed lines (at most DELIVERY_LINES), read-only."""
+        deliveries = []
+        lines: list[dict[str, object]] = []
+        for delivery_id in self.log.deliveries():
+            deliveries.append(self.log.kpis(delivery_id).to_json())
+            for line in self.log.lines(delivery_id):
+                lines.append({
+                    "delivery_id": line.delivery_id, "recipient": line.recipient,
+                    "status": line.status, "failure_type": line.failure_type,
+                    "failure_reason": line.failure_reason, "attempts": line.attempts,
+                    "last_reply": line.last_reply, "queue_id": line.queue_id,
+                    "updated_at": line.updated_at,
+                })
+        lines.sort(key=lambda item: float(str(item["updated_at"])), reverse=True)
+        return web.json_response({"deliveries": deliveries, "lines": lines[:DELIVERY_LINES]})
 
     async def _handle_webhook(self, request: web.Request) -> web.Response:
         body = await request.read()

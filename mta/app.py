@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mta.admin.api import Admin, AdminSources
+from mta.admin.operator import operator_controls
 from mta.clock import Clock, make_clock
 from mta.config.bounce_rules import load_bounce_rules
 from mta.config.engine import parse_hostport
@@ -321,6 +322,10 @@ class MtaApp:
             classify=classify,
             webhooks=lambda: [dataclasses.asdict(s) for s in feedback.status()],
             sites=scheduler.site_report,
+            inbox_url=self.config.admin.inbox_url,
+            client_url=self.config.admin.client_url,
+            controls=operator_controls(self.clock, scheduler, spool),
+            token=self.config.admin.token,
         )
 
     async def metrics(self) -> dict[str, float]:

@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mta.admin import console, operator
+
 log = logging.getLogger("mta.admin")
 
 MAX_EVENTS = 1000
@@ -46,6 +48,10 @@ class AdminSources:
     classify: Callable[[str, str | None, str | None], dict[str, Any]] | None = None
     webhooks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
     sites: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
+    inbox_url: str = ""  # the simulation's inbox, linked from the console
+    client_url: str = ""  # the Campaign client's receiver, read for the console's Campaign view
+    controls: operator.Controls | None = None  # operator actions (POST /api/v1/control/...)
+    token: str = ""  # the write token; "": every write is refused
 
 
 class Admin:
@@ -70,6 +76,9 @@ class Admin:
                 web.get("/api/v1/openapi.json", self.openapi),
             ]
         )
+        console.add_routes(self.app, sources.inbox_url, sources.client_url)
+        if sources.controls is not None:
+            operator.add_routes(self.app, sources.controls, sources.token)
 
     def notify(self) -> None:
         self._new_events.set()

@@ -319,12 +319,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             await supervisor.start(
                 dataclasses.replace(sim, env={TOKEN_ENV: token}), log=data / "sim.log"
             )
-            env: dict[str, str] = {TOKEN_ENV: token}
+            env: dict[str, str] = {
+                TOKEN_ENV: token,
+                "MTA_ADMIN_INBOX_URL": f"http://{reachable(addresses.sim_http)}/",
+            }
             if args.client:
                 await supervisor.start(
                     client_service(addresses, data, secret), log=data / "client.log"
                 )
                 env.update(feedback_env(addresses, secret))
+                env["MTA_ADMIN_CLIENT_URL"] = f"http://{reachable(addresses.webhook)}/"
             mta = mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env)
             if signing is not None:
                 mta = dataclasses.replace(mta, argv=(*mta.argv, "--dkim", signing))

@@ -1,6 +1,13 @@
-"""`mta queue sites | status | show QUEUE_ID`: look into a running MTA through its HTTP API.
+"""`mta queue sites | status | show QUEUE_ID`: look into a running MTA through its HTTP API;
+`mta queue suspend | resume | bounce | retry`: act on it (with the write token).
 
     mta queue sites [--api http://127.0.0.1:8080] [--json]
+    mta queue suspend gmail.test --duration 10m --reason "maintenance"
+    mta queue resume gmail.test
+    mta queue bounce nxdomain.test --reason "dead domain"   (or --queue-id ID)
+    mta queue retry isp.test
+
+The token comes from `--token` or the environment's MTA_ADMIN_TOKEN.
 
 Per site (the set of MX hosts) and source binding: the queue depth, the current
 rate and connection limits against the configured ones, the state (ok, slowed,
@@ -15,12 +22,14 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 from typing import Any
 
 import aiohttp
 
 from mta.core.durations import rate_text
+from mta.core.tokens import TOKEN_ENV
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -43,6 +52,29 @@ async def fetch(api: str, path: str) -> Any:
             return await resp.json()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise QueueError(f"cannot reach the MTA's API at {api}: {exc}") from None
+
+
+async def post(api: str, path: str, body: dict[str, Any], token: str | None) -> Any:
+    url = api.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.post(url, json=body, headers=headers, allow_redirects=False) as resp,
+        ):
+            try:
+                data = await resp.json(content_type=None)
+            except ValueError:
+                data = {}
+            if resp.status != 200:
+                error = data.get("error") if isinstance(data, dict) else None
+                raise QueueError(f"refused (HTTP {resp.status}): {error or 'no reason given'}")
+            return data
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise QueueError(f"cannot reach the MTA's API at {api}: {exc}") from None
+
+
+ACTIONS = ("suspend", "resume", "bounce", "retry")
 
 
 def _rate(value: float | None) -> str:
@@ -105,9 +137,49 @@ def add_parser(subparsers: Any) -> None:
                    help="recipients by state, in flight, accepted, rejected")
     show = sub.add_parser("show", parents=[common], help="one message's recipients and attempts")
     show.add_argument("queue_id")
+    acting = argparse.ArgumentParser(add_help=False, parents=[common])
+    acting.add_argument("--reason", default="operator", help="why (kept with the action)")
+    acting.add_argument("--token", help=f"the write token (default: ${TOKEN_ENV})")
+    helps = {
+        "suspend": "stop deliveries to a site (named by a domain it serves) for a while",
+        "resume": "end a site's suspension now",
+        "bounce": "hard-bounce every queued recipient of a domain (or of one message)",
+        "retry": "make a domain's queued recipients due now",
+    }
+    for action in ACTIONS:
+        command = sub.add_parser(action, parents=[acting], help=helps[action])
+        command.add_argument("target", nargs="?" if action == "bounce" else None,
+                             help="a domain, or a site as `mta queue sites` names it")
+        if action == "suspend":
+            command.add_argument("--duration", default="10m", help="e.g. 90s, 10m, 2h")
+        if action == "bounce":
+            command.add_argument("--queue-id", help="bounce this message's queued recipients")
+
+
+def act(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"reason": args.reason}
+    if getattr(args, "queue_id", None):
+        body["queue_id"] = args.queue_id
+    elif args.target:
+        body["target"] = args.target
+    else:
+        print("mta queue bounce: give a domain or --queue-id", file=sys.stderr)
+        return 2
+    if args.queue_command == "suspend":
+        body["duration"] = args.duration
+    token = args.token or os.environ.get(TOKEN_ENV)
+    try:
+        data = asyncio.run(post(args.api, f"/api/v1/control/{args.queue_command}", body, token))
+    except QueueError as exc:
+        print(f"mta queue {args.queue_command}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else data.get("message", "done"))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.queue_command in ACTIONS:
+        return act(args)
     paths = {"sites": "/api/v1/queue/sites", "status": "/api/v1/status"}
     path = paths.get(args.queue_command) or f"/api/v1/messages/{args.queue_id}"
     try:

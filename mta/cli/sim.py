@@ -85,6 +85,21 @@ def add_parser(subparsers: Any) -> None:
     show = sub.add_parser("show", help="write one stored message to stdout, raw")
     _common(show, argparse.SUPPRESS)
     show.add_argument("id", metavar="ID", help="a message id as `ls --json` lists it")
+    chaos = sub.add_parser(
+        "chaos", help="change a running persona: replies, rate, latency, greylisting"
+    )
+    chaos.add_argument("persona", nargs="?", help="the persona (none: show every persona's state)")
+    chaos.add_argument("--url", default="http://127.0.0.1:8025", help="the simulation's HTTP URL")
+    chaos.add_argument("--reply", metavar="REPLY", help='answer this, e.g. "451 4.7.1 Try later"')
+    chaos.add_argument("--stage", default="rcpt", choices=("mail", "rcpt", "data", "dot"))
+    chaos.add_argument("--share", type=float, default=1.0, help="of the recipients (0-1)")
+    chaos.add_argument("--no-reply", action="store_true", help="stop answering the --reply")
+    chaos.add_argument("--rate", type=float, help="messages per second per sending IP (0: none)")
+    chaos.add_argument(
+        "--latency", action="append", default=[], metavar="STAGE=SECONDS", help="repeatable"
+    )
+    chaos.add_argument("--greylisting", choices=("on", "off"))
+    chaos.add_argument("--token", help=f"the write token (default: ${TOKEN_ENV})")
 
 
 def _common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -149,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             return _ls(args, config)
         if command == "show":
             return _show(args, config)
+        if command == "chaos":
+            return _chaos(args)
         return _serve(args, config)
     except (ConfigError, ValueError) as exc:
         print(f"mta sim: {exc}", file=sys.stderr)
@@ -223,6 +240,69 @@ def _show(args: argparse.Namespace, config: SimConfig) -> int:
     sys.stdout.flush()
     sys.stdout.buffer.write(body)
     sys.stdout.buffer.flush()
+    return 0
+
+
+# -- chaos ----------------------------------------------------------------------
+
+
+def _chaos_update(args: argparse.Namespace) -> dict[str, Any]:
+    update: dict[str, Any] = {}
+    if args.reply:
+        update["reply"] = {"stage": args.stage, "reply": args.reply, "share": args.share}
+    elif args.no_reply:
+        update["reply"] = None
+    if args.rate is not None:
+        update["rate"] = args.rate
+    if args.latency:
+        latency: dict[str, float] = {}
+        for spec in args.latency:
+            stage, eq, seconds = spec.partition("=")
+            try:
+                latency[stage] = float(seconds)
+            except ValueError:
+                raise ValueError(f"--latency {spec!r}: use STAGE=SECONDS, e.g. rcpt=2") from None
+            if not eq:
+                raise ValueError(f"--latency {spec!r}: use STAGE=SECONDS, e.g. rcpt=2")
+        update["latency"] = latency
+    if args.greylisting:
+        update["greylisting"] = args.greylisting == "on"
+    return update
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    update = _chaos_update(args)
+    if update and not args.persona:
+        raise ValueError("name the persona to change")
+    token = args.token or os.environ.get(TOKEN_ENV)
+    base = args.url.rstrip("/")
+
+    async def call() -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            if update:
+                url = f"{base}/sim/v1/chaos/{args.persona}"
+                request = http.put(url, json=update, headers=headers)
+            else:
+                request = http.get(f"{base}/sim/v1/chaos")
+            async with request as response:
+                return response.status, await response.json(content_type=None)
+
+    try:
+        status, data = asyncio.run(call())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"mta sim chaos: cannot reach the simulation at {base}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        error = data.get("error") if isinstance(data, dict) else None
+        print(f"mta sim chaos: refused (HTTP {status}): {error}", file=sys.stderr)
+        return 1
+    if not update and args.persona:
+        data = data["personas"].get(args.persona, {})
+    print(json.dumps(data, indent=1))
     return 0
 
 

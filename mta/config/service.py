@@ -271,6 +271,8 @@ class FeedbackConfig:
 class AdminConfig:
     listen: str = hostport_field("127.0.0.1:8080")  # "" disables the HTTP API
     token: str = ""  # the write token (env MTA_ADMIN_TOKEN); "": every write is refused
+    inbox_url: str = ""  # the simulation's inbox page, linked from the console
+    client_url: str = ""  # the Campaign client's receiver (its /deliveries feeds the console)
 
 
 @dataclass(frozen=True)

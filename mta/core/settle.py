@@ -15,7 +15,7 @@ from typing import Protocol
 from mta.core import events, retry
 from mta.core.bounce import condition_reply
 from mta.core.status import transition
-from mta.model import Condition, Outcome, Phase, RecipientState, Result, Verdict
+from mta.model import Condition, Outcome, Phase, RecipientState, Reply, Result, Verdict
 
 
 class Classifier(Protocol):
@@ -121,6 +121,35 @@ def expire_unattempted(
         attempted=False,
     )
 
+
+OPERATOR_BOUNCE = Reply(554, "5.0.0", "Bounced by the operator")
+
+
+def bounce_by_operator(
+    before: Attempted,
+    reason: str,
+    *,
+    now: float,
+    rules: Classifier,
+    event_id: str,
+) -> Settlement:
+    """An operator bounced the recipient's queue: a hard bounce now, the reason in the reply."""
+    base = OPERATOR_BOUNCE
+    reply = Reply(base.code, base.enhanced, f"{base.text}: {reason}")
+    outcome = Outcome(reply, Phase.CONNECT, None, Condition.LOCAL_ERROR)
+    verdict = rules.classify(outcome)
+    return _settlement(
+        before,
+        outcome,
+        Result.BOUNCE,
+        before.attempts,
+        None,
+        verdict,
+        before.possible_duplicate,
+        now,
+        event_id,
+        attempted=False,
+    )
 
 def _settlement(
     before: Attempted,

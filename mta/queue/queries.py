@@ -360,3 +360,51 @@ def webhook_failing(conn: sqlite3.Connection, url: str, since: float) -> None:
 
 def disable_webhook(conn: sqlite3.Connection, url: str) -> None:
     conn.execute("UPDATE webhook_cursors SET disabled = 1 WHERE url = ?", (url,))
+
+
+def _queued_where(domains: Sequence[str] | None, queue_id: str | None) -> tuple[str, list[Any]]:
+    if queue_id is not None:
+        return "message_id = (SELECT id FROM messages WHERE queue_id = ?)", [queue_id]
+    names = list(domains or ())
+    return f"domain IN ({','.join('?' * len(names))})", names
+
+
+def make_due(conn: sqlite3.Connection, domains: Sequence[str], now: float) -> int:
+    """An operator's "retry now": the domains' queued recipients are due at `now`."""
+    if not domains:
+        return 0
+    where, args = _queued_where(domains, None)
+    cursor = conn.execute(
+        f"UPDATE recipients SET next_attempt_at = ? WHERE {where}"
+        " AND state = 'queued' AND leased = 0 AND next_attempt_at > ?",
+        [now, *args, now],
+    )
+    return cursor.rowcount
+
+
+def take_queued(
+    conn: sqlite3.Connection, domains: Sequence[str] | None, queue_id: str | None, limit: int
+) -> list[DueRecipient]:
+    """Lease up to `limit` queued recipients of the domains (or of one message), due or not:
+    an operator bounces them."""
+    where, args = _queued_where(domains, queue_id)
+    if not args:
+        return []
+    rows = conn.execute(
+        f"SELECT {_PICK_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id"
+        f" WHERE r.id IN (SELECT id FROM recipients WHERE {where} AND state = 'queued'"
+        " AND leased = 0 LIMIT ?)",
+        [*args, limit],
+    ).fetchall()
+    picked = [_due(row) for row in rows]
+    _lease(conn, picked)
+    return picked
+
+
+def operator_actions(conn: sqlite3.Connection, binding: str, limit: int) -> list[str]:
+    """The bodies of the newest `limit` site events recorded under `binding` (the operator's)."""
+    rows = conn.execute(
+        "SELECT body FROM site_events WHERE binding = ? ORDER BY id DESC LIMIT ?",
+        (binding, limit),
+    ).fetchall()
+    return [str(body) for (body,) in rows]

@@ -277,6 +277,19 @@ class Spool:
     async def disable_webhook(self, url: str) -> None:
         await self._submit(lambda conn: queries.disable_webhook(conn, url))
 
+    async def make_due(self, domains: Sequence[str], now: float) -> int:
+        """An operator's "retry now" for these domains; how many recipients were waiting."""
+        return await self._submit(lambda c: queries.make_due(c, domains, now))
+
+    async def take_queued(
+        self, domains: Sequence[str] | None, queue_id: str | None, limit: int
+    ) -> list[DueRecipient]:
+        """Lease queued recipients of the domains (or one message), due or not (a bounce)."""
+        return await self._submit(lambda c: queries.take_queued(c, domains, queue_id, limit))
+
+    async def operator_actions(self, binding: str, limit: int) -> list[str]:
+        return await self._read(lambda c: queries.operator_actions(c, binding, limit))
+
     async def stats(self) -> SpoolStats:
         """Recipients by state (counts the table: for the API, not the hot path)."""
         return await self._read(queries.stats)

@@ -11,7 +11,8 @@
   refused) and the same per sending IP; the outbox of asynchronous artefacts; the DNS
   query count; the store (kind, path).
 
-The inbox page at `/` and its API (search, one message, delete, a live stream) are
+Chaos (changing a persona at run time) is in `mta.sim.chaos_http`. The inbox page at
+`/` and its API (search, one message, delete, a live stream) are
 in `mta.sim.inbox_http`.
 
 Reading is the same for both stores (`mta.sim.store`'s readers, run in a thread);
@@ -21,14 +22,15 @@ a store that cannot be read answers 503 with a one-line error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from mta.sim import store
+from mta.sim import chaos_http, store
 from mta.sim.inbox_http import Inbox, add_routes
+from mta.sim.persona import Persona
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
@@ -43,6 +45,7 @@ def build_app(
     stats: Callable[[], dict[str, Any]],
     personas: Callable[[], list[str]],
     box: Inbox | None = None,
+    chaos_personas: Mapping[str, Persona] | None = None,
 ) -> web.Application:
     async def messages(request: web.Request) -> web.Response:
         persona = request.query.get("persona") or None
@@ -80,6 +83,8 @@ def build_app(
     app.router.add_get("/sim/v1/stats", stats_view)
     if box is not None:
         add_routes(app, box)
+        if chaos_personas is not None:
+            chaos_http.add_routes(app, chaos_personas, box.token)
     return app
 
 

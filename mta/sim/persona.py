@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -54,6 +55,8 @@ from mta.sim.artefacts import (
     build_complaint,
     build_dsn,
 )
+from mta.sim.chaos import StageReply, applies
+from mta.sim.chaos import Update as ChaosUpdate
 from mta.sim.config import PersonaConfig, SimSection
 from mta.sim.rules import (
     Greylist,
@@ -230,6 +233,7 @@ class Persona:
         self.addresses = tuple(h.address for h in config.mx)
         self.latency = config.latency
         self.stall_max = sim.stall_max
+        self.chaos_reply: StageReply | None = None  # set at run time (`mta.sim.chaos`)
 
     # -- replies --------------------------------------------------------------
 
@@ -395,6 +399,47 @@ class Persona:
             return await self.hang(server, self.stall_max)
         return self._refuse(self.reply_for_code(step.code, ip, recipient))
 
+    # -- chaos (runtime changes, `mta.sim.chaos`) -------------------------------
+
+    def apply_chaos(self, update: ChaosUpdate) -> dict[str, Any]:
+        """Change the persona now; its chaos state afterwards."""
+        if update.clear_reply:
+            self.chaos_reply = None
+        if update.reply is not None:
+            self.chaos_reply = update.reply
+        if update.rate is not None:
+            limits = dataclasses.replace(self.config.limits, messages=update.rate)
+            self.config = dataclasses.replace(self.config, limits=limits)
+            self._message_buckets.clear()
+        if update.latency:
+            self.latency = dataclasses.replace(self.latency, **update.latency)
+        if update.greylisting is not None:
+            g = self.config.greylist
+            if not update.greylisting:
+                self.greylist = None
+            elif self.greylist is None:
+                self.greylist = Greylist(g.window, g.expiry)
+            self.config = dataclasses.replace(
+                self.config, greylist=dataclasses.replace(g, enabled=update.greylisting)
+            )
+        return self.chaos_state()
+
+    def chaos_state(self) -> dict[str, Any]:
+        return {
+            "reply": self.chaos_reply.as_dict() if self.chaos_reply is not None else None,
+            "rate": self.config.limits.messages,
+            "latency": dataclasses.asdict(self.latency),
+            "greylisting": self.greylist is not None,
+        }
+
+    def _chaos(self, stage: str, address: str) -> str | None:
+        """The injected reply for this stage and address, if chaos says so."""
+        reply = self.chaos_reply
+        if reply is None or reply.stage != stage:
+            return None
+        found = applies(reply, stage, self.chance("chaos", stage, address.lower()))
+        return self._refuse(found) if found is not None else None
+
     # -- hooks ----------------------------------------------------------------
 
     async def handle_MAIL(
@@ -409,6 +454,9 @@ class Persona:
             await self.wait(self.latency.mail)
         ip = _peer_ip(session)
         now = self.clock.now()
+        injected = self._chaos("mail", address or "")
+        if injected is not None:
+            return injected
         if address and "+" in address:
             script = self.script(address.rpartition("@")[0])
             if script is not None and script.steps and script.steps[0].stage == "mail":
@@ -447,6 +495,9 @@ class Persona:
             return self._refuse(self.reply("relay_denied", ip, address))
         if self.latency.rcpt:
             await self.wait(self.latency.rcpt)
+        injected = self._chaos("rcpt", address)
+        if injected is not None:
+            return _note(envelope, f"RCPT TO:<{address}>", injected)
         key = address.lower()
         attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
         plan = RcptPlan(address, attempt)
@@ -533,6 +584,9 @@ class Persona:
         assert isinstance(envelope, PersonaEnvelope)
         ip = _peer_ip(session)
         plans = envelope.plans
+        injected = self._chaos("dot", envelope.rcpt_tos[0] if envelope.rcpt_tos else "")
+        if injected is not None:
+            return injected
         for plan in plans:
             if plan.step is not None and plan.step.stage == "dot":
                 return await self.act(server, plan.step, ip, plan.address)
@@ -714,6 +768,12 @@ class PersonaSMTP(FastSMTP):
 
     async def smtp_DATA(self, arg: str | None) -> None:
         envelope = self.envelope
+        if not arg and envelope is not None and envelope.rcpt_tos:
+            injected = self.persona._chaos("data", envelope.rcpt_tos[0])
+            if injected is not None:
+                self._reset_envelope()
+                await self.push(injected)
+                return
         if (
             not arg
             and isinstance(envelope, PersonaEnvelope)

@@ -130,7 +130,7 @@ class Simulation:
                 sim.inbox = Inbox(root, keys, config.sim.token, config.sim.mta_admin)
                 sim.inbox.forget = kept.forget
                 writer.listeners.append(sim.inbox.changed)
-                app = build_app(root, sim.stats, lambda: list(personas), sim.inbox)
+                app = build_app(root, sim.stats, lambda: list(personas), sim.inbox, personas)
                 sim.http = await HttpServer.start(app, host, port)
         except BaseException:
             await sim.stop()

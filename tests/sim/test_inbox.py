@@ -19,7 +19,13 @@ from tests.sim.conftest import Stack
 TOKEN = "s3cret-token"
 
 
-async def start(net: str, tmp_path: Path, token: str = TOKEN, store: str = "sqlite") -> Stack:
+async def start(
+    net: str,
+    tmp_path: Path,
+    token: str = TOKEN,
+    store: str = "sqlite",
+    mta_flags: dict[str, Any] | None = None,
+) -> Stack:
     path, _ = keygen("campaign.test", "sim1", tmp_path / "keys")
     stack = Stack(net, tmp_path, ManualClock(time.time()))  # t= must not be in the future
     config = stack.config()
@@ -29,7 +35,9 @@ async def start(net: str, tmp_path: Path, token: str = TOKEN, store: str = "sqli
             config.sim, token=token, dkim_keys=str(tmp_path / "keys"), store=store
         ),
     )
-    await stack.start(config=config, dkim=(DkimKey("campaign.test", "sim1", str(path)),))
+    await stack.start(
+        config=config, dkim=(DkimKey("campaign.test", "sim1", str(path)),), mta_flags=mta_flags
+    )
     return stack
 
 

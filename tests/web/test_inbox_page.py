@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from playwright.async_api import expect
+
 from tests.sim.test_inbox import base, start
 from tests.web.browser import chromium, shot
 
@@ -29,9 +31,8 @@ async def test_inbox_in_a_browser(net: str, tmp_path: Path) -> None:
 
             await page.fill("#query", "to:ann@isp.test")
             await page.press("#query", "Enter")
-            await page.wait_for_function(
-                "document.querySelectorAll('#messages tr[data-id]').length === 1"
-            )
+            # (the page's CSP forbids eval, so no wait_for_function: a locator assertion)
+            await expect(page.locator("#messages tr[data-id]")).to_have_count(1)
             assert await page.inner_text("#messages tbody") == await page.inner_text(
                 "#messages tr[data-id]"
             )

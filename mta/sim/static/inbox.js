@@ -248,6 +248,44 @@ $("#delete-all").addEventListener("click", async () => {
 const consoleLink = $("#console");
 if (!consoleLink.dataset.url || consoleLink.dataset.url.startsWith("{{")) consoleLink.hidden = true;
 
+// -- chaos ---------------------------------------------------------------------------------
+
+async function loadChaos() {
+  let answer;
+  try { answer = await getJson("/sim/v1/chaos"); } catch (error) { return; }
+  const select = $("#chaos-persona");
+  const chosen = select.value;
+  select.replaceChildren(...Object.keys(answer.personas).map((name) => el("option", name)));
+  if (chosen) select.value = chosen;
+  showChaos(answer.personas[select.value]);
+}
+
+function showChaos(current) {
+  if (!current) return;
+  const reply = current.reply ? `answers "${current.reply.reply}" at ${current.reply.stage} to ${Math.round(current.reply.share * 100)} %` : "no injected answer";
+  $("#chaos-state").textContent = `${$("#chaos-persona").value}: ${reply}; rate ${current.rate || "unlimited"}/s per IP; RCPT latency ${current.latency.rcpt}s; greylisting ${current.greylisting ? "on" : "off"}`;
+}
+
+async function putChaos(update) {
+  const answer = await write("PUT", `/sim/v1/chaos/${$("#chaos-persona").value}`, update);
+  if (answer) { showChaos(answer.state); toast(`${answer.persona} changed`); }
+}
+
+$("#chaos-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const update = {};
+  const reply = $("#chaos-reply").value.trim();
+  if (reply) update.reply = { stage: $("#chaos-stage").value, reply, share: Number($("#chaos-share").value || 1) };
+  if ($("#chaos-rate").value !== "") update.rate = Number($("#chaos-rate").value);
+  if ($("#chaos-latency").value !== "") update.latency = { rcpt: Number($("#chaos-latency").value) };
+  if ($("#chaos-grey").value) update.greylisting = $("#chaos-grey").value === "on";
+  if (!Object.keys(update).length) { toast("Nothing to change"); return; }
+  putChaos(update);
+});
+$("#chaos-clear").addEventListener("click", () => putChaos({ reply: null }));
+$("#chaos-persona").addEventListener("change", loadChaos);
+$("#chaos").addEventListener("toggle", loadChaos);
+
 window.addEventListener("hashchange", route);
 const params = new URLSearchParams(location.search);
 if (params.get("query")) { state.query = params.get("query"); $("#query").value = state.query; }
