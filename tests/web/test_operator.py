@@ -18,10 +18,11 @@ from tests.sim.test_inbox import TOKEN, base, start
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def admin_stack(net: str, tmp_path: Path, token: str = TOKEN) -> Stack:
-    return await start(
-        net, tmp_path, mta_flags={"admin.listen": "127.0.0.1:0", "admin.token": token}
-    )
+async def admin_stack(
+    net: str, tmp_path: Path, token: str = TOKEN, client_url: str = ""
+) -> Stack:
+    flags = {"admin.listen": "127.0.0.1:0", "admin.token": token, "admin.client_url": client_url}
+    return await start(net, tmp_path, mta_flags=flags)
 
 
 def admin(stack: Stack) -> str:
