@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench.bench_persona",
     "bench.bench_feedback",
     "bench.bench_demo",
+    "bench.bench_inbox",
 ]
 
 

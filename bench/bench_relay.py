@@ -2,6 +2,7 @@
 -> `mta sink`, next to the same load sent straight to the sink (the loopback limit).
 
     python bench/bench_relay.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
+    python bench/bench_relay.py --console    # each size without, then with an open console
 
 Prints, per message size: the sink's rate (baseline), the MTA's acceptance rate and its
 end-to-end rate (first submission to last remote 250, read from the spool), the MTA's CPU
@@ -12,17 +13,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import socket
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import make_message, run_load
 from bench.procs import start_mta
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def delivered(spool: Path) -> int:
@@ -40,8 +52,45 @@ def delivered(spool: Path) -> int:
         return 0
 
 
+async def console_load(admin: str, stop: asyncio.Event) -> int:
+    """What the operator console page asks of the admin API while it is open: the sites and
+    the audit every second, the Campaign view every 3 s, and a long-poll on the events."""
+    requests = 0
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str) -> Any:
+            nonlocal requests
+            requests += 1
+            async with http.get(admin + path) as got:
+                return await got.json()
+
+        async def poll(paths: tuple[str, ...], every: float) -> None:
+            while not stop.is_set():
+                for path in paths:
+                    await get(path)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+
+        async def events() -> None:
+            cursor = 0
+            while not stop.is_set():
+                answer = await get(f"/api/v1/events?after={cursor}&limit=500&wait=20")
+                cursor = answer["next"]
+
+        tasks = [
+            asyncio.ensure_future(poll(("/api/v1/queue/sites", "/api/v1/audit"), 1.0)),
+            asyncio.ensure_future(poll(("/api/v1/campaign",), 3.0)),
+            asyncio.ensure_future(events()),
+        ]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return requests
+
+
 async def one_size(
-    size: int, messages: int, sessions: int, dkim: bool, work: Path
+    size: int, messages: int, sessions: int, dkim: bool, work: Path, console: bool = False
 ) -> dict[str, float]:
     message = make_message(size)
     sink = await start_mta("sink", "--listen", "127.0.0.1:0", "--log-level", "warning")
@@ -50,7 +99,8 @@ async def one_size(
         cpu0 = sink.cpu_seconds()
         baseline = await run_load("127.0.0.1", sink.port, messages, sessions, message)
         sink_cpu = (sink.cpu_seconds() - cpu0) / max(baseline.sent, 1) * 1000
-        data_dir = work / f"spool-{size}"
+        data_dir = work / f"spool-{size}{'-console' if console else ''}"
+        admin_port = free_port()
         args = [
             "serve",
             "--listen",
@@ -62,7 +112,7 @@ async def one_size(
             "--log-level",
             "warning",
             "--admin",
-            "",
+            f"127.0.0.1:{admin_port}" if console else "",
         ]
         if dkim:
             from mta.cli.dkim import keygen
@@ -75,6 +125,11 @@ async def one_size(
             await run_load("127.0.0.1", mta.port, 200, sessions, message)  # warm-up
             while delivered(spool) < 200:
                 await asyncio.sleep(0.05)
+            stop = asyncio.Event()
+            admin = f"http://127.0.0.1:{admin_port}"
+            viewer = asyncio.ensure_future(
+                console_load(admin, stop) if console else asyncio.sleep(0, 0)
+            )
             cpu0 = mta.cpu_seconds()
             started = time.perf_counter()
             accepted = await run_load("127.0.0.1", mta.port, messages, sessions, message)
@@ -82,6 +137,8 @@ async def one_size(
             while delivered(spool) < 200 + accepted.sent and time.perf_counter() < deadline:
                 await asyncio.sleep(0.02)
             end_to_end = time.perf_counter() - started
+            stop.set()
+            console_requests = await viewer
             done = delivered(spool) - 200
             mta_cpu = (mta.cpu_seconds() - cpu0) / max(done, 1) * 1000
         finally:
@@ -96,10 +153,32 @@ async def one_size(
         "e2e_rate": done / end_to_end,
         "mta_cpu_ms": mta_cpu,
         "failed": accepted.failed + (accepted.sent - done),
+        "console_requests": float(console_requests or 0),
     }
 
 
+async def console_cost(args: argparse.Namespace) -> int:
+    """Each size without, then with, a console open on the admin API, in the same run."""
+    print(f"\nrelay with vs without an open console: {args.messages} messages, "
+          f"{args.sessions} sessions, DKIM {'off' if args.no_dkim else 'rsa-2048'}")
+    print(f"{'size':>7} {'without e2e/s':>14} {'with e2e/s':>11} {'with/without':>13} "
+          f"{'console requests':>17}")
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
+        for size in args.sizes:
+            dkim = not args.no_dkim
+            without = await one_size(size, args.messages, args.sessions, dkim, Path(tmp))
+            with_console = await one_size(
+                size, args.messages, args.sessions, dkim, Path(tmp), console=True
+            )
+            print(f"{size:>7} {without['e2e_rate']:>14.0f} {with_console['e2e_rate']:>11.0f} "
+                  f"{with_console['e2e_rate'] / without['e2e_rate']:>13.3f} "
+                  f"{with_console['console_requests']:>17.0f}")
+    return 0
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    if args.console:
+        return await console_cost(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         for size in args.sizes:
@@ -131,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 51200]
     )
     parser.add_argument("--no-dkim", action="store_true")
+    parser.add_argument(
+        "--console", action="store_true", help="with vs without an open operator console"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
