@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = [
     "bench.bench_relay",
+    "bench.bench_peers",
     "bench.bench_dkim",
     "bench.bench_classify",
     "bench.bench_qualify",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def make_message(size: int, index: int = 0, sender: str = "news@sender.test") -> bytes:
@@ -41,6 +41,14 @@ class LoadResult:
     sent: int
     failed: int
     seconds: float
+    latencies: list[float] = field(default_factory=list)  # final dot written -> reply, s
+
+    def percentile(self, share: float) -> float:
+        """The latency (seconds) below which `share` (0..1) of the accepted messages fall."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
     @property
     def rate(self) -> float:
@@ -55,6 +63,7 @@ async def _session(
     recipient: str,
     counter: list[int],
     interval: float,
+    latencies: list[float],
 ) -> tuple[int, int]:
     """Send one message per index (`recipient` may hold "{i}"), every `interval` seconds."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -86,7 +95,9 @@ async def _session(
                 await _reply(reader)
             continue
         writer.write(stuffed)
+        dot = time.perf_counter()
         if (await _reply(reader)).startswith(b"250"):
+            latencies.append(time.perf_counter() - dot)
             sent += 1
             counter[0] += 1
         else:
@@ -113,12 +124,18 @@ async def run_load(
     """
     interval = sessions / rate if rate else 0.0
     counter = [0]
+    latencies: list[float] = []
     started = time.perf_counter()
     results = await asyncio.gather(
         *(
-            _session(host, port, range(k, total, sessions), message, recipient, counter, interval)
+            _session(
+                host, port, range(k, total, sessions), message, recipient, counter, interval,
+                latencies,
+            )
             for k in range(min(sessions, total))
         )
     )
     seconds = time.perf_counter() - started
-    return LoadResult(sum(r[0] for r in results), sum(r[1] for r in results), seconds)
+    return LoadResult(
+        sum(r[0] for r in results), sum(r[1] for r in results), seconds, latencies
+    )

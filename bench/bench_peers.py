@@ -1,0 +1,320 @@
+"""`mta serve` next to Postfix and Postfix + OpenDKIM, all relaying into one `mta sink`.
+
+    python bench/bench_peers.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
+        [--repeat 1] [--wide 200] [--single 1000] [--soak 0]
+
+Same run, same load generator, same sink: for each size, the MTA (DKIM RSA-2048,
+durable spool) and each peer installed get `--messages` messages over `--sessions`
+sessions; the rate is end to end (first submission to the last message handed to
+the sink). Printed per server: msg/s, CPU ms per message (every process of the
+server, children included), the share of both cores the server kept busy, p50/p99
+from the client's final dot to the 250, and the ratios of the MTA to each peer.
+`--wide N` adds the 2 KB end-to-end rate at N sessions, `--single N` the MTA's
+rate over one session, `--soak N` the MTA's RSS after relaying N more messages.
+Without Postfix / OpenDKIM it says so and measures the rest (and the sink alone,
+the loopback limit). With `--repeat 3` each figure is the median of three runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_relay import delivered
+from bench.loadgen import LoadResult, make_message, run_load
+from bench.peers import Postfix, available, free_port
+from bench.procs import Proc, start_mta
+
+CORES = os.cpu_count() or 1
+DOMAIN, SELECTOR = "sender.test", "bench"
+
+
+@dataclass
+class Figure:
+    rate: float  # end to end, msg/s
+    cpu_ms: float  # server CPU per message
+    busy: float  # server CPU / (wall x cores)
+    p50: float  # final dot -> 250, ms
+    p99: float
+    lost: int
+
+
+def _figure(load: LoadResult, done: int, seconds: float, cpu: float) -> Figure:
+    return Figure(
+        rate=done / seconds if seconds > 0 else 0.0,
+        cpu_ms=cpu / max(done, 1) * 1000,
+        busy=cpu / (seconds * CORES) if seconds > 0 else 0.0,
+        p50=load.percentile(0.50) * 1000,
+        p99=load.percentile(0.99) * 1000,
+        lost=load.failed + (load.sent - done),
+    )
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class MtaServer:
+    def __init__(self, work: Path, sink_port: int, key: Path, tag: str) -> None:
+        self.work, self.sink_port, self.key, self.tag = work, sink_port, key, tag
+        self.proc: Proc | None = None
+        self.base = 0
+
+    @property
+    def spool(self) -> Path:
+        return self.work / f"spool-{self.tag}" / "spool.sqlite3"
+
+    async def start(self) -> int:
+        self.proc = await start_mta(
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(self.spool.parent),
+            "--relayhost",
+            f"127.0.0.1:{self.sink_port}",
+            "--log-level",
+            "warning",
+            "--admin",
+            "",
+            "--dkim",
+            f"{DOMAIN}:{SELECTOR}:{self.key}",
+        )
+        return self.proc.port
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return self.proc.cpu_seconds()
+
+    async def settle(self, expected: int, deadline: float) -> int:
+        while delivered(self.spool) < expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        return delivered(self.spool)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await self.proc.stop()
+
+
+async def _measure(
+    port: int,
+    cpu: Callable[[], float],
+    settle: Callable[[int, float], Awaitable[int]],
+    already: int,
+    messages: int,
+    sessions: int,
+    message: bytes,
+) -> Figure:
+    """Load `messages`, wait until `already + sent` are handed on; the figures of that span."""
+    cpu0 = cpu()
+    started = time.perf_counter()
+    load = await run_load("127.0.0.1", port, messages, sessions, message)
+    done = await settle(already + load.sent, time.perf_counter() + 300) - already
+    seconds = time.perf_counter() - started
+    return _figure(load, done, seconds, cpu() - cpu0)
+
+
+async def run_mta(
+    work: Path, sink: int, key: Path, size: int, args: argparse.Namespace, sessions: int
+) -> Figure:
+    message = make_message(size)
+    server = MtaServer(work, sink, key, f"{size}-{sessions}-{time.monotonic_ns()}")
+    port = await server.start()
+    try:
+        await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
+        await server.settle(200, time.perf_counter() + 60)
+        count = args.single if sessions == 1 else args.messages
+        return await _measure(port, server.cpu, server.settle, 200, count, sessions, message)
+    finally:
+        await server.stop()
+
+
+async def run_postfix(
+    work: Path, sink: int, key: Path | None, size: int, args: argparse.Namespace, sessions: int
+) -> Figure:
+    message = make_message(size)
+    directory = work / f"postfix-{size}-{sessions}-{'dkim' if key else 'plain'}"
+    peer = Postfix(directory, free_port(), ("127.0.0.1", sink))
+    await peer.start(sessions, (DOMAIN, SELECTOR, key) if key else None)
+
+    async def settle(expected: int, deadline: float) -> int:
+        while peer.queued() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        return expected - peer.queued() - peer.deferred()
+
+    try:
+        await run_load("127.0.0.1", peer.port, 200, min(sessions, 20), message)  # warm-up
+        await settle(200, time.perf_counter() + 60)
+        return await _measure(
+            peer.port, peer.cpu_seconds, settle, 0, args.messages, sessions, message
+        )
+    finally:
+        await peer.stop()
+
+
+def _median(figures: list[Figure]) -> Figure:
+    def med(name: str) -> float:
+        return float(statistics.median(getattr(f, name) for f in figures))
+
+    return Figure(
+        med("rate"), med("cpu_ms"), med("busy"), med("p50"), med("p99"),
+        max(f.lost for f in figures),
+    )
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    has_postfix, has_opendkim, note = available()
+    if note:
+        print(note, flush=True)
+    rows: list[tuple[str, Figure]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # Postfix's processes (user postfix) read their queue below it
+        from mta.cli.dkim import keygen
+
+        key, _ = keygen(DOMAIN, SELECTOR, work / "keys", force=True)
+        sink = await start_mta("sink", "--listen", "127.0.0.1:0", "--log-level", "warning")
+        try:
+            plans: list[tuple[str, Callable[[], Awaitable[Figure]]]] = []
+            for size in args.sizes:
+                label = f"{size // 1024} KB"
+
+                def mta(size: int = size, sessions: int = args.sessions) -> Awaitable[Figure]:
+                    return run_mta(work, sink.port, key, size, args, sessions)
+
+                plans.append((f"{label} mta serve (DKIM, spool)", mta))
+                if has_postfix:
+
+                    def plain(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
+                        return run_postfix(work, sink.port, None, size, args, s)
+
+                    plans.append((f"{label} Postfix", plain))
+                if has_opendkim:
+
+                    def signed(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
+                        return run_postfix(work, sink.port, key, size, args, s)
+
+                    plans.append((f"{label} Postfix + OpenDKIM", signed))
+            if args.wide:
+                wide = args.wide
+
+                def mta_wide() -> Awaitable[Figure]:
+                    return run_mta(work, sink.port, key, 2048, args, wide)
+
+                plans.append((f"2 KB mta serve, {wide} sessions", mta_wide))
+                if has_postfix:
+
+                    def pf_wide() -> Awaitable[Figure]:
+                        return run_postfix(work, sink.port, None, 2048, args, wide)
+
+                    plans.append((f"2 KB Postfix, {wide} sessions", pf_wide))
+            if args.single:
+
+                def single() -> Awaitable[Figure]:
+                    return run_mta(work, sink.port, key, 2048, args, 1)
+
+                plans.append(("2 KB mta serve, 1 session", single))
+            results: dict[str, list[Figure]] = {}
+            for _ in range(args.repeat):  # interleaved, so load from others hits all alike
+                for label, plan in plans:
+                    print(f"  running: {label}", flush=True)
+                    results.setdefault(label, []).append(await plan())
+            rows = [(label, _median(figures)) for label, figures in results.items()]
+            if args.soak:
+                await soak(work, sink.port, key, args.soak)
+        finally:
+            await sink.stop()
+    print(
+        f"\npeer benchmark: {args.messages} messages x {args.sessions} sessions, "
+        f"median of {args.repeat}; {CORES} cores; end-to-end into one `mta sink`"
+    )
+    print(
+        f"{'server':<38} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
+    )
+    for label, f in rows:
+        print(
+            f"{label:<38} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
+            f"{f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
+        )
+    figures = dict(rows)
+    for size in args.sizes:
+        label = f"{size // 1024} KB"
+        ours = figures[f"{label} mta serve (DKIM, spool)"]
+        for peer in ("Postfix", "Postfix + OpenDKIM"):
+            theirs = figures.get(f"{label} {peer}")
+            if theirs is not None and theirs.rate:
+                print(f"ratio at {label}: mta serve / {peer} = {ours.rate / theirs.rate:.2f}x")
+    if args.wide and f"2 KB Postfix, {args.wide} sessions" in figures:
+        ours = figures[f"2 KB mta serve, {args.wide} sessions"]
+        theirs = figures[f"2 KB Postfix, {args.wide} sessions"]
+        ratio = ours.rate / theirs.rate
+        print(f"ratio at {args.wide} sessions: mta serve / Postfix = {ratio:.2f}x")
+    return 0
+
+
+async def soak(work: Path, sink: int, key: Path, total: int) -> None:
+    """Relay `total` 2 KB messages through one MTA in rounds; print its RSS as it goes."""
+    message = make_message(2048)
+    server = MtaServer(work, sink, key, "soak")
+    port = await server.start()
+    assert server.proc is not None
+    pid = server.proc.process.pid
+    try:
+        start_rss = rss_kib(pid)
+        sent = 0
+        started = time.perf_counter()
+        deadline = started + 900
+        while sent < total and time.perf_counter() < deadline:
+            batch = min(10_000, total - sent)
+            load = await run_load("127.0.0.1", port, batch, 20, message)
+            sent += load.sent
+            await server.settle(sent, time.perf_counter() + 300)
+            print(f"  soak: {sent} relayed, RSS {rss_kib(pid) / 1024:.0f} MiB", flush=True)
+        done = delivered(server.spool)
+        print(
+            f"soak: {done} messages relayed in {time.perf_counter() - started:.0f} s; "
+            f"RSS {start_rss / 1024:.0f} MiB at start, {rss_kib(pid) / 1024:.0f} MiB after"
+        )
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 51200]
+    )
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--wide", type=int, default=200, help="sessions, wide run (0: none)")
+    parser.add_argument("--single", type=int, default=1000, help="messages, 1 session (0: none)")
+    parser.add_argument("--soak", type=int, default=0, help="messages, RSS soak (0: none)")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
