@@ -7,14 +7,16 @@ with two of From, Sender, To, Subject, Date or Message-ID (RFC 5322 3.6), gets
 `550 5.6.0` naming the header, and a log line. The X-Campaign-* headers are read and
 removed before anything else touches the message; a Received field (and a
 Message-ID or Date where missing) is added; then the message is DKIM-signed
-(in a worker thread: the RSA step runs in OpenSSL without the GIL) and
-committed to the spool with one "relayed" event per recipient. The 250 reply
-carries the queue id and leaves only after the commit.
+in a worker thread (the RSA step runs in OpenSSL without the GIL), which hands
+it straight to the spool's writer thread, and committed with one "relayed"
+event per recipient. The 250 reply carries the queue id and leaves only after
+the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email.utils
 import ipaddress
@@ -210,25 +212,7 @@ class IngressHandler:
             head, body = headers.split(content)
             content = head + f"Feedback-ID: {delivery_id}:mta-sim\r\n".encode() + b"\r\n" + body
         content = self._trace(content, session, envelope, queue_id, server.hostname, now)
-        if self.signer is not None:
-            # t= only on a real clock: verifiers refuse signing times in their future.
-            signed_at = now if self.clock.is_real else None
-            try:
-                content = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.signer, content, signed_at
-                )
-            except Exception:
-                log.exception("DKIM signing failed for %s", queue_id)
-                return replies.LOCAL_ERROR
         log_id = fields.get(LOG_ID)
-        recipients = tuple(
-            NewRecipient(address, ascii_domain(address.rpartition("@")[2]), log_id)
-            for address in envelope.rcpt_tos
-        )
-        relayed = tuple(
-            self._relayed_event(queue_id, delivery_id, log_id, address, now)
-            for address in envelope.rcpt_tos
-        )
         message = NewMessage(
             queue_id=queue_id,
             mail_from=envelope.mail_from or "",
@@ -237,13 +221,25 @@ class IngressHandler:
             expires_at=validity_end(now, requested, self.settings.validity),
             content=content,
             smtputf8=bool(envelope.smtp_utf8),
-            recipients=recipients,
-            events=relayed,
+            recipients=tuple(
+                NewRecipient(address, ascii_domain(address.rpartition("@")[2]), log_id)
+                for address in envelope.rcpt_tos
+            ),
+            events=tuple(
+                self._relayed_event(queue_id, delivery_id, log_id, address, now)
+                for address in envelope.rcpt_tos
+            ),
         )
         try:
-            await self.spool.ingest(message)
+            if self.signer is None:
+                await self.spool.ingest(message)
+            else:
+                message = await self._sign_and_store(message, now)
+        except _SigningFailed:
+            log.exception("DKIM signing failed for %s", queue_id)
+            return replies.LOCAL_ERROR
         except SpoolFull:
-            log.error("spool full: refused a message of %d bytes", len(content))
+            log.error("spool full: refused a message of %d bytes", len(message.content))
             return replies.STORAGE_FULL
         except SpoolError as exc:
             log.error("spool failure, message refused with 451: %s", exc)
@@ -251,6 +247,29 @@ class IngressHandler:
         self.accepted += 1
         self.on_queued(message)
         return f"250 2.0.0 {queue_id} queued"
+
+    async def _sign_and_store(self, message: NewMessage, now: float) -> NewMessage:
+        """Sign in a worker thread (RSA in OpenSSL, without the GIL) and hand the signed
+        message from that thread straight to the spool's writer: the commit starts without
+        a hop back through the event loop. Returns the signed message after the commit."""
+        signer = self.signer
+        assert signer is not None
+        # t= only on a real clock: verifiers refuse signing times in their future.
+        signed_at = now if self.clock.is_real else None
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[None] = loop.create_future()
+
+        def sign_and_queue() -> NewMessage:
+            try:
+                signed = dataclasses.replace(message, content=signer(message.content, signed_at))
+            except Exception as exc:
+                raise _SigningFailed() from exc
+            self.spool.ingest_soon(signed, stored)
+            return signed
+
+        signed = await loop.run_in_executor(self.executor, sign_and_queue)
+        await stored
+        return signed
 
     def _relayed_event(
         self, queue_id: str, delivery_id: str | None, log_id: str | None, address: str, now: float
@@ -300,6 +319,10 @@ class IngressHandler:
             f"\t{date}\r\n"
         )
         return headers.prepend(content, received.encode("utf-8"))
+
+
+class _SigningFailed(Exception):
+    """The signer raised (logged with its traceback; the client gets 451 4.3.0)."""
 
 
 def _peer_ip(session: Session) -> str:

@@ -383,6 +383,21 @@ class Scheduler:
         started: float,
     ) -> None:
         recorded = False
+        connection_free = False
+
+        def free_connection() -> None:
+            """The site's connection slot is free once the remote reply is in: another job
+            may use it while this one's outcome is being committed (its recipients stay
+            leased until then, so none is picked twice)."""
+            nonlocal connection_free
+            if connection_free:
+                return
+            connection_free = True
+            site.in_flight[binding.name] -= 1
+            for domain in site.domains:  # a connection is free: look at the site again
+                self._work(domain).not_before = -math.inf
+            self._wake.set()
+
         try:
             try:
                 result = await self.delivery.deliver(job)
@@ -415,12 +430,16 @@ class Scheduler:
                 for r, s in zip(members, settlements, strict=True)
             ]
             recorded = True
+            changes, before = self._learn(
+                site, binding, settlements, started, result.session_failed
+            )
+            free_connection()
             await self._record(updates)
             if any(s.result is Result.DELIVERED for s in settlements):
                 site.last_delivery_at[binding.name] = now
             self._count(settlements)
             self._requeue(members, settlements)
-            await self._learn(site, binding, settlements, started, result.session_failed)
+            await self._keep(site, binding, changes, before)
         except asyncio.CancelledError:
             if not recorded:
                 # Stopped mid-attempt: give the recipients back; the outcome is unknown.
@@ -432,10 +451,8 @@ class Scheduler:
                     await asyncio.shield(self.spool.release(releases))
             raise
         finally:
-            site.in_flight[binding.name] -= 1
+            free_connection()
             self._inflight -= len(members)
-            for domain in site.domains:  # a connection is free: look at the site again
-                self._work(domain).not_before = -math.inf
             self._wake.set()
 
     def _requeue(self, members: list[DueRecipient], settlements: list[Settlement]) -> None:
@@ -454,15 +471,16 @@ class Scheduler:
         if work.site is not None:
             work.site.domains.discard(work.name)
 
-    async def _learn(
+    def _learn(
         self,
         site: Site,
         binding: Binding,
         settlements: list[Settlement],
         started: float,
         session_failed: bool,
-    ) -> None:
-        """Feed the results to the site's throttle; log and keep each change it makes."""
+    ) -> tuple[list[Change], int]:
+        """Feed the results to the site's throttle (before its connection slot is given
+        back); the changes it made and the concurrency before them, for `_keep`."""
         state = site.states[binding.name]
         before = state.concurrency
         now = self.clock.now()
@@ -470,6 +488,13 @@ class Scheduler:
         pairs = [(s.outcome, s.verdict) for s in settlements]
         for result in site_results.job_results(pairs, started, session_failed):
             changes += throttle.on_result(state, now, result)
+        return changes, before
+
+    async def _keep(
+        self, site: Site, binding: Binding, changes: list[Change], before: int
+    ) -> None:
+        """Log and keep each change the throttle made; close connections over a lower limit."""
+        state = site.states[binding.name]
         for change in changes:
             log.info("site %s via %s: %s", site.key, binding.name, change.describe())
             site.changes.append(change)

@@ -222,6 +222,13 @@ class Spool:
         """Store a message, its recipients and their "relayed" events; returns after commit."""
         await self._submit(lambda conn: queries.ingest(conn, message))
 
+    def ingest_soon(self, message: NewMessage, done: asyncio.Future[None]) -> None:
+        """From any thread (e.g. the one that signed it): queue the ingest of `message`;
+        `done`, a future of the spool's event loop, settles after the commit."""
+        if self._thread is None:
+            raise SpoolError("spool is closed")
+        self._queue.put(_Op(lambda conn: queries.ingest(conn, message), done))
+
     async def pick(self, requests: Sequence[tuple[str, int]], now: float) -> Pick:
         """Lease, per (domain, limit), up to `limit` recipients due by `now`, earliest first.
 

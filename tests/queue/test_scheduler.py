@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from mta.core.routing import MxRecord
 from mta.delivery.deliverer import FunctionDeliverer, Job, JobResult
 from mta.delivery.dns import MxAnswer
 from mta.model import Condition, Outcome, Phase, Reply, Result
-from mta.queue.records import NewMessage, NewRecipient
+from mta.queue.records import NewMessage, NewRecipient, Update
 from mta.queue.scheduler import Scheduler, SchedulerSettings
 from mta.queue.spool import Spool
 
@@ -202,6 +202,36 @@ async def test_the_connection_limit_holds_jobs_until_one_ends(
         gate.set()
         await h.until(lambda: h.n(Result.DELIVERED) == 3, "all three delivered one by one")
         assert most == 1
+
+
+async def test_a_connection_slot_is_free_once_the_remote_reply_is_in(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    """With one connection allowed, the second job starts while the first one's outcome
+    is still being committed; its recipient stays leased (not picked twice) until then."""
+    one = MxRule("one", ("mx.a.test",), max_connections=1)
+    async with harness_for(answering(OK), rules(one)) as h:
+        commit = asyncio.Event()
+        held: list[int] = []
+        record = h.spool.record
+
+        async def held_record(updates: Sequence[Update]) -> None:
+            held.append(len(updates))
+            await commit.wait()
+            await record(updates)
+
+        h.spool.record = held_record  # type: ignore[method-assign]
+        await h.scheduler.start()
+        await h.submit("a.test", 2)
+        await h.until(lambda: len(h.deliverer.jobs) == 2, "the second job started")
+        assert len(held) == 2 and h.n(Result.DELIVERED) == 0  # neither outcome committed
+        assert [job.recipients for job in h.deliverer.jobs] == [
+            ("user1@a.test",),
+            ("user2@a.test",),
+        ]
+        commit.set()
+        await h.until(lambda: h.n(Result.DELIVERED) == 2, "both outcomes committed")
+        assert len(h.deliverer.jobs) == 2
 
 
 async def test_planning_takes_the_domains_in_turn(

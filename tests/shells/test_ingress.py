@@ -340,3 +340,65 @@ async def test_a_full_spool_answers_452_insufficient_storage(mta: MtaApp) -> Non
 async def test_words_in_an_error_message_do_not_make_a_full_disk(mta: MtaApp) -> None:
     reply = await store_with_failing_disk(mta, "database or disk is full")
     assert reply.startswith("451 4.3.0")  # a trigger's text, not SQLite's SQLITE_FULL
+
+
+@pytest.fixture
+async def signing_mta(tmp_path: Path) -> AsyncIterator[MtaApp]:
+    """An MTA that DKIM-signs mail from b.test (the message is signed in a worker thread,
+    which hands it straight to the spool's writer)."""
+    import dataclasses
+
+    from mta.cli.dkim import keygen
+    from mta.config.service import DkimKey
+
+    key_path, _ = keygen("b.test", "sel", tmp_path / "keys", force=True)
+    config = mta_config(tmp_path, delivery__relayhost="127.0.0.1:9")
+    keys = (DkimKey("b.test", "sel", str(key_path)),)
+    dkim = dataclasses.replace(config.dkim, keys=keys)
+    app = await started(dataclasses.replace(config, dkim=dkim))
+    yield app
+    await app.stop()
+
+
+async def test_a_signed_message_is_stored_signed_before_the_250(signing_mta: MtaApp) -> None:
+    conv = await open_conv(signing_mta)
+    try:
+        await conv.command("MAIL FROM:<a@b.test>")
+        await conv.command("RCPT TO:<c@d.test>")
+        await conv.command("DATA")
+        reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+    finally:
+        await conv.close()
+    assert reply.startswith("250 2.0.0")
+    queue_id = reply.split()[2]
+    [(content, kinds)] = spool_rows(
+        signing_mta,
+        "SELECT m.content, (SELECT GROUP_CONCAT(kind) FROM events) FROM messages m "
+        f"WHERE m.queue_id = '{queue_id}'",
+    )
+    assert content.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert kinds == "relayed"
+
+
+async def test_a_storage_failure_after_signing_answers_451(signing_mta: MtaApp) -> None:
+    reply = await store_with_failing_disk(signing_mta, "disk I/O error at /secret/path")
+    assert reply.startswith("451 4.3.0")
+    assert "secret" not in reply and "sqlite" not in reply.lower()
+    assert spool_rows(signing_mta, "SELECT COUNT(*) FROM recipients") == [(0,)]
+
+
+async def test_a_signing_failure_answers_451_and_stores_nothing(signing_mta: MtaApp) -> None:
+    def broken(content: bytes, now: float | None) -> bytes:
+        raise ValueError("key material at /secret/key unusable")
+
+    signing_mta.running.handler.signer = broken
+    conv = await open_conv(signing_mta)
+    try:
+        await conv.command("MAIL FROM:<a@b.test>")
+        await conv.command("RCPT TO:<c@d.test>")
+        await conv.command("DATA")
+        reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+    finally:
+        await conv.close()
+    assert reply.startswith("451 4.3.0") and "secret" not in reply
+    assert spool_rows(signing_mta, "SELECT COUNT(*) FROM messages") == [(0,)]
