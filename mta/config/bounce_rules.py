@@ -1,5 +1,8 @@
 """The bounce rule files: read, checked and compiled into `mta.core.bounce.Rule`s.
 
+Each [[rule]] table goes through the one typed config engine (`RuleTable`: unknown and
+missing keys, value types), as the MX rules and retry schedule do; its values are then
+checked against core's tables (classes, Campaign reasons, scopes) and compiled.
 Users' files (``bounce.rules_files``) come in front of the built-in set shipped in
 ``mta/defaults/bounce-rules.toml``. Every problem is a `ConfigError` naming the file and the
 rule, e.g. ``my-rules.toml: rule 3 'dmarc': unknown reason 'Spam'``. The matcher itself is
@@ -13,10 +16,11 @@ import importlib.resources
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from mta.config.engine import ConfigError, parse_toml, read_text
+from mta.config.engine import ConfigError, build, parse_toml, read_text
 from mta.core.bounce import (
     BOUNCE_CLASSES,
     DEFAULT_CACHE_SIZE,
@@ -29,21 +33,27 @@ from mta.core.bounce import (
 )
 from mta.model import BounceClass, Condition, FailureType, Phase
 
-_RULE_KEYS: Final = (
-    "name",
-    "match",
-    "phase",
-    "condition",
-    "codes",
-    "enhanced",
-    "class",
-    "type",
-    "reason",
-    "scope",
-    "permanent",
-    "throttle",
-    "comment",
-)
+
+@dataclass(frozen=True)
+class RuleTable:
+    """One [[rule]] table as written, checked by the config engine (keys and types); the
+    values are then checked against the tables of `mta.core.bounce` and compiled."""
+
+    name: str
+    bounce_class: int = field(metadata={"key": "class"})
+    type: str = field()
+    reason: str = field()
+    scope: str = field()
+    match: str | None = None
+    phase: str | tuple[str, ...] | None = None
+    condition: str | tuple[str, ...] | None = None
+    codes: int | str | tuple[int | str, ...] | None = None
+    enhanced: str | tuple[str, ...] | None = None
+    permanent: bool | None = None
+    throttle: bool | None = None
+    comment: str = ""
+
+
 _TYPES: Final[Mapping[str, FailureType]] = {"hard": "Hard", "soft": "Soft", "ignored": "Ignored"}
 _SCOPES: Final = ("recipient", "message", "site", SCOPE_BY_PHASE)
 _CODE_RANGE = re.compile(r"(\d{3})-(\d{3})")
@@ -123,71 +133,56 @@ def compile_rule(data: Any, source: str, number: int) -> Rule:
     label = f"{source}: rule {number}" + (f" {name!r}" if isinstance(name, str) else "")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{label}: expected a table")
+    table = build(RuleTable, data, label)  # unknown keys, missing keys, types
     try:
-        return _compile_rule(data, source, number)
+        return _compile_rule(table, source, number)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{label}: {exc}") from None
 
 
-def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
-    unknown = sorted(set(data) - set(_RULE_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (expected {', '.join(_RULE_KEYS)})")
-    for key in ("name", "class", "type", "reason", "scope"):
-        if key not in data:
-            raise ValueError(f"missing key {key!r}")
-    name = data["name"]
-    if not isinstance(name, str) or not name.strip():
+def _compile_rule(table: RuleTable, source: str, number: int) -> Rule:
+    name = table.name
+    if not name.strip():
         raise ValueError("name must be a non-empty string")
-    class_code = data["class"]
-    if isinstance(class_code, bool) or not isinstance(class_code, int):
-        raise ValueError(f"class must be a Momentum class number, got {class_code!r}")
+    class_code = table.bounce_class
     if class_code not in BOUNCE_CLASSES:
         known = ", ".join(str(code) for code in BOUNCE_CLASSES)
         raise ValueError(f"unknown bounce class {class_code} (expected one of {known})")
-    type_text = data["type"]
-    failure_type = _TYPES.get(type_text.strip().lower()) if isinstance(type_text, str) else None
+    failure_type = _TYPES.get(table.type.strip().lower())
     if failure_type is None:
-        raise ValueError(f"bad type {type_text!r} (expected Hard, Soft or Ignored)")
-    reason_text = data["reason"]
+        raise ValueError(f"bad type {table.type!r} (expected Hard, Soft or Ignored)")
     reasons = {label.lower(): label for label in FAILURE_REASONS}
-    reason = reasons.get(reason_text.strip().lower()) if isinstance(reason_text, str) else None
+    reason = reasons.get(table.reason.strip().lower())
     if reason is None:
         raise ValueError(
-            f"unknown reason {reason_text!r} (expected one of {', '.join(FAILURE_REASONS)})"
+            f"unknown reason {table.reason!r} (expected one of {', '.join(FAILURE_REASONS)})"
         )
     reason_code, allowed = FAILURE_REASONS[reason]
     if failure_type not in allowed:
         raise ValueError(
             f"reason {reason!r} is {'/'.join(sorted(allowed))} in Campaign, not {failure_type}"
         )
-    scope = data["scope"]
+    scope = table.scope
     if scope not in _SCOPES:
         raise ValueError(f"bad scope {scope!r} (expected one of {', '.join(_SCOPES)})")
-    permanent = data.get("permanent")
-    if permanent is not None and not isinstance(permanent, bool):
-        raise ValueError(f"permanent must be true or false, got {permanent!r}")
+    permanent = table.permanent
     if failure_type == "Hard" and permanent is False:
         raise ValueError("a Hard verdict is always permanent (permanent = false contradicts it)")
-    comment = data.get("comment", "")
-    if not isinstance(comment, str):
-        raise ValueError("comment must be a string")
-    throttle = data.get("throttle", False)
-    if not isinstance(throttle, bool):
-        raise ValueError(f"throttle must be true or false, got {throttle!r}")
-    if "throttle" not in data and name.strip().startswith(DEPRECATED_THROTTLE_PREFIX):
-        throttle = True
-        log.warning(
-            "%s: rule %d '%s': a name starting %r marks a throttling reply only until this"
-            " is removed; add throttle = true to the rule",
-            source, number, name.strip(), DEPRECATED_THROTTLE_PREFIX,
-        )
+    throttle = table.throttle
+    if throttle is None:
+        throttle = name.strip().startswith(DEPRECATED_THROTTLE_PREFIX)
+        if throttle:
+            log.warning(
+                "%s: rule %d '%s': a name starting %r marks a throttling reply only until this"
+                " is removed; add throttle = true to the rule",
+                source, number, name.strip(), DEPRECATED_THROTTLE_PREFIX,
+            )
 
     pattern: re.Pattern[str] | None = None
     alternatives: tuple[tuple[re.Pattern[str], frozenset[str] | None], ...] = ()
-    if "match" in data:
-        text = data["match"]
-        if not isinstance(text, str) or not text:
+    if table.match is not None:
+        text = table.match
+        if not text:
             raise ValueError("match must be a non-empty regex string")
         try:
             pattern = re.compile(text, re.IGNORECASE)
@@ -200,17 +195,17 @@ def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
             for piece in split_alternatives(text)
         )
     phases = (
-        _parse_enum(data["phase"], "phase", {p.value: p for p in Phase})
-        if "phase" in data
+        _parse_enum(table.phase, "phase", {p.value: p for p in Phase})
+        if table.phase is not None
         else None
     )
     conditions = (
-        _parse_enum(data["condition"], "condition", {c.value: c for c in Condition})
-        if "condition" in data
+        _parse_enum(table.condition, "condition", {c.value: c for c in Condition})
+        if table.condition is not None
         else None
     )
-    codes = _parse_codes(data["codes"]) if "codes" in data else None
-    enhanced = _parse_enhanced(data["enhanced"]) if "enhanced" in data else None
+    codes = _parse_codes(table.codes) if table.codes is not None else None
+    enhanced = _parse_enhanced(table.enhanced) if table.enhanced is not None else None
     return Rule(
         name=name.strip(),
         source=source,
@@ -227,7 +222,7 @@ def _compile_rule(data: Mapping[str, Any], source: str, number: int) -> Rule:
         conditions=conditions,
         codes=codes,
         enhanced=enhanced,
-        comment=comment.strip(),
+        comment=table.comment.strip(),
         throttle=throttle,
     )
 

@@ -162,14 +162,20 @@ def build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str = "") 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or '(top)'}: expected a table")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # A field's key in the file is its name, or metadata "key" when the name cannot be
+    # (TOML's `class` is a Python keyword).
+    fields = {
+        f.metadata.get("key", f.name): f
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    }
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}'")
     values: dict[str, Any] = {}
-    for name, value in data.items():
+    for file_key, value in data.items():
+        name = fields[file_key].name
         hint = hints[name]
-        key = f"{prefix}{name}"
+        key = f"{prefix}{file_key}"
         if _is_dataclass_type(hint):
             values[name] = build(hint, value, source, key + ".")
             continue
@@ -182,13 +188,13 @@ def build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str = "") 
             )
             continue
         try:
-            values[name] = _convert(value, hint, fields[name].metadata.get("kind"), False)
+            values[name] = _convert(value, hint, fields[file_key].metadata.get("kind"), False)
         except ValueError as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
-    for name, f in fields.items():
+    for file_key, f in fields.items():
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if missing and name not in values:
-            raise ConfigError(f"{source}: missing key '{prefix}{name}'")
+        if missing and f.name not in values:
+            raise ConfigError(f"{source}: missing key '{prefix}{file_key}'")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:

@@ -71,7 +71,7 @@ BROKEN = [
     ("empty-matching-regex", _rule(match="'(foo)?'"),
      "rule 2 'x': regex '(foo)?' matches an empty"),
     ("unknown-class", _rule(**{"class": 11}), "rule 2 'x': unknown bounce class 11"),
-    ("class-not-int", _rule(**{"class": '"10"'}), "rule 2 'x': class must be a Momentum class"),
+    ("class-not-int", _rule(**{"class": '"10"'}), "rule 2 'x': class: expected an integer"),
     ("unknown-reason", _rule(reason='"Gone"'), "rule 2 'x': unknown reason 'Gone'"),
     ("bad-type", _rule(type='"Permanent"'), "rule 2 'x': bad type 'Permanent'"),
     ("type-reason-mismatch", _rule(type='"Soft"'),
@@ -86,7 +86,7 @@ BROKEN = [
     ("bad-code", _rule(codes='"5x"'), "rule 2 'x': bad code '5x'"),
     ("bad-code-range", _rule(codes='"559-550"'), "rule 2 'x': bad code range '559-550'"),
     ("bad-enhanced", _rule(enhanced='"5.1"'), "rule 2 'x': bad enhanced code '5.1'"),
-    ("permanent-not-bool", _rule(permanent='"yes"'), "rule 2 'x': permanent must be true or false"),
+    ("permanent-not-bool", _rule(permanent='"yes"'), "rule 2 'x': permanent: expected true or"),
     ("nameless", _rule(name=None), "rule 2: missing key 'name'"),
     ("duplicate-name", _rule(), "rule 2 'x': duplicate name (rule 1 has it too)"),
 ]
@@ -567,7 +567,8 @@ def test_the_old_name_prefix_still_marks_a_throttle_with_a_deprecation_warning(
 
 def test_throttle_must_be_a_boolean() -> None:
     text = SLOW_RULE.format(name="busy", extra='throttle = "yes"')
-    with pytest.raises(ConfigError, match=r"^mine.toml: rule 1 'busy': throttle must be true or"):
+    expected = r"^mine.toml: rule 1 'busy': throttle: expected true or false"
+    with pytest.raises(ConfigError, match=expected):
         parse_rules_text(text, "mine.toml")
 
 
