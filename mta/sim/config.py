@@ -340,27 +340,10 @@ def default_config_text() -> str:
     return resources.files(DEFAULTS_PACKAGE).joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
 
 
-def _rename_async(document: Mapping[str, Any]) -> dict[str, Any]:
-    """TOML says `[personas.async]`; the field is `async_` (a Python keyword)."""
-    fixed = dict(document)
-    personas = fixed.get("personas")
-    if isinstance(personas, list):
-        renamed = []
-        for persona in personas:
-            if isinstance(persona, Mapping) and "async" in persona:
-                persona = dict(persona)
-                persona["async_"] = persona.pop("async")
-            renamed.append(persona)
-        fixed["personas"] = renamed
-    return fixed
-
-
 def parse_sim_config(text: str, source: str) -> SimConfig:
     document = engine.parse_toml(text, source)
-    try:
-        config = engine.build(SimConfig, _rename_async(document), source)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace(".async_", ".async")) from None
+    # `[personas.async]` fills the field async_ (a Python keyword): its metadata "key" says so.
+    config = engine.build(SimConfig, document, source)
     return check_sim_config(config, source)
 
 
