@@ -131,7 +131,7 @@ def _inbound(reading: Reading, fingerprint: str) -> Inbound:
         notices = _notices(groups, failures, failed_header, reading, subject)
         return Inbound("dsn", own_id, fingerprint, original, tuple(notices), summary)
     if evidence.is_auto_reply(reading):
-        sender = _address(reading.header("Reply-To")) or _address(reading.header("From"))
+        sender = _address(reading.header("From")) or _address(reading.header("Reply-To"))
         refs = (reading.header("In-Reply-To") or reading.header("References")).split()
         auto_original = Original(original.delivery_id, original.log_id,
                                  _stripped(refs[0]) if refs else original.message_id,

@@ -91,6 +91,15 @@ def test_out_of_office_with_the_same_header_is_an_auto_reply() -> None:
     assert _verdicts(raw) == [("erin@isp.test", "", "Ignored", "Error ignored")]
 
 
+def test_an_auto_reply_names_its_sender_not_its_reply_to() -> None:
+    # EarthLink's challenge-response answers come From the recipient with Reply-To a no-reply
+    # address (npm baunsu's tests/emails/auto_earthlink.txt): the replier is the From.
+    raw = (b"From: mango@isp.test\r\nReply-to: nobody@isp.test\r\nPrecedence: auto_reply\r\n"
+           b"Subject: Re: Quote\r\n\r\nI apologize for this automatic reply to your email.\r\n")
+    assert parse_inbound(raw).kind == "auto_reply"
+    assert _verdicts(raw) == [("mango@isp.test", "", "Ignored", "Error ignored")]
+
+
 def test_sender_refusals_are_soft_refused_not_hard() -> None:
     for diagnostic in (
         "550 5.7.1 Client host rejected: cannot find your reverse hostname (PTR)",
