@@ -266,6 +266,8 @@ class FastSMTP(SMTP):
         send the replies together (RFC 2920), saving a write per command."""
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
+        if self.transport is None or self.transport.is_closing():
+            return  # after a 421 (or a hang-up) nothing more is said
         if self._auth_delay and status.startswith("535"):
             delay, self._auth_delay = self._auth_delay, 0.0
             await asyncio.sleep(delay)  # each failed guess slows the next one
@@ -460,9 +462,10 @@ class FastSMTP(SMTP):
         self._junk += 1
         if self._junk <= limit:
             return False
-        self.listener.junk_closed_total += 1
-        log.info("%s sent more than %d junk commands; closing", self._client_ip, limit)
-        await self.push(f"421 4.7.0 Too many NOOP/RSET/VRFY commands (limit {limit}), closing")
+        if self._junk == limit + 1:  # pipelined commands after the 421 are not answered
+            self.listener.junk_closed_total += 1
+            log.info("%s sent more than %d junk commands; closing", self._client_ip, limit)
+            await self.push(f"421 4.7.0 Too many NOOP/RSET/VRFY commands (limit {limit}), closing")
         return True
 
     @syntax("NOOP [ignored]")
@@ -550,10 +553,15 @@ class FastSMTP(SMTP):
                     sink.discard()
                     return None
                 total += len(chunk)
-                meter.feed(chunk)
-                data.nul = data.nul or b"\x00" in chunk
                 data.too_big = bool(limit) and total - (7 if final else 2) > limit
                 if data.too_big or data.nul or meter.over:
+                    sink.discard()  # refused already: read on to the dot, keep nothing
+                    if final:
+                        break
+                    continue
+                meter.feed(chunk)
+                data.nul = b"\x00" in chunk
+                if data.nul or meter.over:
                     sink.discard()
                 else:
                     sink.write(chunk[2 if first else 0 : -3 if final else None])
