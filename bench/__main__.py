@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.bench_quarantine",
     "bench.bench_throttle",
     "bench.bench_queue",
+    "bench.bench_data_memory",
     "bench.bench_throttling",
     "bench.bench_persona",
     "bench.bench_feedback",

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import make_message
 from bench.procs import start_mta
@@ -74,14 +74,19 @@ async def send(port: int, message: bytes, declare: bool = True) -> bytes:
         writer.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=24)
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--oversize-mib", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mta-src", default="", help="a checkout whose mta package to run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    asyncio.run(measure(args))
+    return 0
+
+
+async def measure(args: argparse.Namespace) -> None:
     env = {"PYTHONPATH": args.mta_src} if args.mta_src else {}
     cwd = args.mta_src or None
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
@@ -139,5 +144,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    asyncio.run(main())
+    sys.exit(main())

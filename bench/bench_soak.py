@@ -533,8 +533,8 @@ async def hostile_child(args: argparse.Namespace) -> None:
     print(json.dumps({kind: dict(counts) for kind, counts in phase.replies.items()}), flush=True)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--rate", type=float, default=40.0, help="normal messages/s in all")
     parser.add_argument("--senders", type=int, default=8)
@@ -544,10 +544,12 @@ async def main() -> None:
     parser.add_argument("--hostile-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cafile", default="", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.hostile_child:
-        await hostile_child(args)
-        return
+    args = parser.parse_args(argv)
+    asyncio.run(hostile_child(args) if args.hostile_child else soak(args))
+    return 0
+
+
+async def soak(args: argparse.Namespace) -> None:
     hostile = parse_hostile(args.hostile)
     print(
         f"soak: 2 phases of {args.minutes:g} min; normal {args.rate:g} msg/s over "
@@ -595,4 +597,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())
