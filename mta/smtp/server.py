@@ -577,7 +577,11 @@ class FastSMTP(SMTP):
         if data.too_big or data.nul or data.long_line:
             return data
         # Take the message out of the sink only when the handlers' budget has room for it.
-        await self.listener.handling.take(sink.size)
+        try:
+            await self.listener.handling.take(sink.size)
+        except BaseException:
+            sink.discard()  # the session went away while waiting its turn
+            raise
         data.raw = sink.value()
         return data
 
