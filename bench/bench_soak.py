@@ -286,6 +286,7 @@ def auth_guesser(phase: Phase, source: str, cafile: Path) -> Callable[[], Awaita
         try:
             if not greeting.startswith(b"220"):
                 phase.note("auth", greeting)
+                await asyncio.sleep(0.05)
                 return
             writer.write(b"EHLO guess.test\r\n")
             await reply(reader)

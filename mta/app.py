@@ -216,6 +216,7 @@ class MtaApp:
         )
         handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
         listener = Listener(smtp_limits(config))
+        listener.needs_auth = lambda ip: not handler.in_relay_networks(ip)
         feedback = Feedback(
             spool,
             [Endpoint(w.url, w.secret) for w in config.feedback.endpoints],

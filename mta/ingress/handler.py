@@ -155,7 +155,9 @@ class IngressHandler:
         if session.authenticated:
             return True
         peer: Any = session.peer
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        return self.in_relay_networks(str(peer[0]) if isinstance(peer, tuple) and peer else "")
+
+    def in_relay_networks(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.split("%")[0])
         except ValueError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -183,6 +184,9 @@ class Listener:
         self.reading = MemoryBudget(limits.data_memory_limit)
         self.handling = MemoryBudget(limits.data_memory_limit)
         self.closing = False
+        # Whether a client at this address can do nothing without AUTH (the ingress says:
+        # outside relay_networks); such a client locked out of AUTH is refused at connect.
+        self.needs_auth: Callable[[str], bool] = lambda ip: False
         self.junk_closed_total = 0
         self.session_timeouts_total = 0
         self.long_lines_total = 0

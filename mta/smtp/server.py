@@ -91,6 +91,7 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024  # DATA is taken from the socket's buffer in pieces of about this size
+JUNK_CLOSE_DELAY = 1.0  # seconds before the 421 that ends a session over the junk limit
 
 
 @dataclass
@@ -215,6 +216,12 @@ class FastSMTP(SMTP):
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
             refusal = replies.SHUTTING_DOWN if self.listener.closing else None
+            if (
+                refusal is None
+                and self.listener.needs_auth(self._client_ip)
+                and self.listener.auth.refused(self._client_ip, time.monotonic())
+            ):
+                refusal = "421 4.7.0 Too many failed authentications; try again later"
             refusal = refusal or self.listener.gate.admit(self, self._client_ip)
             if refusal is not None:
                 log.info("refused a connection from %s: %s", self._client_ip, refusal)
@@ -465,6 +472,8 @@ class FastSMTP(SMTP):
         if self._junk == limit + 1:  # pipelined commands after the 421 are not answered
             self.listener.junk_closed_total += 1
             log.info("%s sent more than %d junk commands; closing", self._client_ip, limit)
+            # A pause before the 421 keeps a flooding client from reconnecting at once.
+            await asyncio.sleep(JUNK_CLOSE_DELAY)
             await self.push(f"421 4.7.0 Too many NOOP/RSET/VRFY commands (limit {limit}), closing")
         return True
 

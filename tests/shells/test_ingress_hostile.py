@@ -181,9 +181,13 @@ async def test_auth_guessing_is_cut_off_per_session_then_per_address(tmp_path: P
         reply = await smtp.execute_command(b"AUTH", b"PLAIN", plain("campaign", "s3cret"))
         assert (reply.code, reply.message[:5]) == (454, "4.7.0"), reply
         smtp.close()
+        # Outside relay_networks nothing can be done without AUTH: refused at connect.
+        _, writer, greeting = await connect_from(app, "127.0.0.1")
+        assert greeting.startswith("421 4.7.0"), greeting
+        writer.close()
         text = await metrics(app)
         assert "mta_smtp_auth_failures_total 4" in text
-        assert "mta_smtp_auth_refused_total 1" in text
+        assert "mta_smtp_auth_refused_total 2" in text
     finally:
         await app.stop()
 
