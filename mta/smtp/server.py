@@ -273,8 +273,8 @@ class FastSMTP(SMTP):
         send the replies together (RFC 2920), saving a write per command."""
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
-        if self.transport is None or self.transport.is_closing():
-            return  # after a 421 (or a hang-up) nothing more is said
+        if self.transport is None:
+            return  # the connection is gone
         if self._auth_delay and status.startswith("535"):
             delay, self._auth_delay = self._auth_delay, 0.0
             await asyncio.sleep(delay)  # each failed guess slows the next one
