@@ -7,10 +7,13 @@ Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
 and advances the cursor only after a 2xx, so a crash or restart re-sends (the
 same event ids: receivers deduplicate). Failures are retried with exponential
 backoff and full jitter; `429`/`503` with `Retry-After` are honoured; `410 Gone`
-disables the endpoint; a batch still failing after `window` is skipped (and
-logged) so one dead endpoint cannot hold events forever — the pull API still
-serves them. Webhook timing is real time: receivers check `webhook-timestamp`
-against their own clock, whatever the simulation's clock says.
+disables the endpoint; a redirect (3xx) is a failure like any other, never followed
+(following would turn the POST into a GET that "succeeds", or send the signed batch
+to whatever host `Location` names), shown with its `Location`; a batch still
+failing after `window` is skipped (and logged) so one dead endpoint cannot hold
+events forever — the pull API still serves them. Webhook timing is real time:
+receivers check `webhook-timestamp` against their own clock, whatever the
+simulation's clock says.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class EndpointStatus:
     dropped: int = 0
     attempts: int = 0
     last_error: str | None = None
+    last_status: int | None = None  # the last HTTP status that was not a 2xx
+    location: str | None = None  # the Location of the last redirect refused
     next_try_at: float | None = None
 
 
@@ -198,13 +203,21 @@ class Feedback:
             }
             wait: float | None = None
             try:
-                async with self._session.post(status.url, data=body, headers=headers) as resp:
+                async with self._session.post(
+                    status.url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
                         return "ok"
                     if resp.status == 410:
                         return "gone"
+                    status.last_status = resp.status
                     status.last_error = f"HTTP {resp.status}"
+                    if 300 <= resp.status < 400:
+                        status.location = resp.headers.get("Location", "")[:500]
+                        status.last_error += (
+                            f" redirect to {status.location or '(no Location)'}: not followed"
+                        )
                     if resp.status in (429, 503):
                         wait = retry_after(resp.headers.get("Retry-After"), time.time())
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
