@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mta.admin.api import Admin, AdminSources
+from mta.admin.guard import Guard, bind_warning
 from mta.admin.operator import operator_controls
 from mta.clock import Clock, make_clock
 from mta.config.bounce_rules import load_bounce_rules
@@ -233,17 +234,22 @@ class MtaApp:
         admin_port: int | None = None
         try:
             if config.admin.listen:
+                admin_host, wanted = parse_hostport(config.admin.listen)
+                guard = Guard(admin_host, config.admin.token, config.admin.allowed_hosts)
                 admin = Admin(
-                    self._admin_sources(spool, scheduler, handler, feedback, rules, schedule)
+                    self._admin_sources(spool, scheduler, handler, feedback, rules, schedule),
+                    guard,
                 )
                 spool.add_commit_listener(admin.notify)
-                admin_host, wanted = parse_hostport(config.admin.listen)
                 try:
                     admin_port = await admin.start(admin_host, wanted)
                 except OSError as exc:
                     raise OSError(
                         f"cannot listen on {config.admin.listen} (admin.listen): {exc.strerror}"
                     ) from None
+                warning = bind_warning(admin_host, admin_port, config.admin.token)
+                if warning:
+                    log.warning("%s", warning)
             try:
                 server = await start_server(
                     server_factory(handler, settings, tls_context, listener), host, port

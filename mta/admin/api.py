@@ -14,6 +14,8 @@
     GET  /api/v1/openapi.json        this API as an OpenAPI 3.1 document
 
 Collaborators are passed in as callables (`AdminSources`); this module imports no other shell.
+Who may call it (Host header, token off loopback) is decided in `mta.admin.guard`. Bad query
+values and bodies answer 400 with a one-line `{"error": ...}`, never a 500.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +32,13 @@ from typing import Any
 from aiohttp import web
 
 from mta.admin import console, operator
+from mta.admin.guard import Guard, middleware
 
 log = logging.getLogger("mta.admin")
 
 MAX_EVENTS = 1000
 MAX_WAIT = 60.0
+MAX_CURSOR = 2**63 - 1  # SQLite's INTEGER
 
 
 @dataclass
@@ -57,11 +62,12 @@ class AdminSources:
 class Admin:
     """An aiohttp application over `AdminSources`; `notify()` wakes long-polls."""
 
-    def __init__(self, sources: AdminSources) -> None:
+    def __init__(self, sources: AdminSources, guard: Guard | None = None) -> None:
         self.sources = sources
         self._new_events = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(middlewares=[self._errors])
+        guards = [middleware(guard)] if guard is not None else []
+        self.app = web.Application(middlewares=[*guards, self._errors])
         self.app.add_routes(
             [
                 web.get("/livez", self.livez),
@@ -137,11 +143,12 @@ class Admin:
         try:
             after = int(request.query.get("after", "0") or 0)
             limit = min(int(request.query.get("limit", "500")), MAX_EVENTS)
-            wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
+            wait = float(request.query.get("wait", "0"))
+            wait = min(wait, MAX_WAIT) if math.isfinite(wait) else -1.0
         except ValueError:
             return _bad("after and limit are integers, wait is seconds")
-        if after < 0 or limit < 1 or wait < 0:
-            return _bad("after >= 0, limit >= 1, wait >= 0")
+        if not 0 <= after <= MAX_CURSOR or limit < 1 or not 0 <= wait <= MAX_WAIT:
+            return _bad(f"after is 0-{MAX_CURSOR}, limit >= 1, wait is 0-{MAX_WAIT:g} seconds")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -166,6 +173,8 @@ class Admin:
             data = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _bad('the body must be JSON: {"reply": "550 5.1.1 ..."}')
+        except RecursionError:
+            return _bad("the body's JSON is nested too deeply")
         if isinstance(data, str):
             data = {"reply": data}
         if not isinstance(data, dict) or not isinstance(data.get("reply"), str):

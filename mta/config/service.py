@@ -270,7 +270,10 @@ class FeedbackConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     listen: str = hostport_field("127.0.0.1:8080")  # "" disables the HTTP API
-    token: str = ""  # the write token (env MTA_ADMIN_TOKEN); "": every write is refused
+    # The token (env MTA_ADMIN_TOKEN) every write needs, and every request from another host
+    # ("Authorization: Bearer ..."); "": writes are refused and other hosts get 403.
+    token: str = ""
+    allowed_hosts: tuple[str, ...] = ()  # Host header names served besides the bound address
     inbox_url: str = ""  # the simulation's inbox page, linked from the console
     client_url: str = ""  # the Campaign client's receiver (its /deliveries feeds the console)
 
