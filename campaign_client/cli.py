@@ -140,6 +140,9 @@ def _receiver_options(parser: argparse.ArgumentParser) -> None:
                         help="webhook timestamp tolerance in seconds (default 300)")
     parser.add_argument("--gap-timeout", type=float, default=120.0,
                         help="seconds an event waits for a missing seq (default 120)")
+    parser.add_argument("--max-body", type=int, default=1024 * 1024, metavar="BYTES",
+                        help="largest webhook request accepted, 413 beyond (default 1 MiB;"
+                             " the MTA sends about 1.5 KB per event)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,7 +379,7 @@ def _make_receiver(args: argparse.Namespace, log: DeliveryLog) -> Any:
     try:
         return Receiver(log, _secret(args), host, port, bounce_host, bounce_port,
                         tolerance=args.tolerance, gap_timeout=args.gap_timeout, rules=rules,
-                        bounce_addresses=args.bounce_mailbox)
+                        bounce_addresses=args.bounce_mailbox, max_body=args.max_body)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

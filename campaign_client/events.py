@@ -35,6 +35,7 @@ class Kind(StrEnum):
 
 MTA_KINDS = frozenset(kind for kind in Kind if kind is not Kind.SUBMIT_FAILED)
 FAILURE_TYPES = frozenset({"Hard", "Soft", "Ignored"})
+INT_LIMIT = 2**63  # integers are stored in SQLite: 64-bit signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,8 @@ def parse_batch(body: bytes | str | Sequence[Any]) -> list[Event]:
             data: Any = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventError(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise EventError("body: JSON nested too deeply") from None
     else:
         data = body
     if isinstance(data, Mapping):
@@ -195,6 +198,8 @@ def _int(obj: Mapping[str, Any], name: str, where: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise EventError(f"{where}: {name}: expected an integer, got {value!r}")
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise EventError(f"{where}: {name}: out of range (a 64-bit integer), got {value}")
     return value
 
 

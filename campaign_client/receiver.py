@@ -6,9 +6,12 @@
     await receiver.stop()
 
 HTTP: `POST /webhook` (also `POST /`) takes a Standard Webhooks request whose body is a JSON
-array of events: a missing or bad signature, or a timestamp outside the tolerance (default 300 s)
--> 401 and nothing applied; a body that is not valid events -> 400; the log cannot commit -> 503;
-otherwise 204 once the batch is committed to the SQLite file. `GET /livez` -> 200.
+array of events: missing signature headers or a timestamp outside the tolerance (default 300 s)
+-> 401 before the body is read; a body over `max_body` (default 1 MiB) -> 413 without reading
+past the limit; a bad signature -> 401 and nothing applied; a body that is not valid events
+(fields of the wrong type or out of range) -> 400; the log cannot commit -> 503; otherwise 204
+once the batch is committed to the SQLite file. `GET /livez` -> 200. The MTA's batches are
+about 1.5 KB per event: `max_body` must hold `feedback.batch_max` of them (100 by default).
 A sweeper applies events held for a missing seq longer than `gap_timeout` (flagging the gap).
 The bounce mailbox stamps what it applies on the events' clock (`events_clock`: the later of the
 wall clock and the latest event time seen, as the MTA's clock may run faster), so a DSN's error
@@ -32,10 +35,17 @@ from campaign_client.events import EventError, parse_batch
 from campaign_client.inbound import Rule, load_rules
 from campaign_client.log import DeliveryLog, LogError
 from campaign_client.mailbox import BounceMailbox
-from campaign_client.webhook import DEFAULT_TOLERANCE, SignatureError, parse_secret, verify
+from campaign_client.webhook import (
+    DEFAULT_TOLERANCE,
+    SignatureError,
+    check_headers,
+    parse_secret,
+    verify,
+)
 
 DEFAULT_GAP_TIMEOUT = 120.0
-MAX_BODY = 16 * 1024 * 1024
+MAX_BODY = 16 * 1024 * 1024  # a bounce message to the mailbox
+DEFAULT_MAX_BODY = 1024 * 1024  # a webhook request
 
 
 DELIVERY_LINES = 500
@@ -50,6 +60,7 @@ class ReceiverStats:
     released: int = 0
     rejected_signature: int = 0
     rejected_body: int = 0
+    rejected_size: int = 0
     storage_errors: int = 0
 
 
@@ -71,6 +82,7 @@ class Receiver:
         bounce_addresses: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
         path: str = "/webhook",
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         if port is not None:
             if secret is None:
@@ -81,6 +93,9 @@ class Receiver:
             self._keys = ()
         if gap_timeout <= 0:
             raise ValueError("gap_timeout must be > 0 seconds")
+        if max_body < 1024:
+            raise ValueError("max_body must be at least 1024 bytes")
+        self.max_body = max_body
         self.log = log
         self.host = host
         self._port = port
@@ -105,7 +120,7 @@ class Receiver:
         self._events_at = await asyncio.to_thread(self.log.clock, 0.0)
         try:
             if self._port is not None:
-                app = web.Application(client_max_size=MAX_BODY)
+                app = web.Application(client_max_size=self.max_body)
                 app.router.add_post(self.path, self._handle_webhook)
                 if self.path != "/":
                     app.router.add_post("/", self._handle_webhook)
@@ -195,7 +210,20 @@ class Receiver:
         return web.json_response({"deliveries": deliveries, "lines": lines[:DELIVERY_LINES]})
 
     async def _handle_webhook(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            check_headers(request.headers, self.clock(), self.tolerance)
+        except SignatureError as exc:
+            self.stats.rejected_signature += 1
+            return web.Response(status=401, text=f"{exc}\n")
+        too_large = web.Response(status=413, text=f"body over {self.max_body} bytes\n")
+        if request.content_length is not None and request.content_length > self.max_body:
+            self.stats.rejected_size += 1
+            return too_large
+        try:
+            body = await request.read()  # stops past client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            self.stats.rejected_size += 1
+            return too_large
         try:
             verify(self._keys, request.headers, body, self.clock(), self.tolerance)
         except SignatureError as exc:

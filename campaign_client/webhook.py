@@ -55,18 +55,12 @@ def signed_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict
     }
 
 
-def verify(
-    keys: bytes | tuple[bytes, ...],
-    headers: Mapping[str, str],
-    body: bytes,
-    now: float,
-    tolerance: float = DEFAULT_TOLERANCE,
-) -> str:
-    """Check a request; returns its webhook-id, raises SignatureError otherwise.
-
-    `headers` must look names up case-insensitively (aiohttp's do). Several keys may be given
-    (secret rotation on the receiving side).
-    """
+def check_headers(
+    headers: Mapping[str, str], now: float, tolerance: float = DEFAULT_TOLERANCE
+) -> tuple[str, str, str]:
+    """What can be checked before reading the body: the three headers are there and the
+    timestamp is within the tolerance. Returns (id, timestamp, signatures); raises
+    SignatureError, so a receiver refuses an unsigned request without reading its body."""
     msg_id = headers.get("webhook-id")
     timestamp_text = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")
@@ -84,6 +78,22 @@ def verify(
         raise SignatureError("webhook-timestamp too old")
     if timestamp > now + tolerance:
         raise SignatureError("webhook-timestamp too far in the future")
+    return msg_id, timestamp_text, signatures
+
+
+def verify(
+    keys: bytes | tuple[bytes, ...],
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> str:
+    """Check a request; returns its webhook-id, raises SignatureError otherwise.
+
+    `headers` must look names up case-insensitively (aiohttp's do). Several keys may be given
+    (secret rotation on the receiving side).
+    """
+    msg_id, timestamp_text, signatures = check_headers(headers, now, tolerance)
     candidates = (keys,) if isinstance(keys, bytes) else keys
     expected = [sign(key, msg_id, timestamp_text.strip(), body) for key in candidates]
     for given in signatures.split():
