@@ -38,6 +38,7 @@ class Condition(StrEnum):
     TIMEOUT = "timeout"
     TLS_FAILURE = "tls_failure"
     CONNECTION_LOST = "connection_lost"
+    PROTOCOL_ERROR = "protocol_error"  # the next hop's reply broke the protocol (garbage)
     LOCAL_ERROR = "local_error"  # a bug or resource problem on our side
     VALIDITY_EXPIRED = "validity_expired"  # the validity ended before it could be tried again
 

@@ -207,6 +207,7 @@ _CONDITION_REPLIES: Final[Mapping[Condition, Reply]] = {
     Condition.TIMEOUT: Reply(421, "4.4.2", "Connection timed out"),
     Condition.TLS_FAILURE: Reply(421, "4.7.5", "TLS handshake failed"),
     Condition.CONNECTION_LOST: Reply(421, "4.4.2", "Connection lost"),
+    Condition.PROTOCOL_ERROR: Reply(421, "4.5.0", "Protocol error: malformed reply"),
     Condition.LOCAL_ERROR: Reply(451, "4.3.0", "Local error in processing"),
     Condition.VALIDITY_EXPIRED: Reply(
         451, "4.4.7", "Delivery time expired: the validity period ended before delivery"

@@ -11,7 +11,9 @@ in clear text and remembered for a while; `required`: the attempt is deferred),
 and never decides anything: verdicts belong to `mta.core.bounce`.
 
 A lost connection or a timeout after the final dot leaves the outcome unknown:
-the recipients are reported as deferred with `possible_duplicate` set.
+the recipients are reported as deferred with `possible_duplicate` set. A reply
+that is not SMTP (garbage, an over-long line) is the condition `protocol_error`:
+one log line, the connection closed, a transient failure like a lost connection.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aiosmtplib import (
     SMTPConnectResponseError,
     SMTPConnectTimeoutError,
     SMTPException,
+    SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
@@ -89,6 +92,20 @@ def local(
 
 def failure(condition: Condition, phase: Phase, host: str | None, detail: str) -> _Failure:
     return _Failure(local(condition, phase, host, detail))
+
+
+def protocol_error(
+    exc: SMTPResponseException, phase: Phase, host: str, possible_duplicate: bool = False
+) -> Outcome:
+    """A reply that broke the protocol: one log line (no traceback) and its outcome."""
+    said = exc.message.removeprefix("Malformed SMTP response line: ").strip()
+    said = said.encode("ascii", "backslashreplace").decode("ascii")
+    shown = repr(said[:60] + ("..." if len(said) > 60 else ""))
+    detail = f"{host} at {phase.value.upper()}: {shown}"
+    if possible_duplicate:
+        detail += ", after the final dot: the outcome is unknown"
+    log.warning("protocol error from %s", detail)
+    return local(Condition.PROTOCOL_ERROR, phase, host, detail, possible_duplicate)
 
 
 def _stuff(content: bytes) -> bytes:
@@ -276,6 +293,9 @@ class Delivery:
                 host,
                 f"no greeting from {host}[{address}]",
             ) from None
+        except SMTPResponseException as exc:  # a greeting that is not an SMTP reply
+            smtp.close()
+            raise _Failure(protocol_error(exc, Phase.CONNECT, host)) from None
         except (SMTPConnectError, SMTPServerDisconnected, OSError) as exc:
             smtp.close()
             raise failure(
@@ -367,6 +387,8 @@ class Delivery:
             raise failure(
                 Condition.CONNECTION_LOST, Phase.EHLO, host, f"after EHLO to {host}"
             ) from None
+        except SMTPResponseException as exc:
+            raise _Failure(protocol_error(exc, Phase.EHLO, host)) from None
         raise _Failure(Outcome(from_parts(response.code, response.message), Phase.EHLO, host))
 
     async def _command(self, conn: Connection, timeout: float, *args: bytes) -> Reply:
@@ -449,6 +471,9 @@ class Delivery:
             condition = Condition.TIMEOUT if timeout else Condition.CONNECTION_LOST
             lost = local(condition, phase, host, text, possible_duplicate=unknown)
             return for_the_rest(lost), False
+        except SMTPResponseException as exc:  # the reply was not SMTP: never reuse the session
+            smtp.close()
+            return for_the_rest(protocol_error(exc, phase, host, phase is Phase.DOT)), False
 
     async def _reset(self, conn: Connection, reply: Reply) -> bool:
         """RSET after a failed transaction; whether the connection stays usable."""
