@@ -333,6 +333,7 @@ class MtaApp:
             client_url=self.config.admin.client_url,
             controls=operator_controls(self.clock, scheduler, spool),
             token=self.config.admin.token,
+            problem=lambda: spool.write_failure and f"spool writes fail: {spool.write_failure}",
         )
 
     async def metrics(self) -> dict[str, float]:

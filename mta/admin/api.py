@@ -2,6 +2,7 @@
 
     GET  /livez                      200 while the process runs
     GET  /readyz                     200 once mail can be accepted and stored, else 503
+                                     (with the reason, e.g. spool writes failing)
     GET  /metrics                    Prometheus text format
     GET  /api/v1/status              counts by state, in flight, accepted, rejected
     GET  /api/v1/events?after=N&limit=M&wait=S
@@ -57,6 +58,7 @@ class AdminSources:
     client_url: str = ""  # the Campaign client's receiver, read for the console's Campaign view
     controls: operator.Controls | None = None  # operator actions (POST /api/v1/control/...)
     token: str = ""  # the write token; "": every write is refused
+    problem: Callable[[], str | None] = field(default=lambda: None)  # why not ready, if so
 
 
 class Admin:
@@ -121,9 +123,12 @@ class Admin:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.sources.ready():
-            return web.Response(text="ready\n")
-        return web.Response(text="not ready\n", status=503)
+        if not self.sources.ready():
+            return web.Response(text="not ready\n", status=503)
+        problem = self.sources.problem()
+        if problem:
+            return web.Response(text=f"not ready: {problem}\n", status=503)
+        return web.Response(text="ready\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
         values = await self.sources.metrics()

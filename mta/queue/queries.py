@@ -27,6 +27,14 @@ def recover_leases(conn: sqlite3.Connection) -> int:
     return cursor.rowcount
 
 
+def probe_write(conn: sqlite3.Connection) -> None:
+    """A write that needs free pages and leaves nothing behind: is there room again?"""
+    cursor = conn.execute(
+        "INSERT INTO site_events (at, site, binding, body) VALUES (0, '', '', zeroblob(8192))"
+    )
+    conn.execute("DELETE FROM site_events WHERE id = ?", (cursor.lastrowid,))
+
+
 def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
     cursor = conn.execute(
         "INSERT INTO messages (queue_id, mail_from, delivery_id, received_at, expires_at, size,"

@@ -15,6 +15,11 @@ found at start-up are released at once (picked up again promptly) and flagged
 API (events, histories, counts) use their own read-only connection on their own
 thread: in WAL mode they never hold up a commit.
 
+`write_failure` says why the last write failed (a full disk, an I/O error), or is
+None after a write succeeds; while it is set, a small probe write is tried every
+`PROBE_INTERVAL` seconds, so an idle MTA (refused by its load balancer because it
+reported not ready) still notices when the disk has room again.
+
 This module is the writer thread, group commit and the reader; the schema is in
 `mta.queue.schema`, the records in `mta.queue.records`, the statements in `mta.queue.queries`.
 """
@@ -51,6 +56,8 @@ log = logging.getLogger("mta.spool")
 
 T = TypeVar("T")
 
+PROBE_INTERVAL = 2.0  # real seconds between probe writes while writes fail
+
 class SpoolError(Exception):
     """Storage failed; the message says which way, never with SQL or paths for the SMTP peer."""
 
@@ -83,6 +90,9 @@ class Spool:
         self._listeners: list[Callable[[], None]] = []
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-reader")
         self._read_conn: sqlite3.Connection | None = None
+        self.write_failure: str | None = None
+        self.probes = 0  # probe writes tried
+        self._probe: asyncio.TimerHandle | None = None
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` in the event loop after every commit (e.g. new events to send)."""
@@ -92,8 +102,23 @@ class Spool:
         self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
     ) -> None:
         _resolve_futures(outcomes)
+        self._watch_writes()
         for listener in self._listeners:
             listener()
+
+    def _watch_writes(self) -> None:
+        """While writes fail, try a probe write now and then (in the event loop)."""
+        if self.write_failure is None or self._probe is not None or self._thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._probe = loop.call_later(PROBE_INTERVAL, self._send_probe)
+
+    def _send_probe(self) -> None:
+        self._probe = None
+        if self._thread is not None and self.write_failure is not None:
+            self.probes += 1
+            future = self._submit(queries.probe_write)
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     @classmethod
     async def open(cls, path: Path, batch_max: int = 512) -> Spool:
@@ -117,6 +142,9 @@ class Spool:
             )
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         if self._thread is None:
             return
         self._queue.put(_STOP)
@@ -181,7 +209,9 @@ class Spool:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = _storage_error(exc)
+            self.write_failure = _one_line(exc)
             return [(op.future, None, error) for op in batch]
+        failure: str | None = None
         for op in batch:
             try:
                 conn.execute("SAVEPOINT op")
@@ -193,10 +223,13 @@ class Spool:
                 if not conn.in_transaction:
                     # SQLite rolled the whole transaction back itself (it may on a full disk
                     # or an I/O error): every operation of the batch is lost, with this error.
+                    self.write_failure = _one_line(exc)
                     return [(each.future, None, error) for each in batch]
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                if _is_write_failure(exc, error):
+                    failure = _one_line(exc)
                 outcomes.append((op.future, None, error))
         try:
             conn.execute("COMMIT")
@@ -204,7 +237,9 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = _storage_error(exc)
+            self.write_failure = _one_line(exc)
             return [(future, None, error) for future, _, _ in outcomes]
+        self.write_failure = failure
         self.commits += 1
         self.ops += len(batch)
         return outcomes
@@ -341,6 +376,19 @@ def _storage_error(exc: BaseException) -> SpoolError:
     error = SpoolError(f"{type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def _is_write_failure(exc: BaseException, error: SpoolError) -> bool:
+    """The storage refused a write (full, I/O, corrupt), not the operation's own logic."""
+    if isinstance(error, SpoolFull):
+        return True
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _resolve_future(future: asyncio.Future[Any], value: Any) -> None:
