@@ -32,6 +32,7 @@ from mta.core.rampup import DAY, Binding, day_index
 from mta.core.retry import RetrySchedule
 from mta.delivery.client import Delivery, DeliverySettings
 from mta.delivery.dns import Resolver
+from mta.feedback.retention import OutboxPruner
 from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
 from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
 from mta.model import Result
@@ -120,6 +121,7 @@ class Running:
     feedback: Feedback
     admin: Admin | None
     admin_port: int | None
+    pruner: OutboxPruner | None = None
 
 
 class MtaApp:
@@ -229,6 +231,8 @@ class MtaApp:
         )
         await feedback.start()
         spool.add_commit_listener(feedback.notify)
+        pruner = OutboxPruner(spool, self.clock, config.feedback.retention, feedback.cursors)
+        pruner.start()
         host, port = parse_hostport(config.smtp.listen)
         admin: Admin | None = None
         admin_port: int | None = None
@@ -261,7 +265,17 @@ class MtaApp:
         except OSError:
             # Undo what started, as stop() does (there is no SMTP server to close).
             self.parts = Running(
-                spool, scheduler, delivery, handler, None, listener, executor, feedback, admin, None
+                spool,
+                scheduler,
+                delivery,
+                handler,
+                None,
+                listener,
+                executor,
+                feedback,
+                admin,
+                None,
+                pruner,
             )
             await self.stop()
             raise
@@ -276,6 +290,7 @@ class MtaApp:
             feedback,
             admin,
             admin_port,
+            pruner,
         )
         log.info(
             "listening on %s:%d; spool %s (%d in-flight recipients recovered)",
@@ -296,6 +311,8 @@ class MtaApp:
         await parts.handler.close(grace=5.0)
         await parts.scheduler.stop(self.config.spool.shutdown_grace)
         await parts.delivery.close()
+        if parts.pruner is not None:
+            await parts.pruner.stop()
         await parts.feedback.stop()
         if parts.admin is not None:
             await parts.admin.stop()
@@ -370,6 +387,7 @@ class MtaApp:
             "mta_smtp_session_timeouts_total": parts.listener.session_timeouts_total,
             "mta_smtp_long_lines_total": parts.listener.long_lines_total,
             "mta_smtp_data_spilled_total": parts.listener.reading.spilled_total,
+            "mta_events_pruned_total": parts.pruner.pruned if parts.pruner else 0,
         }
 
     async def status(self) -> dict[str, Any]:

@@ -252,6 +252,9 @@ class FeedbackConfig:
     batch_max: int = 100
     window: float = duration_field("8h")  # real time a failing batch is retried
     timeout: float = duration_field("10s")
+    # Events every webhook has taken are deleted from the outbox once this old (real time);
+    # the pull API serves them until then.
+    retention: float = duration_field("7d")
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_max <= 10000:

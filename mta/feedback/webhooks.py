@@ -144,6 +144,11 @@ class Feedback:
     def status(self) -> list[EndpointStatus]:
         return [state.status for state in self.states]
 
+    def cursors(self) -> list[int] | None:
+        """The enabled endpoints' cursors; None when no endpoint is enabled (for pruning)."""
+        found = [s.status.cursor for s in self.states if not s.status.disabled]
+        return found or None
+
     async def _run(self, state: _State) -> None:
         status = state.status
         while not self._stopping:

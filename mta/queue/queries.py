@@ -302,6 +302,27 @@ def stats(conn: sqlite3.Connection) -> SpoolStats:
     return stats
 
 
+def prune_events(conn: sqlite3.Connection, cutoff: float, bound: int | None, limit: int) -> int:
+    """Delete up to `limit` of the oldest events with id <= bound and `at` before cutoff.
+
+    Stops at the first event too young (ids follow time), and never deletes the newest
+    event: SQLite would hand its id out again and the cursors would skip new events."""
+    newest = conn.execute("SELECT MAX(id) FROM events").fetchone()[0]
+    if newest is None:
+        return 0
+    top = newest - 1 if bound is None else min(bound, newest - 1)
+    last: int | None = None
+    for event_id, at in conn.execute(
+        "SELECT id, at FROM events WHERE id <= ? ORDER BY id LIMIT ?", (top, limit)
+    ):
+        if at >= cutoff:
+            break
+        last = event_id
+    if last is None:
+        return 0
+    return conn.execute("DELETE FROM events WHERE id <= ?", (last,)).rowcount
+
+
 def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, Any]]:
     return [
         (row[0], json.loads(row[1]))

@@ -297,6 +297,10 @@ class Spool:
         if updates:
             await self._submit(lambda conn: queries.record(conn, updates))
 
+    async def prune_events(self, cutoff: float, bound: int | None, limit: int) -> int:
+        """Delete up to `limit` outbox events older than `cutoff` with id <= `bound`."""
+        return await self._submit(lambda conn: queries.prune_events(conn, cutoff, bound, limit))
+
     async def release(self, releases: Sequence[Release]) -> None:
         if releases:
             await self._submit(lambda conn: queries.release(conn, releases))
