@@ -203,6 +203,7 @@ class MtaApp:
                 pick_batch=config.spool.pick_batch,
                 max_recipients_per_transaction=config.delivery.max_recipients_per_transaction,
                 relayhost=config.delivery.relayhost or None,
+                coalesce_repeats=config.feedback.coalesce_repeats,
             ),
             self.rng,
         )
@@ -388,6 +389,7 @@ class MtaApp:
             "mta_smtp_long_lines_total": parts.listener.long_lines_total,
             "mta_smtp_data_spilled_total": parts.listener.reading.spilled_total,
             "mta_events_pruned_total": parts.pruner.pruned if parts.pruner else 0,
+            "mta_events_coalesced_total": scheduler.coalesced,
         }
 
     async def status(self) -> dict[str, Any]:

@@ -255,6 +255,9 @@ class FeedbackConfig:
     # Events every webhook has taken are deleted from the outbox once this old (real time);
     # the pull API serves them until then.
     retention: float = duration_field("7d")
+    # A soft bounce repeating the last one reported for a recipient (same class, code and
+    # enhanced code) is reported again only after this long (clock time); "0s": every attempt.
+    coalesce_repeats: float = duration_field("6h")
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_max <= 10000:

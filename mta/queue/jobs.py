@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from mta.core import events
+from mta.core import coalesce, events
 from mta.core.rampup import Binding
 from mta.core.settle import Attempted, Settlement
 from mta.delivery.deliverer import Job
-from mta.model import Outcome, Phase, Reply
+from mta.model import EventKind, Outcome, Phase, Reply
 from mta.queue.records import DueRecipient, Update
 
 
@@ -37,16 +37,22 @@ def update_of(
     now: float,
     site: str | None = None,
     binding: str | None = None,
+    every: float = 0.0,
 ) -> Update:
+    """The spool's record of a settlement; a soft bounce repeating the last one reported
+    within `every` seconds keeps no event (`mta.core.coalesce`) and so no new seq."""
     outcome = s.outcome
     reply = outcome.reply
+    kind = s.event.kind
+    key = coalesce.verdict_key(s.verdict, reply)
+    report = coalesce.should_report(kind, key, r.reported_key, r.reported_at, now=now, every=every)
     return Update(
         recipient_id=r.recipient_id,
         message_id=r.message_id,
         state=s.state.value,
         attempts=s.attempts,
         next_attempt_at=s.next_attempt_at,
-        seq=s.seq,
+        seq=s.seq if report else r.seq,
         at=now,
         code=reply.code,
         enhanced=reply.enhanced,
@@ -56,9 +62,10 @@ def update_of(
         result=s.result,
         attempted=s.attempted,
         possible_duplicate=s.possible_duplicate,
-        event=(s.event.event_id, s.event.kind.value, s.event.dumps()),
+        event=(s.event.event_id, kind.value, s.event.dumps()) if report else None,
         site=site,
         binding=binding,
+        reported_key=key if report and kind is EventKind.SOFT_BOUNCE else None,
     )
 
 

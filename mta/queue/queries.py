@@ -83,7 +83,8 @@ def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
 _PICK_COLUMNS = (
     "r.id, r.message_id, m.queue_id, m.mail_from, m.delivery_id, r.address, r.domain, r.log_id,"
     " r.attempts, r.seq, m.received_at, m.expires_at, m.smtputf8, r.possible_duplicate,"
-    " r.last_code, r.last_enhanced, r.last_text, r.last_phase, r.last_mx"
+    " r.last_code, r.last_enhanced, r.last_text, r.last_phase, r.last_mx, r.reported_key,"
+    " r.reported_at"
 )
 
 
@@ -108,6 +109,8 @@ def _due(row: Sequence[Any]) -> DueRecipient:
         last_text=row[16],
         last_phase=row[17],
         last_mx=row[18],
+        reported_key=row[19],
+        reported_at=row[20],
     )
 
 
@@ -212,7 +215,9 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
         " possible_duplicate = ?, last_code = COALESCE(?, last_code),"
         " last_enhanced = CASE WHEN ? IS NULL THEN last_enhanced ELSE ? END,"
         " last_text = COALESCE(?, last_text), last_phase = COALESCE(?, last_phase),"
-        " last_mx = COALESCE(?, last_mx), updated_at = ? WHERE id = ?",
+        " last_mx = COALESCE(?, last_mx), updated_at = ?,"
+        " reported_at = CASE WHEN ? IS NULL THEN reported_at ELSE ? END,"
+        " reported_key = COALESCE(?, reported_key) WHERE id = ?",
         [
             (
                 u.state,
@@ -227,6 +232,9 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
                 u.phase,
                 u.mx,
                 u.at,
+                u.reported_key,
+                u.at,
+                u.reported_key,
                 u.recipient_id,
             )
             for u in updates

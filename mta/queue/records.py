@@ -51,6 +51,8 @@ class DueRecipient:
     last_text: str | None
     last_phase: str | None
     last_mx: str | None
+    reported_key: str | None = None  # the last soft bounce reported, and when
+    reported_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class Update:
     attempted: bool = True  # False: no connection was tried (e.g. validity over)
     possible_duplicate: bool = False
     event: tuple[str, str, str] | None = None  # (event_id, kind, body json)
+    reported_key: str | None = None  # set with a soft bounce's event (None: keep the last)
 
 
 @dataclass(frozen=True, slots=True)

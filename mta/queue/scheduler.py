@@ -71,6 +71,7 @@ class SchedulerSettings:
     pick_batch: int = 256  # recipients leased per domain per round, at most
     max_recipients_per_transaction: int = 100
     relayhost: str | None = None  # "host:port": every domain goes to one site
+    coalesce_repeats: float = 0.0  # a repeated soft bounce is reported once per this (0: always)
 
 
 # Per domain planned this round: its site, and how many transactions from which binding.
@@ -119,6 +120,7 @@ class Scheduler:
         self.rounds = 0  # turns of the loop (each plans, and may pick)
         # Recipients per result: DELIVERED, RETRY, THROTTLED, BOUNCE, EXPIRE.
         self.counts: Counter[Result] = Counter()
+        self.coalesced = 0  # soft bounces not reported: repeats (mta.core.coalesce)
 
     # -- control --------------------------------------------------------------
 
@@ -426,7 +428,7 @@ class Scheduler:
                 for r, outcome in zip(members, result.outcomes, strict=True)
             ]
             updates = [
-                update_of(r, s, now, site.key, binding.name)
+                update_of(r, s, now, site.key, binding.name, self.settings.coalesce_repeats)
                 for r, s in zip(members, settlements, strict=True)
             ]
             recorded = True
@@ -435,6 +437,7 @@ class Scheduler:
             )
             free_connection()
             await self._record(updates)
+            self.coalesced += sum(1 for u in updates if u.event is None)
             if any(s.result is Result.DELIVERED for s in settlements):
                 site.last_delivery_at[binding.name] = now
             self._count(settlements)

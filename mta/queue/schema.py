@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_text TEXT,
     last_phase TEXT,
     last_mx TEXT,
-    updated_at REAL
+    updated_at REAL,
+    reported_key TEXT,
+    reported_at REAL
 );
 CREATE INDEX IF NOT EXISTS recipients_domain_due ON recipients(domain, next_attempt_at)
     WHERE state = 'queued' AND leased = 0;
@@ -86,3 +88,10 @@ SCHEMA_VERSION = 3
 # Versions this one opens in place: version 2 lacked only webhook_cursors (feedback created it
 # itself), which the CREATE ... IF NOT EXISTS above adds.
 UPGRADABLE = frozenset({2})
+
+# Columns added since a version's tables were made, and how to add them to an older file:
+# (table, column, type). Additive: older code ignores them, so the version stays.
+ADDED_COLUMNS = (
+    ("recipients", "reported_key", "TEXT"),  # the last soft bounce reported (mta.core.coalesce)
+    ("recipients", "reported_at", "REAL"),
+)

@@ -49,7 +49,7 @@ from mta.queue.records import (
     Update,
     WebhookCursor,
 )
-from mta.queue.schema import SCHEMA, SCHEMA_VERSION, UPGRADABLE
+from mta.queue.schema import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION, UPGRADABLE
 from mta.sqlite import SchemaVersionError, open_database
 
 log = logging.getLogger("mta.spool")
@@ -167,6 +167,10 @@ class Spool:
                 " move the old data directory away"
             ) from None
         conn.execute("PRAGMA foreign_keys=OFF")
+        for table, column, kind in ADDED_COLUMNS:
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:

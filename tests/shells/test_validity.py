@@ -88,6 +88,7 @@ async def test_soft_bounces_are_retried_until_the_validity_end(
             delivery__relayhost=f"127.0.0.1:{receiver.port}",
             retry__jitter=0.0,
             retry__first="10m",
+            feedback__coalesce_repeats="0s",  # an event per attempt: their times are checked
         ),
         clock=clock,
     )
