@@ -18,6 +18,7 @@ BENCHMARKS = [
     "bench.bench_throttling",
     "bench.bench_persona",
     "bench.bench_feedback",
+    "bench.bench_outbox",
     "bench.bench_demo",
     "bench.bench_inbox",
 ]
