@@ -9,9 +9,10 @@ same event ids: receivers deduplicate). Failures are retried with exponential
 backoff and full jitter; `429`/`503` with `Retry-After` are honoured; `410 Gone`
 disables the endpoint; a redirect (3xx) is a failure like any other, never followed
 (following would turn the POST into a GET that "succeeds", or send the signed batch
-to whatever host `Location` names), shown with its `Location`; a batch still
-failing after `window` is skipped (and logged) so one dead endpoint cannot hold
-events forever — the pull API still serves them. Webhook timing is real time:
+to whatever host `Location` names), shown with its `Location`; `413` halves the
+batch for that endpoint (down to one event, then it is a failure like others); a
+batch still failing after `window` is skipped (and logged) so one dead endpoint
+cannot hold events forever — the pull API still serves them. Webhook timing is real time:
 receivers check `webhook-timestamp` against their own clock, whatever the
 simulation's clock says.
 """
@@ -85,6 +86,7 @@ class _State:
     status: EndpointStatus
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    batch_max: int = 0  # 0: the settings' batch_max; halved by a 413
 
 
 class Feedback:
@@ -153,7 +155,8 @@ class Feedback:
         status = state.status
         while not self._stopping:
             state.wake.clear()
-            batch = await self.spool.events_after(status.cursor, self.settings.batch_max)
+            limit = state.batch_max or self.settings.batch_max
+            batch = await self.spool.events_after(status.cursor, limit)
             if not batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.wake.wait(), 1.0)
@@ -163,8 +166,17 @@ class Feedback:
                 [event for _, event in batch], separators=(",", ":"), ensure_ascii=False
             ).encode("utf-8")
             msg_id = f"msg_{batch[0][1].get('event_id', batch[0][0])}"
-            outcome = await self._post(state, msg_id, body)
-            if outcome == "ok":
+            outcome = await self._post(state, msg_id, body, splittable=len(batch) > 1)
+            if outcome == "too large":
+                state.batch_max = max(1, len(batch) // 2)
+                log.warning(
+                    "webhook %s: 413 for %d events (%d bytes): sending %d per request",
+                    status.url,
+                    len(batch),
+                    len(body),
+                    state.batch_max,
+                )
+            elif outcome == "ok":
                 status.delivered += len(batch)
                 await self._advance(state, last_id, delivered=len(batch))
             elif outcome == "gone":
@@ -194,8 +206,11 @@ class Feedback:
         status.next_try_at = None
         await self.spool.advance_webhook(status.url, last_id, delivered, dropped)
 
-    async def _post(self, state: _State, msg_id: str, body: bytes) -> str:
-        """POST until a 2xx ("ok"), a 410 ("gone") or the window ends ("expired")."""
+    async def _post(
+        self, state: _State, msg_id: str, body: bytes, splittable: bool = False
+    ) -> str:
+        """POST until a 2xx ("ok"), a 410 ("gone"), a 413 for a batch that can be split
+        ("too large") or the window ends ("expired")."""
         status = state.status
         assert self._session is not None
         while not self._stopping:
@@ -218,6 +233,8 @@ class Feedback:
                         return "gone"
                     status.last_status = resp.status
                     status.last_error = f"HTTP {resp.status}"
+                    if resp.status == 413 and splittable:
+                        return "too large"
                     if 300 <= resp.status < 400:
                         status.location = resp.headers.get("Location", "")[:500]
                         status.last_error += (
