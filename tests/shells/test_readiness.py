@@ -1,8 +1,8 @@
 """`/readyz` follows the spool's writes, over real HTTP with a real SQLite file: after a write
 fails for lack of room it answers 503 with a one-line reason, and 200 again once a write
 succeeds, whether that is the next submission or the spool's own probe while the MTA is idle.
-The full disk is made by triggers that refuse inserts with SQLite's own "database or disk is
-full" (the same means as the ingress tests' 452)."""
+The disk is made full for real: the writer's connection gets a page limit at the database's
+size (SQLite then answers SQLITE_FULL), and room comes back when the limit is raised."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from mta.app import MtaApp
 from tests.helpers import mta_config, send_message, started, wait_for
 
-MESSAGE = b"From: a@sender.test\r\nSubject: s\r\n\r\nbody\r\n"
+BODY = b"From: a@sender.test\r\nSubject: s\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40
 FULL = "database or disk is full"
 
 
@@ -27,27 +27,21 @@ async def mta(tmp_path: Path) -> AsyncIterator[MtaApp]:
     await app.stop()
 
 
-def spool_sql(app: MtaApp, sql: str) -> None:
-    conn = sqlite3.connect(app.config.data_path / "spool.sqlite3")
-    try:
-        conn.executescript(sql)
-    finally:
-        conn.close()
+async def fill_disk(app: MtaApp) -> None:
+    """No page more: the writer thread's own connection may not grow the file."""
+
+    def cap(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    await app.running.spool._submit(cap)
 
 
-def fill_disk(app: MtaApp, *tables: str) -> None:
-    spool_sql(
-        app,
-        "".join(
-            f"CREATE TRIGGER full_{t} BEFORE INSERT ON {t}"
-            f" BEGIN SELECT RAISE(ABORT, '{FULL}'); END;"
-            for t in tables
-        ),
-    )
+async def free_disk(app: MtaApp) -> None:
+    def uncap(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA max_page_count = 1073741823")
 
-
-def free_disk(app: MtaApp, *tables: str) -> None:
-    spool_sql(app, "".join(f"DROP TRIGGER full_{t};" for t in tables))
+    await app.running.spool._submit(uncap)
 
 
 async def readyz(app: MtaApp) -> tuple[int, str]:
@@ -61,28 +55,30 @@ async def readyz(app: MtaApp) -> tuple[int, str]:
 
 
 async def submit(app: MtaApp) -> str:
-    return await send_message(*app.smtp_address, "a@sender.test", ["r@d.test"], MESSAGE)
+    return await send_message(*app.smtp_address, "a@sender.test", ["r@d.test"], BODY)
 
 
 async def test_not_ready_while_writes_fail_ready_after_a_success(mta: MtaApp) -> None:
     assert await readyz(mta) == (200, "ready\n")
-    fill_disk(mta, "messages")
+    assert (await submit(mta)).startswith("250 ")  # the tables' first pages exist
+    await fill_disk(mta)
     assert (await submit(mta)).startswith("452 4.3.1")
     assert await readyz(mta) == (503, f"not ready: spool writes fail: {FULL}\n")
-    free_disk(mta, "messages")
+    await free_disk(mta)
     assert (await submit(mta)).startswith("250 ")
     assert await readyz(mta) == (200, "ready\n")
 
 
 async def test_an_idle_mta_notices_room_again_through_its_probe(mta: MtaApp) -> None:
-    fill_disk(mta, "messages", "site_events")  # the probe writes there
+    assert (await submit(mta)).startswith("250 ")
+    await fill_disk(mta)
     assert (await submit(mta)).startswith("452 4.3.1")
     spool = mta.running.spool
     probes = spool.probes
     # Probes keep failing while there is no room: still not ready.
     await wait_for(lambda: spool.probes >= probes + 2, timeout=15)
     assert (await readyz(mta))[0] == 503 and spool.write_failure == FULL
-    free_disk(mta, "messages", "site_events")
+    await free_disk(mta)
     # No submission: the next probe finds room.
     await wait_for(lambda: spool.write_failure is None, timeout=15)
     assert await readyz(mta) == (200, "ready\n")
@@ -95,10 +91,14 @@ async def test_an_idle_mta_notices_room_again_through_its_probe(mta: MtaApp) -> 
 
 
 async def test_a_failure_of_the_operation_itself_is_not_a_storage_failure(mta: MtaApp) -> None:
-    """A constraint the data breaks says nothing about the disk: still ready."""
-    spool_sql(
-        mta,
-        "CREATE TRIGGER odd BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'odd row'); END;",
-    )
+    """A constraint the data breaks says nothing about the disk, even in a full disk's words."""
+    conn = sqlite3.connect(mta.config.data_path / "spool.sqlite3")
+    try:
+        conn.execute(
+            f"CREATE TRIGGER odd BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, '{FULL}'); END"
+        )
+        conn.commit()
+    finally:
+        conn.close()
     assert (await submit(mta)).startswith("451 4.3.0")
     assert await readyz(mta) == (200, "ready\n")
