@@ -71,11 +71,14 @@ async def console_load(admin: str, stop: asyncio.Event) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), every)
 
-        async def events() -> None:
+        async def events() -> None:  # as the page: a busy stream is read once a second
             cursor = 0
             while not stop.is_set():
                 answer = await get(f"/api/v1/events?after={cursor}&limit=500&wait=20")
                 cursor = answer["next"]
+                if answer["events"]:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
 
         tasks = [
             asyncio.ensure_future(poll(("/api/v1/queue/sites", "/api/v1/audit"), 1.0)),

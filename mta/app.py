@@ -20,6 +20,7 @@ from typing import Any
 
 from mta.admin.api import Admin, AdminSources
 from mta.admin.guard import Guard, bind_warning
+from mta.admin.metrics import spool_histograms
 from mta.admin.operator import operator_controls
 from mta.clock import Clock, make_clock
 from mta.config.bounce_rules import load_bounce_rules
@@ -54,6 +55,12 @@ ATTEMPT_LABELS = {
     Result.BOUNCE: "bounced",
     Result.EXPIRE: "expired",
 }
+
+
+def isp_of(scheduler: Scheduler, site_key: str) -> str:
+    """The MX rule's name for a site key (a bounded label for metrics)."""
+    site = scheduler.sites.get(site_key)
+    return site.rule.name if site is not None else "unknown"
 
 
 def bindings_of(config: MtaConfig, first_days: dict[str, int]) -> list[Binding]:
@@ -352,6 +359,9 @@ class MtaApp:
             controls=operator_controls(self.clock, scheduler, spool),
             token=self.config.admin.token,
             problem=lambda: spool.write_failure and f"spool writes fail: {spool.write_failure}",
+            histograms=spool_histograms(
+                spool, self.clock, lambda key: isp_of(scheduler, key), feedback.status
+            ),
         )
 
     async def metrics(self) -> dict[str, float]:

@@ -32,8 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mta.admin import console, operator
+from mta.admin import console, openapi, operator
 from mta.admin.guard import Guard, middleware
+from mta.admin.metrics import HistogramSource, exposition
 
 log = logging.getLogger("mta.admin")
 
@@ -59,6 +60,7 @@ class AdminSources:
     controls: operator.Controls | None = None  # operator actions (POST /api/v1/control/...)
     token: str = ""  # the write token; "": every write is refused
     problem: Callable[[], str | None] = field(default=lambda: None)  # why not ready, if so
+    histograms: HistogramSource | None = None  # /metrics' histograms, from the spool
 
 
 class Admin:
@@ -132,14 +134,11 @@ class Admin:
 
     async def metrics(self, request: web.Request) -> web.Response:
         values = await self.sources.metrics()
-        lines = []
-        for name, value in sorted(values.items()):
-            metric = name.partition("{")[0]
-            lines.append(f"# TYPE {metric} {'counter' if metric.endswith('_total') else 'gauge'}")
-            lines.append(f"{name} {value:g}")
-        return web.Response(
-            text="\n".join(dict.fromkeys(lines)) + "\n", content_type="text/plain", charset="utf-8"
-        )
+        source = self.sources.histograms
+        if source is not None:
+            await source.refresh()
+        body = exposition(values, source.histograms if source is not None else None)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(await self.sources.status())
@@ -206,91 +205,8 @@ class Admin:
         return web.json_response({"sites": self.sources.sites()})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
+        return web.json_response(openapi.OPENAPI)
 
 
 def _bad(text: str) -> web.Response:
     return web.json_response({"error": text}, status=400)
-
-
-def _get(
-    summary: str, params: list[dict[str, Any]] | None = None, content: str = "application/json"
-) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": {"description": "OK", "content": {content: {"schema": {}}}}},
-    }
-    if params:
-        operation["parameters"] = params
-    return {"get": operation}
-
-
-def _query(name: str, kind: str, text: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": {"type": kind},
-        "description": text,
-    }
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "mta-sim admin API", "version": "1"},
-    "paths": {
-        "/livez": _get("Liveness", content="text/plain"),
-        "/readyz": _get("Readiness: 503 until mail can be accepted", content="text/plain"),
-        "/metrics": _get("Prometheus metrics", content="text/plain"),
-        "/api/v1/status": _get("Counts by recipient state"),
-        "/api/v1/events": _get(
-            "Feedback events after a cursor (long-poll)",
-            [
-                _query("after", "integer", "cursor: the `next` of the previous answer"),
-                _query("limit", "integer", "at most this many events (<= 1000)"),
-                _query("wait", "number", "seconds to wait for new events (<= 60)"),
-            ],
-        ),
-        "/api/v1/classify": {
-            "post": {
-                "summary": "Qualify an SMTP reply",
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["reply"],
-                                "properties": {
-                                    "reply": {"type": "string"},
-                                    "phase": {"type": "string"},
-                                    "condition": {"type": "string"},
-                                },
-                            }
-                        }
-                    }
-                },
-                "responses": {
-                    "200": {"description": "the verdict"},
-                    "400": {"description": "bad request"},
-                },
-            }
-        },
-        "/api/v1/messages/{queue_id}": {
-            "get": {
-                "summary": "Recipients and attempts of one message",
-                "parameters": [
-                    {
-                        "name": "queue_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {"200": {"description": "OK"}, "404": {"description": "unknown"}},
-            }
-        },
-        "/api/v1/webhooks": _get("Webhook endpoints and their cursors"),
-        "/api/v1/queue/sites": _get("Per site: queue depth, limits, state, last change"),
-        "/api/v1/openapi.json": _get("This document"),
-    },
-}

@@ -445,3 +445,41 @@ def operator_actions(conn: sqlite3.Connection, binding: str, limit: int) -> list
         (binding, limit),
     ).fetchall()
     return [str(body) for (body,) in rows]
+
+
+def delivered_since(
+    conn: sqlite3.Connection, after: int, limit: int
+) -> list[tuple[int, float, str]]:
+    """(attempt id, seconds from acceptance to delivery, site) of delivered attempts after
+    `after` (for the delivery latency histogram)."""
+    rows = conn.execute(
+        "SELECT a.id, a.at - m.received_at, COALESCE(a.site, '') FROM attempts a"
+        " JOIN recipients r ON r.id = a.recipient_id JOIN messages m ON m.id = r.message_id"
+        " WHERE a.id > ? AND a.result = 'delivered' ORDER BY a.id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(int(i), float(seconds), str(site)) for i, seconds, site in rows]
+
+
+def queued_ages(
+    conn: sqlite3.Connection, now: float, bounds: Sequence[float]
+) -> tuple[list[int], int, float]:
+    """How many queued recipients are at most each bound old, how many in all, the sum of ages."""
+    sums = ", ".join("SUM(? - m.received_at <= ?)" for _ in bounds)
+    args: list[float] = []
+    for bound in bounds:
+        args += [now, bound]
+    row = conn.execute(
+        f"SELECT {sums}{',' if bounds else ''} COUNT(*), COALESCE(SUM(? - m.received_at), 0)"
+        " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.state = 'queued'",
+        [*args, now],
+    ).fetchone()
+    return [int(c or 0) for c in row[: len(bounds)]], int(row[-2] or 0), float(row[-1] or 0.0)
+
+
+def event_times(conn: sqlite3.Connection, after: int, upto: int, limit: int) -> list[float]:
+    """The times of the events with ids in (after, upto]."""
+    rows = conn.execute(
+        "SELECT at FROM events WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after, upto, limit)
+    ).fetchall()
+    return [float(at) for (at,) in rows]

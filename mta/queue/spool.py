@@ -340,6 +340,17 @@ class Spool:
     async def operator_actions(self, binding: str, limit: int) -> list[str]:
         return await self._read(lambda c: queries.operator_actions(c, binding, limit))
 
+    async def delivered_since(self, after: int, limit: int) -> list[tuple[int, float, str]]:
+        return await self._read(lambda c: queries.delivered_since(c, after, limit))
+
+    async def queued_ages(
+        self, now: float, bounds: Sequence[float]
+    ) -> tuple[list[int], int, float]:
+        return await self._read(lambda c: queries.queued_ages(c, now, bounds))
+
+    async def event_times(self, after: int, upto: int, limit: int) -> list[float]:
+        return await self._read(lambda c: queries.event_times(c, after, upto, limit))
+
     async def stats(self) -> SpoolStats:
         """Recipients by state (counts the table: for the API, not the hot path)."""
         return await self._read(queries.stats)

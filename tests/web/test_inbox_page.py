@@ -22,6 +22,7 @@ async def test_inbox_in_a_browser(net: str, tmp_path: Path) -> None:
             await shot(page, shots, "inbox-empty")
 
             await stack.submit(["ann@isp.test"], subject="Spring sale")
+            await stack.quiet()
             await stack.submit(["ben@isp.test"], subject="Autumn news")
             await stack.quiet()
             # no reload: the page learns of the arrivals from the stream

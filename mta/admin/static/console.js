@@ -7,6 +7,7 @@ const TOKEN_KEY = "mta-admin-token";
 const COLORS = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#b91c1c", "#0e7490", "#a16207", "#4d7c0f"];
 const HISTORY = 90; // points kept per site (one per poll)
 const MAX_EVENTS = 400;
+const EVENT_PAUSE = 1000; // ms between two non-empty event batches
 const state = { cursor: 0, events: [], series: new Map(), last: null, filters: { delivery: "", recipient: "", kind: "" } };
 
 function el(tag, text, className) {
@@ -217,6 +218,8 @@ async function followEvents() {
         if (state.events.length > MAX_EVENTS) state.events.splice(0, state.events.length - MAX_EVENTS);
         state.cursor = answer.next;
         renderEvents();
+        // busy: at most one batch a second, so an open console costs the MTA little
+        await new Promise((resolve) => { setTimeout(resolve, EVENT_PAUSE); });
       }
     } catch (error) {
       live.classList.remove("on");
