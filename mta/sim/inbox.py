@@ -106,9 +106,11 @@ def _sqlite_search(
         with conn:
             conn.execute("PRAGMA case_sensitive_like = OFF")
             total = int(conn.execute(f"SELECT COUNT(*) FROM messages{where}", args).fetchone()[0])
+            # the page's ids from the covering index alone, then only those rows
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages{where}"
-                " ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?",
+                f"SELECT {_COLUMNS} FROM messages WHERE id IN (SELECT id FROM messages"
+                f" INDEXED BY messages_search{where} ORDER BY received_at DESC, id DESC"
+                " LIMIT ? OFFSET ?) ORDER BY received_at DESC, id DESC",
                 [*args, limit, start],
             ).fetchall()
     except sqlite3.OperationalError as exc:

@@ -288,7 +288,7 @@ CREATE INDEX IF NOT EXISTS messages_by_time ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_by_persona ON messages (persona, received_at);
 -- the inbox's search: every searched column in time order, so a search scans this small
 -- index (never the message bytes) and reads the table only for the page it returns
-CREATE INDEX IF NOT EXISTS messages_search ON messages (received_at, persona, delivery_id,
+CREATE INDEX IF NOT EXISTS messages_search ON messages (received_at, id, persona, delivery_id,
     dkim_result, subject, header_from, mail_from, header_to, recipients);
 """
 _MIGRATE_1_TO_2 = (

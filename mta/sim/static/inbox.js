@@ -263,7 +263,7 @@ async function loadChaos() {
 function showChaos(current) {
   if (!current) return;
   const reply = current.reply ? `answers "${current.reply.reply}" at ${current.reply.stage} to ${Math.round(current.reply.share * 100)} %` : "no injected answer";
-  $("#chaos-state").textContent = `${$("#chaos-persona").value}: ${reply}; rate ${current.rate || "unlimited"}/s per IP; RCPT latency ${current.latency.rcpt}s; greylisting ${current.greylisting ? "on" : "off"}`;
+  $("#chaos-state").textContent = `${$("#chaos-persona").value}: ${reply}; ${current.rate ? `at most ${current.rate} messages/s per IP` : "no rate limit"}; RCPT latency ${current.latency.rcpt}s; greylisting ${current.greylisting ? "on" : "off"}`;
 }
 
 async function putChaos(update) {
