@@ -104,6 +104,7 @@ async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
             "--request-timeout", "20",
             "-H", f"Authorization: Bearer {TOKEN}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,  # its cache of found cases stays out of the repository
         )
         out, _ = await process.communicate()
         report = out.decode(errors="replace")
