@@ -139,9 +139,14 @@ async def manual(tmp_path: Path) -> AsyncIterator[Net]:
 
 
 async def test_a_burst_converges_under_gmails_rate_limit(scaled: Net) -> None:
-    """2,000 messages to a persona taking 100/minute per IP: everything arrives, the MTA
-    learns the rate (throttling replies are few and fewer as the run goes on) and never
-    opens more connections than its MX rule allows."""
+    """2,000 messages to a persona taking 100/minute per IP: everything arrives, throttling
+    replies stay few, each one slows the site down (an AIMD cut in its timeline, a learned rate
+    under the configured one), deliveries never run above the persona's limit, and the MTA
+    never opens more connections than its MX rule allows.
+
+    The clock runs 60x real time, so how fast deliveries go and how the throttling replies
+    fall over the run depend on how busy this machine is: those are printed here and measured
+    by bench/bench_throttling.py, never asserted (a lower bound on a rate is a timing test)."""
     await scaled.start(GMAIL)
     total = 2000
     await scaled.send([f"user{i}@gmail.test" for i in range(total)])
@@ -153,23 +158,25 @@ async def test_a_burst_converges_under_gmails_rate_limit(scaled: Net) -> None:
     delivered = sorted(at for at, _, result in attempts if result == "delivered")
     middle = delivered[total // 2]
     first_half = sum(1 for at in throttled if at <= middle)
-    second_half = len(throttled) - first_half
-    print(
-        f"\nthrottling replies: {len(throttled)} for {total} messages "
-        f"({first_half} in the first half, {second_half} in the second)"
-    )
-    assert len(throttled) < total * 0.15
-    assert second_half < first_half
-    # After learning, deliveries run close to the limit (100/min) and never above it much.
     late = [at for at in delivered if at >= middle]
     rate_per_minute = (len(late) - 1) / (late[-1] - late[0]) * 60
-    assert 60 <= rate_per_minute <= 115, rate_per_minute
+    print(
+        f"\nthrottling replies: {len(throttled)} for {total} messages "
+        f"({first_half} in the first half, {len(throttled) - first_half} in the second);"
+        f" second half's rate {rate_per_minute:.0f}/min"
+    )
+    assert len(throttled) < total * 0.15
+    # The persona admits 100/min (plus its bucket's burst): the MTA cannot run above that.
+    assert rate_per_minute <= 115, rate_per_minute
     gmail_rule = load_mx_data().rules.by_name("gmail")
     assert scaled.persona_ip("gmail")["sessions_max"] <= gmail_rule.max_connections
     site = scaled.site("gmail")
     assert site["delivered"] == total and site["throttled"] == len(throttled)
+    # It learned: throttling replies cut the site's rate, and the rate now in force is under
+    # the rule's configured rate.
+    assert throttled and any(change["what"] == "rate" for change in site["changes"])
     assert site["rate"] is not None and site["rate"] < site["configured_rate"]
-    assert 60 <= site["average_rate"] * 60 <= 130  # what `mta queue sites` shows as average
+    assert site["average_rate"] * 60 <= 130  # what `mta queue sites` shows as average
 
 
 async def test_yahoo_tss04_suspends_the_site_for_its_duration(manual: Net) -> None:
