@@ -166,7 +166,7 @@ async def console_cost(args: argparse.Namespace) -> int:
     print(f"\nrelay with vs without an open console: {args.messages} messages, "
           f"{args.sessions} sessions, DKIM {'off' if args.no_dkim else 'rsa-2048'}")
     print(f"{'size':>7} {'without e2e/s':>14} {'with e2e/s':>11} {'with/without':>13} "
-          f"{'console requests':>17}")
+          f"{'console requests':>17} {'CPU ms/msg':>11} {'with':>9} {'cpu ratio':>9}")
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         for size in args.sizes:
             dkim = not args.no_dkim
@@ -179,8 +179,11 @@ async def console_cost(args: argparse.Namespace) -> int:
             without = sum(r["e2e_rate"] for r in runs[False]) / 2
             with_console = sum(r["e2e_rate"] for r in runs[True]) / 2
             requests = sum(r["console_requests"] for r in runs[True]) / 2
+            cpu_without = sum(r["mta_cpu_ms"] for r in runs[False]) / 2
+            cpu_with = sum(r["mta_cpu_ms"] for r in runs[True]) / 2
             print(f"{size:>7} {without:>14.0f} {with_console:>11.0f} "
-                  f"{with_console / without:>13.3f} {requests:>17.0f}")
+                  f"{with_console / without:>13.3f} {requests:>17.0f} "
+                  f"{cpu_without:>11.2f} {cpu_with:>9.2f} {cpu_with / cpu_without:>9.3f}")
     return 0
 
 
