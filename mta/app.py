@@ -38,6 +38,7 @@ from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
 from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
 from mta.model import Result
 from mta.queue.scheduler import Scheduler, SchedulerSettings
+from mta.queue.shared import LocalState, SharedState
 from mta.queue.spool import Spool
 from mta.smtp.limits import Listener, SmtpLimits
 from mta.smtp.process import raise_open_file_limit, return_freed_memory
@@ -108,6 +109,29 @@ def smtp_limits(config: MtaConfig) -> SmtpLimits:
     )
 
 
+def shared_state(config: MtaConfig, clock: Clock) -> SharedState:
+    """The node alone, or one of a cluster sharing its limits through Redis."""
+    c = config.cluster
+    if not c.url:
+        return LocalState()
+    import socket
+
+    from mta.queue.cluster import ClusterSettings, RedisState
+
+    return RedisState(
+        ClusterSettings(
+            url=c.url,
+            node=c.node or socket.gethostname(),
+            prefix=c.prefix,
+            poll=c.poll,
+            lease_ttl=c.lease_ttl,
+            timeout=c.timeout,
+            batch=c.batch,
+        ),
+        clock,
+    )
+
+
 def build_signer(config: MtaConfig) -> Signer | None:
     if not config.dkim.keys:
         return None
@@ -120,6 +144,7 @@ def build_signer(config: MtaConfig) -> Signer | None:
 class Running:
     spool: Spool
     scheduler: Scheduler
+    shared: SharedState
     delivery: Delivery
     handler: IngressHandler
     server: asyncio.Server | None  # None only while start() fails half-way
@@ -193,6 +218,8 @@ class MtaApp:
         )
         delivery = Delivery(delivery_settings(config), resolver, self.clock, self.rng)
         delivery.start()
+        shared = shared_state(config, self.clock)
+        await shared.start()
         names = [spec.name or spec.address for spec in config.delivery.bindings]
         first_days = await spool.binding_first_days(names, day_index(self.clock.now()))
         scheduler = Scheduler(
@@ -213,6 +240,7 @@ class MtaApp:
                 coalesce_repeats=config.feedback.coalesce_repeats,
             ),
             self.rng,
+            shared,
         )
         await scheduler.start()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
@@ -275,6 +303,7 @@ class MtaApp:
             self.parts = Running(
                 spool,
                 scheduler,
+                shared,
                 delivery,
                 handler,
                 None,
@@ -290,6 +319,7 @@ class MtaApp:
         self.parts = Running(
             spool,
             scheduler,
+            shared,
             delivery,
             handler,
             server,
@@ -318,6 +348,7 @@ class MtaApp:
         parts.listener.shut_down()
         await parts.handler.close(grace=5.0)
         await parts.scheduler.stop(self.config.spool.shutdown_grace)
+        await parts.shared.close()
         await parts.delivery.close()
         if parts.pruner is not None:
             await parts.pruner.stop()
@@ -362,7 +393,25 @@ class MtaApp:
             histograms=spool_histograms(
                 spool, self.clock, lambda key: isp_of(scheduler, key), feedback.status
             ),
+            detail=self.detail,
         )
+
+    def detail(self) -> list[str]:
+        """Lines /readyz adds: how this node shares its limits."""
+        if self.parts is None:
+            return []
+        health = self.parts.shared.health()
+        if health["mode"] == "local":
+            return []
+        if health["mode"] == "shared":
+            return [
+                f"cluster: node {health['node']} sharing limits through {health['redis']}"
+                f" ({health['nodes_alive']} nodes alive)"
+            ]
+        return [
+            f"cluster: node {health['node']} on fallback shares (1/{health['nodes_alive']} of"
+            f" each limit): Redis {health['redis']} unreachable: {health['problem']}"
+        ]
 
     async def metrics(self) -> dict[str, float]:
         parts = self.running
@@ -400,6 +449,18 @@ class MtaApp:
             "mta_smtp_data_spilled_total": parts.listener.reading.spilled_total,
             "mta_events_pruned_total": parts.pruner.pruned if parts.pruner else 0,
             "mta_events_coalesced_total": scheduler.coalesced,
+            **self._cluster_metrics(),
+        }
+
+    def _cluster_metrics(self) -> dict[str, float]:
+        health = self.running.shared.health()
+        if health["mode"] == "local":
+            return {}
+        return {
+            "mta_cluster_fallback": 1.0 if health["mode"] == "fallback" else 0.0,
+            "mta_cluster_fallbacks_total": health["fallbacks"],
+            "mta_cluster_nodes_alive": health["nodes_alive"],
+            "mta_cluster_redis_round_trips_total": health["round_trips"],
         }
 
     async def status(self) -> dict[str, Any]:

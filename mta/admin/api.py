@@ -61,6 +61,7 @@ class AdminSources:
     token: str = ""  # the write token; "": every write is refused
     problem: Callable[[], str | None] = field(default=lambda: None)  # why not ready, if so
     histograms: HistogramSource | None = None  # /metrics' histograms, from the spool
+    detail: Callable[[], list[str]] = field(default=lambda: [])  # lines /readyz adds
 
 
 class Admin:
@@ -125,12 +126,13 @@ class Admin:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        lines = "".join(f"{line}\n" for line in self.sources.detail())
         if not self.sources.ready():
-            return web.Response(text="not ready\n", status=503)
+            return web.Response(text="not ready\n" + lines, status=503)
         problem = self.sources.problem()
         if problem:
-            return web.Response(text=f"not ready: {problem}\n", status=503)
-        return web.Response(text="ready\n")
+            return web.Response(text=f"not ready: {problem}\n" + lines, status=503)
+        return web.Response(text="ready\n" + lines)
 
     async def metrics(self, request: web.Request) -> web.Response:
         values = await self.sources.metrics()

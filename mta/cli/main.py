@@ -68,6 +68,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help="HTTP API address (default 127.0.0.1:8080; '' disables it)",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--cluster",
+        metavar="redis://HOST:PORT/DB",
+        help="share per-site limits with the other nodes through this Redis (cluster.url)",
+    )
+    parser.add_argument(
+        "--node", metavar="NAME", help="this node's name in the cluster (cluster.node)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MtaConfig:
@@ -81,6 +89,8 @@ def config_from_args(args: argparse.Namespace) -> MtaConfig:
         "delivery_port": "delivery.port",
         "admin": "admin.listen",
         "log_level": "log_level",
+        "cluster": "cluster.url",
+        "node": "cluster.node",
     }
     for attr, key in simple.items():
         value = getattr(args, attr, None)

@@ -285,6 +285,32 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes sharing limits through Redis (`mta serve --cluster URL --node NAME`)."""
+
+    url: str = ""  # redis://HOST:PORT/DB; "" runs the node alone
+    node: str = ""  # this node's name, unique in the cluster (default: the host's name)
+    prefix: str = "mta"  # of every Redis key
+    poll: float = duration_field("250ms")  # real time between heartbeats and state polls
+    lease_ttl: float = duration_field("5s")  # a connection lease lives this long unrenewed
+    timeout: float = duration_field("500ms")  # Redis slower than this counts as unreachable
+    batch: float = duration_field("1s")  # tokens asked for at once: this much of the rate
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, got {self.url!r}"
+            )
+        for name in ("poll", "lease_ttl", "timeout", "batch"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0")
+        if self.lease_ttl < 2 * self.poll:
+            raise ValueError("lease_ttl must be at least twice poll (leases are renewed each poll)")
+        if not self.prefix:
+            raise ValueError("prefix must not be empty")
+
+
+@dataclass(frozen=True)
 class MtaConfig:
     data_dir: str = "var/mta"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -298,6 +324,7 @@ class MtaConfig:
     bounce: BounceConfig = field(default_factory=BounceConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_path(self) -> Path:

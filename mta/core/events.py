@@ -63,6 +63,7 @@ class Event:
     failure: FailurePart | None = None
     next_attempt_at: float | None = None
     possible_duplicate: bool = False
+    node: str = ""  # the cluster node that decided it ("" for a node alone: no field)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON object on the wire (the field order is part of the contract's bytes)."""
@@ -95,7 +96,7 @@ class Event:
             },
             "next_attempt_at": self.next_attempt_at,
             "possible_duplicate": self.possible_duplicate,
-        }
+        } | ({"node": self.node} if self.node else {})
 
     def dumps(self) -> str:
         """Compact JSON, as stored in the outbox and sent."""

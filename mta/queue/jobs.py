@@ -4,6 +4,7 @@ delivery jobs, and a recipient's state before an attempt and its `Update` after.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 from mta.core import coalesce, events
@@ -38,10 +39,13 @@ def update_of(
     site: str | None = None,
     binding: str | None = None,
     every: float = 0.0,
+    node: str = "",
 ) -> Update:
     """The spool's record of a settlement; a soft bounce repeating the last one reported
-    within `every` seconds keeps no event (`mta.core.coalesce`) and so no new seq."""
+    within `every` seconds keeps no event (`mta.core.coalesce`) and so no new seq; in a
+    cluster the event names its node."""
     outcome = s.outcome
+    event = dataclasses.replace(s.event, node=node) if node else s.event
     reply = outcome.reply
     kind = s.event.kind
     key = coalesce.verdict_key(s.verdict, reply)
@@ -62,7 +66,7 @@ def update_of(
         result=s.result,
         attempted=s.attempted,
         possible_duplicate=s.possible_duplicate,
-        event=(s.event.event_id, kind.value, s.event.dumps()) if report else None,
+        event=(event.event_id, kind.value, event.dumps()) if report else None,
         site=site,
         binding=binding,
         reported_key=key if report and kind is EventKind.SOFT_BOUNCE else None,

@@ -48,13 +48,14 @@ from mta.core.settle import (
     expire_unattempted,
     settle,
 )
-from mta.core.throttle import Change
+from mta.core.throttle import Change, SiteThrottle
 from mta.delivery.deliverer import Deliverer, Job, JobResult
 from mta.delivery.dns import MxLookup
 from mta.model import Condition, Outcome, Phase, Reply, Result
 from mta.queue import sites
 from mta.queue.jobs import attempted, default_bindings, group_jobs, last_outcome, update_of
 from mta.queue.records import DueRecipient, NewMessage, Release, Update
+from mta.queue.shared import Key, LocalState, SharedState
 from mta.queue.sites import DomainWork, Site
 from mta.queue.spool import Spool, SpoolError
 
@@ -94,6 +95,7 @@ class Scheduler:
         bindings: Sequence[Binding] | None = None,
         settings: SchedulerSettings | None = None,
         rng: random.Random | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.spool = spool
         self.delivery = delivery
@@ -106,7 +108,10 @@ class Scheduler:
         self.bindings = list(bindings or default_bindings())
         self.settings = settings or SchedulerSettings()
         self.rng = rng or random.Random()
-        self.ledger = VolumeLedger()
+        self.shared: SharedState = shared or LocalState()
+        self.shared.on_wake = self._site_wake
+        self.shared.trim = self._trim
+        self.ledger: VolumeLedger = self.shared.ledger
         self.domains: dict[str, DomainWork] = {}
         self.sites: dict[str, Site] = {}
         self._wake = asyncio.Event()
@@ -170,6 +175,26 @@ class Scheduler:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    def _site_wake(self, site_key: str) -> None:
+        """The shared state knows more about a site (tokens, leases, a change): plan it."""
+        site = self.sites.get(site_key)
+        if site is not None:
+            now = self.clock.now()
+            for binding, state in site.states.items():
+                self._adopt(site, Key(site.key, binding), state, now)
+            for domain in site.domains:
+                self._work(domain).not_before = -math.inf
+        self._wake.set()
+
+    def _adopt(self, site: Site, key: Key, state: SiteThrottle, now: float) -> None:
+        """Bring the shared adaptive state (another node's cut or suspension) in."""
+        for change in self.shared.adopt(key, state, now):
+            log.info("site %s via %s: %s", site.key, key.binding, change.describe())
+            site.changes.append(change)
+
+    async def _trim(self, key: Key, count: int) -> None:
+        await self.delivery.limit_connections((key.site, key.binding), count)
 
     def _work(self, domain: str) -> DomainWork:
         work = self.domains.get(domain)
@@ -272,7 +297,10 @@ class Scheduler:
                 wake = min(wake, ramp.next_day_at or math.inf)
                 continue
             state = site.state(binding.name, now)
-            admission = throttle.admit(state, now, site.in_flight.get(binding.name, 0))
+            key = Key(site.key, binding.name)
+            self._adopt(site, key, state, now)
+            in_flight = site.in_flight.get(binding.name, 0)
+            admission = throttle.admit(state, now, in_flight)
             if admission.allowed <= 0:
                 if admission.next_check_at is None:
                     waits_for_a_job = True
@@ -282,6 +310,14 @@ class Scheduler:
             count = min(admission.allowed, room)
             if ramp.remaining is not None:
                 count = min(count, ramp.remaining)
+            grant = self.shared.grant(key, state, count, in_flight, now)
+            if grant.allowed <= 0:
+                if grant.retry_at is None:
+                    waits_for_a_job = True  # or until the shared state wakes the site
+                else:
+                    wake = min(wake, grant.retry_at)
+                continue
+            count = grant.allowed
             plan.append((binding, count))
             room -= count
         if plan:
@@ -353,7 +389,9 @@ class Scheduler:
         self, job: Job, members: list[DueRecipient], site: Site, binding: Binding, now: float
     ) -> None:
         state = site.state(binding.name, now)
+        key = Key(site.key, binding.name)
         throttle.on_attempt(state, now)
+        self.shared.started(key, 1, now)
         site.first_attempt_at.setdefault(binding.name, now)
         self.ledger.record(binding.name, site.rule.name, now, len(members))
         job = Job(
@@ -365,7 +403,7 @@ class Scheduler:
             smtputf8=job.smtputf8,
             source=binding.address or None,
             group=(site.key, binding.name),
-            group_limit=state.concurrency,
+            group_limit=self.shared.connection_limit(key, state),
             max_messages_per_connection=site.rule.max_messages_per_connection,
         )
         site.in_flight[binding.name] = site.in_flight.get(binding.name, 0) + 1
@@ -396,6 +434,7 @@ class Scheduler:
                 return
             connection_free = True
             site.in_flight[binding.name] -= 1
+            self.shared.ended(Key(site.key, binding.name))
             for domain in site.domains:  # a connection is free: look at the site again
                 self._work(domain).not_before = -math.inf
             self._wake.set()
@@ -428,7 +467,8 @@ class Scheduler:
                 for r, outcome in zip(members, result.outcomes, strict=True)
             ]
             updates = [
-                update_of(r, s, now, site.key, binding.name, self.settings.coalesce_repeats)
+                update_of(r, s, now, site.key, binding.name, self.settings.coalesce_repeats,
+                          self.shared.node)
                 for r, s in zip(members, settlements, strict=True)
             ]
             recorded = True
@@ -504,6 +544,8 @@ class Scheduler:
             await self.spool.site_event(
                 change.at, site.key, binding.name, json.dumps(change.as_dict())
             )
+        if changes:
+            self.shared.publish(Key(site.key, binding.name), state, self.clock.now())
         if state.concurrency < before:
             await self.delivery.limit_connections((site.key, binding.name), state.concurrency)
 
@@ -525,7 +567,10 @@ class Scheduler:
                 )
                 for r in due
             ]
-            updates = [update_of(r, s, now) for r, s in zip(due, settlements, strict=True)]
+            node = self.shared.node
+            updates = [
+                update_of(r, s, now, node=node) for r, s in zip(due, settlements, strict=True)
+            ]
             await self._record(updates)
             self._count(settlements)
             self._requeue(due, settlements)
@@ -664,7 +709,7 @@ class Scheduler:
                 )
                 for r in due
             ]
-            updates = [update_of(r, s, now) for r, s in zip(due, settlements, strict=True)]
+            updates = [update_of(r, s, now, node=self.shared.node) for r, s in zip(due, settlements, strict=True)]
             await self._record(updates)
             self._count(settlements)
             self._requeue(due, settlements)
@@ -674,4 +719,9 @@ class Scheduler:
 
     def site_report(self) -> list[dict[str, Any]]:
         """Per site and binding: queue depth, limits, state, last change, throughput."""
-        return sites.report(self.sites, self.domains, self.clock.now())
+        rows = sites.report(self.sites, self.domains, self.clock.now())
+        for row in rows:
+            shared = self.shared.report(Key(row["site"], row["binding"]))
+            if shared is not None:
+                row["cluster"] = shared
+        return rows

@@ -1,0 +1,67 @@
+"""Arithmetic of limits shared by several nodes (pure).
+
+GCRA (the generic cell rate algorithm, as in ATM and redis-cell): a bucket is one
+number, the theoretical arrival time `tat`; with emission interval T = 1/rate and
+room for `burst` cells, n cells may go at `now` when max(tat, now) + n*T - now <=
+burst*T, and then tat becomes max(tat, now) + n*T. The same step runs as a Lua
+script in Redis (`mta.queue.cluster`) and, for a node cut off from Redis, here.
+
+Grants come in batches (`token_batch`): a node asks for what it may use within
+`window` seconds at the current rate, so a busy site costs one round trip per
+batch, not per message. When Redis is out of reach a node keeps to a conservative
+share of each limit: the limit divided by the nodes it last saw alive
+(`fallback_share`, `fallback_connections`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GcraStep:
+    """`granted` cells now; the bucket's new `tat`; if fewer than asked, `retry_at`:
+    when the next cell is due."""
+
+    granted: int
+    tat: float
+    retry_at: float | None
+
+
+def gcra(tat: float, now: float, rate: float, burst: float, want: int) -> GcraStep:
+    """Take up to `want` cells from a bucket of `rate` per second holding `burst`."""
+    if want <= 0:
+        return GcraStep(0, tat, None)
+    if not math.isfinite(rate):
+        return GcraStep(want, tat, None)
+    interval = 1.0 / rate
+    base = max(tat, now)
+    # Differences first: times near 1.8e9 leave too few digits for now + T - now.
+    room = math.floor((max(burst, 1.0) * interval - (base - now)) / interval + 1e-6)
+    granted = max(0, min(want, room))
+    new_tat = base + granted * interval
+    retry = None
+    if granted < want:
+        retry = new_tat - max(burst, 1.0) * interval + interval
+    return GcraStep(granted, new_tat, retry)
+
+
+def token_batch(rate: float, burst: float, want: int, window: float, nodes: int = 1) -> int:
+    """How many tokens to ask for at once: what `window` seconds at `rate` use, at least
+    `want`, at most the node's part of the bucket (its size / `nodes`: one node must not
+    take a burst the others could use)."""
+    if not math.isfinite(rate):
+        return want
+    batch = max(want, math.ceil(rate * window))
+    return max(1, min(batch, math.floor(max(burst, 1.0) / max(nodes, 1))))
+
+
+def fallback_share(limit: float, nodes: int) -> float:
+    """A node's part of a rate when it cannot reach the others: limit / nodes alive."""
+    return limit / max(nodes, 1)
+
+
+def fallback_connections(limit: int, nodes: int) -> int:
+    """A node's part of a connection limit when cut off (at least one connection)."""
+    return max(1, limit // max(nodes, 1))

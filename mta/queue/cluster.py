@@ -1,0 +1,716 @@
+"""The shared limits of a cluster of MTA nodes, kept in Redis (`SharedState`).
+
+Each node asks Redis only when what it holds runs out: a batch of tokens from the
+(site, binding)'s GCRA bucket and a few connection leases, in one script call
+(`redis_scripts.ACQUIRE`); the reply carries the shared adaptive state (rate,
+connections, suspension, "down"), which the node adopts. Besides, every `poll`
+seconds (real time) one pipelined round trip: the node's heartbeat, the global
+version of the adaptive state (when it moved, the states of the keys the node uses
+are read back: a suspension decided on one node reaches the others within `poll`),
+lease renewals (a lease not renewed within `lease_ttl` expires: a dead node's
+connections free themselves), lease releases the node no longer needs, and the
+ramp-up ledger (its increments flushed, today's totals read).
+
+Redis unreachable or slower than `timeout`: the node says so in its log, its health
+(`/readyz`) and a metric, and goes on alone on a conservative share of every limit
+(the limit divided by the nodes it last saw alive); the poll keeps trying, and when
+Redis answers again the node re-registers its leases, shares what it changed while
+cut off and takes the shared limits back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mta.clock import Clock
+from mta.core import rampup, shares
+from mta.core.rampup import VolumeLedger
+from mta.core.throttle import Change, SiteThrottle
+from mta.queue import redis_scripts
+from mta.queue.shared import Grant, Key, _no_trim, _no_wake
+
+log = logging.getLogger("mta.cluster")
+
+_NONE = -1.0  # "no suspension" / "no hold" in Redis
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    url: str
+    node: str
+    prefix: str = "mta"
+    poll: float = 0.25  # real seconds between heartbeats / state polls
+    lease_ttl: float = 5.0  # real seconds a lease lives without renewal
+    timeout: float = 0.5  # real seconds before Redis counts as unreachable
+    batch: float = 1.0  # virtual seconds of the rate asked for at once
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The shared adaptive state of one key, as Redis last said."""
+
+    rate: float  # inf: unlimited
+    concurrency: int
+    suspended_until: float
+    down_until: float
+    hold_until: float
+    pushback: float
+    version: int
+    by: str
+    used: int
+    fired: dict[str, float]
+
+
+def _time(value: str | bytes) -> float:
+    number = float(value)
+    return -math.inf if number == _NONE else number
+
+
+def _snapshot(fields: list[Any]) -> Snapshot:
+    rate = float(fields[0])
+    push = float(fields[5])
+    return Snapshot(
+        rate=rate if rate > 0 else math.inf,
+        concurrency=int(float(fields[1])),
+        suspended_until=_time(fields[2]),
+        down_until=_time(fields[3]),
+        hold_until=_time(fields[4]),
+        pushback=push if push > 0 else math.inf,
+        version=int(float(fields[6])),
+        by=fields[7].decode() if isinstance(fields[7], bytes) else str(fields[7]),
+        used=int(float(fields[8])),
+        fired=_fired(fields[9]),
+    )
+
+
+def _fired(raw: str | bytes) -> dict[str, float]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    found: dict[str, float] = {}
+    for item in text.split(";"):
+        name, sep, at = item.rpartition("=")
+        if sep:
+            found[name] = float(at)
+    return found
+
+
+def _fired_text(fired: dict[str, float]) -> str:
+    return ";".join(f"{name}={at!r}" for name, at in sorted(fired.items()) if math.isfinite(at))
+
+
+@dataclass
+class Entry:
+    """What this node holds and knows of one key."""
+
+    key: Key
+    tokens: int = 0
+    tokens_until: float = -math.inf  # virtual: unused tokens lapse (no bursts saved up)
+    retry_at: float | None = None  # virtual: the bucket is empty (or suspended) until then
+    held: int = 0  # connection leases
+    cap: int | None = None  # leases being given back: use no more than this
+    in_flight: int = 0
+    asked: bool = False  # wanted more leases since the last poll
+    lease_wait_until: float = 0.0  # monotonic: no lease to be had before then
+    pending: bool = False  # an acquire in flight
+    others_leases: int = 0
+    contenders: int = 1
+    shares: dict[str, int] = field(default_factory=dict)
+    remote: Snapshot | None = None
+    applied: int = 0  # version adopted (or published) last
+    used_seen: int | None = None  # transactions started on all nodes, as last seen
+    own_used: int = 0  # started on this node since it last told
+    others_attempts: int = 0  # started on other nodes, not yet counted in the state
+    dirty: SiteThrottle | None = None  # changed while Redis was unreachable
+    local_tat: float = -math.inf  # the fallback bucket
+    rate: float = math.inf  # the rate in force, for the report
+    concurrency: int = 0
+
+
+class ClusterLedger(VolumeLedger):
+    """The ramp-up volume of the whole cluster: Redis' totals for today plus what this
+    node sent since it last flushed; cut off from Redis, what it sends counts once per
+    node alive (each node keeps to its share of what is left)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared: dict[tuple[str, str], tuple[int, int]] = {}
+        self.pending: dict[tuple[str, str, int], int] = {}
+        self.alone: dict[tuple[str, str], tuple[int, int]] = {}
+        self.nodes = 1
+        self.degraded = False
+
+    def sent(self, binding: str, isp: str, now: float) -> int:
+        today = rampup.day_index(now)
+        day, shared = self.shared.get((binding, isp), (today, 0))
+        total = max(shared if day == today else 0, super().sent(binding, isp, now))
+        total += self.pending.get((binding, isp, today), 0)
+        day, alone = self.alone.get((binding, isp), (today, 0))
+        if self.degraded and day == today:
+            total += alone * (self.nodes - 1)
+        return total
+
+    def record(self, binding: str, isp: str, now: float, count: int = 1) -> None:
+        today = rampup.day_index(now)
+        key = (binding, isp, today)
+        self.pending[key] = self.pending.get(key, 0) + count
+        if self.degraded:
+            day, alone = self.alone.get((binding, isp), (today, 0))
+            self.alone[(binding, isp)] = (today, (alone if day == today else 0) + count)
+
+    def take_pending(self) -> dict[tuple[str, str, int], int]:
+        taken, self.pending = self.pending, {}
+        return taken
+
+    def put_back(self, taken: dict[tuple[str, str, int], int]) -> None:
+        for key, count in taken.items():
+            self.pending[key] = self.pending.get(key, 0) + count
+
+    def load(self, day: int, totals: dict[tuple[str, str], int]) -> None:
+        for pair, count in totals.items():
+            self.shared[pair] = (day, count)
+
+
+class RedisState:
+    """`SharedState` through Redis; see the module docstring."""
+
+    def __init__(self, settings: ClusterSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.node = settings.node
+        self.clock = clock
+        self.ledger = ClusterLedger()
+        self.on_wake: Callable[[str], None] = _no_wake
+        self.trim: Callable[[Key, int], Any] = _no_trim
+        self.redis = aioredis.Redis.from_url(
+            settings.url,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            retry_on_timeout=False,
+        )
+        self._acquire = self.redis.register_script(redis_scripts.ACQUIRE)
+        self._renew = self.redis.register_script(redis_scripts.RENEW)
+        self._publish = self.redis.register_script(redis_scripts.PUBLISH)
+        self.entries: dict[Key, Entry] = {}
+        self.degraded = False
+        self.problem = ""
+        self.degraded_since: float | None = None
+        self.nodes_alive = 1
+        self.node_names: list[str] = [self.node]
+        self.round_trips = 0
+        self.fallbacks = 0
+        self._version = -1
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- keys -------------------------------------------------------------------
+
+    def _tag(self, key: Key) -> str:
+        return f"{{{self.settings.prefix}:{key.site}|{key.binding}}}"
+
+    def _k(self, key: Key, kind: str) -> str:
+        return f"{self._tag(key)}:{kind}"
+
+    @property
+    def _nodes_key(self) -> str:
+        return f"{self.settings.prefix}:nodes"
+
+    @property
+    def _version_key(self) -> str:
+        return f"{self.settings.prefix}:version"
+
+    @property
+    def _index_key(self) -> str:
+        return f"{self.settings.prefix}:keys"
+
+    def _ledger_key(self, day: int) -> str:
+        return f"{self.settings.prefix}:ramp:{day}"
+
+    # -- life -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._poll_once()
+        if self.degraded:
+            log.warning("cluster: starting without Redis (%s)", self.problem)
+        else:
+            log.info(
+                "cluster: node %s joined %s (%d nodes alive)",
+                self.node, self.settings.url, self.nodes_alive,
+            )
+        self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="cluster")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in self.entries.values():
+                    await self._renew(
+                        keys=[self._k(entry.key, "c"), self._k(entry.key, "w")],
+                        args=[self.node, 0, self._ttl_ms],
+                        client=pipe,
+                    )
+                pipe.zrem(self._nodes_key, self.node)
+                await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self.redis.aclose()
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, round(self.settings.lease_ttl * 1000))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _entry(self, key: Key) -> Entry:
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = Entry(key)
+        return entry
+
+    # -- health -------------------------------------------------------------------
+
+    def _lost(self, exc: BaseException) -> None:
+        problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if not self.degraded:
+            self.degraded = True
+            self.degraded_since = time.time()
+            self.fallbacks += 1
+            self.ledger.degraded = True
+            self.ledger.nodes = self.nodes_alive
+            for entry in self.entries.values():
+                entry.tokens = 0
+                entry.pending = False
+            log.warning(
+                "cluster: Redis %s unreachable (%s): node %s falls back to 1/%d of every limit",
+                self.settings.url, problem, self.node, self.nodes_alive,
+            )
+        self.problem = problem
+
+    def _back(self) -> None:
+        if self.degraded:
+            log.warning(
+                "cluster: Redis %s answers again: node %s back on the shared limits",
+                self.settings.url, self.node,
+            )
+        self.degraded = False
+        self.problem = ""
+        self.degraded_since = None
+        self.ledger.degraded = False
+        self.ledger.alone.clear()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "mode": "fallback" if self.degraded else "shared",
+            "node": self.node,
+            "redis": self.settings.url,
+            "nodes_alive": self.nodes_alive,
+            "nodes": list(self.node_names),
+            "problem": self.problem,
+            "since": self.degraded_since,
+            "round_trips": self.round_trips,
+            "fallbacks": self.fallbacks,
+        }
+
+    # -- admission ----------------------------------------------------------------
+
+    def grant(self, key: Key, state: SiteThrottle, want: int, in_flight: int, now: float) -> Grant:
+        entry = self._entry(key)
+        entry.in_flight = in_flight
+        entry.rate, entry.concurrency = state.rate, state.concurrency
+        if want <= 0:
+            return Grant(0)
+        if self.degraded:
+            return self._fallback(entry, state, want, in_flight, now)
+        limited = math.isfinite(state.rate)
+        if limited and now >= entry.tokens_until:
+            entry.tokens = 0
+        tokens = entry.tokens if limited else want
+        held = entry.held if entry.cap is None else min(entry.held, entry.cap)
+        allowed = max(0, min(want, tokens, held - in_flight))
+        if allowed >= want:
+            return Grant(allowed)
+        if entry.retry_at is not None and now < entry.retry_at and (not limited or tokens <= 0):
+            return Grant(allowed, None if allowed else entry.retry_at)
+        if held - in_flight <= allowed and time.monotonic() < entry.lease_wait_until:
+            entry.asked = True
+            return Grant(allowed)
+        if not entry.pending:
+            entry.pending = True
+            entry.asked = True
+            self._spawn(self._refill(entry, state, want - allowed, in_flight, now))
+        return Grant(allowed)
+
+    def _fallback(
+        self, entry: Entry, state: SiteThrottle, want: int, in_flight: int, now: float
+    ) -> Grant:
+        nodes = max(self.nodes_alive, 1)
+        limit = shares.fallback_connections(state.concurrency, nodes)
+        room = max(0, min(want, limit - in_flight))
+        if room <= 0:
+            return Grant(0)
+        rate = shares.fallback_share(state.rate, nodes)
+        burst = state.rule.burst if state.rule.burst > 0 else max(1.0, state.rate)
+        step = shares.gcra(entry.local_tat, now, rate, shares.fallback_share(burst, nodes), room)
+        entry.local_tat = step.tat
+        return Grant(step.granted, step.retry_at if step.granted == 0 else None)
+
+    async def _refill(
+        self, entry: Entry, state: SiteThrottle, want: int, in_flight: int, now: float
+    ) -> None:
+        key = entry.key
+        wake_later = False
+        try:
+            free = max(0, entry.held - entry.in_flight)
+            limited = math.isfinite(state.rate)
+            burst = state.rule.burst if state.rule.burst > 0 else 0.0
+            want_tokens = (
+                shares.token_batch(state.rate, burst or max(1.0, state.rate), want,
+                                   self.settings.batch, self.nodes_alive)
+                if limited else 0
+            )
+            want_leases = max(0, max(want, want_tokens) - free)
+            want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
+            if limited and entry.tokens >= want:
+                want_tokens = 0
+            reply = await asyncio.wait_for(
+                self._acquire(
+                    keys=[self._k(key, "s"), self._k(key, "c"), self._k(key, "w")],
+                    args=[
+                        self.node,
+                        repr(now),
+                        want_tokens,
+                        want_leases,
+                        repr(state.rate if limited else 0.0),
+                        repr(burst),
+                        state.concurrency,
+                        self._ttl_ms,
+                        free,
+                    ],
+                ),
+                self.settings.timeout,
+            )
+            self.round_trips += 1
+            if self.degraded:
+                return
+            tokens, retry_at = int(reply[0]), float(reply[1])
+            entry.held = int(reply[2])
+            entry.cap = None
+            entry.others_leases, entry.contenders = int(reply[3]), int(reply[4])
+            snap = _snapshot(reply[5:])
+            if limited:
+                if now >= entry.tokens_until:
+                    entry.tokens = 0
+                entry.tokens += tokens
+                entry.tokens_until = now + self.settings.batch
+            entry.retry_at = retry_at if retry_at >= 0 and (tokens == 0 or not limited) else None
+            self._note(entry, snap)
+            if want_leases and entry.held - entry.in_flight <= 0:
+                entry.lease_wait_until = time.monotonic() + self.settings.poll
+                wake_later = True
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+        finally:
+            entry.pending = False
+        if wake_later:
+            await asyncio.sleep(self.settings.poll)
+        self.on_wake(key.site)
+
+    def started(self, key: Key, count: int, now: float) -> None:
+        entry = self._entry(key)
+        entry.in_flight += count
+        entry.own_used += count
+        if entry.tokens > 0:
+            entry.tokens = max(0, entry.tokens - count)
+
+    def ended(self, key: Key) -> None:
+        entry = self._entry(key)
+        entry.in_flight = max(0, entry.in_flight - 1)
+
+    def connection_limit(self, key: Key, state: SiteThrottle) -> int:
+        if self.degraded:
+            return shares.fallback_connections(state.concurrency, self.nodes_alive)
+        entry = self._entry(key)
+        held = entry.held if entry.cap is None else min(entry.held, entry.cap)
+        return max(1, min(state.concurrency, held))
+
+    # -- adaptive state -------------------------------------------------------------
+
+    def _note(self, entry: Entry, snap: Snapshot) -> None:
+        """A snapshot from Redis: keep it for `adopt`."""
+        if entry.remote is None or snap.version >= entry.remote.version:
+            entry.remote = snap
+
+    def adopt(self, key: Key, state: SiteThrottle, now: float) -> list[Change]:
+        entry = self._entry(key)
+        if entry.others_attempts:
+            # The controller cuts from the rate the site sees: the whole cluster's.
+            state.attempts.add(now, entry.others_attempts)
+            entry.others_attempts = 0
+        snap = entry.remote
+        if self.degraded or snap is None or snap.version <= entry.applied:
+            return []
+        entry.applied = snap.version
+        reason = f"shared by node {snap.by}"
+        changes: list[Change] = []
+
+        def change(what: Any, old: float, new: float) -> None:
+            changes.append(Change(state.site, state.binding, now, what, old, new, "cluster",
+                                  reason))
+
+        if snap.rate != state.rate and snap.version > 0:
+            change("rate", state.rate, snap.rate)
+            state.rate = snap.rate
+        if snap.concurrency != state.concurrency and snap.version > 0:
+            change("concurrency", state.concurrency, snap.concurrency)
+            state.concurrency = snap.concurrency
+        if snap.suspended_until > max(state.suspended_until, now):
+            change("suspended_until", state.suspended_until, snap.suspended_until)
+            state.suspended_until = snap.suspended_until
+        if snap.down_until > max(state.down_until, now):
+            change("down_until", state.down_until, snap.down_until)
+            state.down_until = snap.down_until
+        state.hold_until = max(state.hold_until, snap.hold_until)
+        for rule, at in snap.fired.items():
+            # A rule that acted on another node counts as acted here: replies to what was
+            # sent before are about the old rate (once per round, cluster-wide).
+            state.fired_at[rule] = max(state.fired_at.get(rule, -math.inf), at)
+        if math.isfinite(snap.pushback):
+            state.pushback_rate = snap.pushback
+        if changes:
+            state.last_change_at = now
+            state.last_reason = changes[-1].describe()
+        return changes
+
+    def publish(self, key: Key, state: SiteThrottle, now: float) -> None:
+        entry = self._entry(key)
+        if self.degraded:
+            entry.dirty = state
+            return
+        self._spawn(self._send(entry, state))
+
+    async def _send(self, entry: Entry, state: SiteThrottle) -> None:
+        def t(value: float) -> str:
+            return repr(value) if math.isfinite(value) else repr(_NONE)
+
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._publish(
+                    keys=[self._k(entry.key, "s")],
+                    args=[
+                        self.node,
+                        repr(state.rate if math.isfinite(state.rate) else 0.0),
+                        state.concurrency,
+                        t(state.suspended_until),
+                        t(state.down_until),
+                        t(state.hold_until),
+                        repr(state.pushback_rate if math.isfinite(state.pushback_rate) else 0.0),
+                        entry.applied,
+                        repr(state.rule.start_rate if math.isfinite(state.rule.rate) else 0.0),
+                        state.rule.max_connections,
+                        _fired_text(state.fired_at),
+                    ],
+                    client=pipe,
+                )
+                pipe.incr(self._version_key)
+                pipe.sadd(self._index_key, f"{entry.key.site}|{entry.key.binding}")
+                version, _, _ = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+            self.round_trips += 1
+            entry.applied = max(entry.applied, int(version))
+            entry.dirty = None
+        except (RedisError, OSError, TimeoutError) as exc:
+            entry.dirty = state
+            self._lost(exc)
+
+    # -- the poll ------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll)
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster: poll failed")
+
+    def _targets(self) -> dict[Key, int]:
+        """Per key, the leases to hold from now on (what is in use, plus what the
+        scheduler still wants unless others wait for their fair share)."""
+        targets: dict[Key, int] = {}
+        for key, entry in self.entries.items():
+            target = entry.held
+            if not entry.asked:
+                target = entry.in_flight
+            elif entry.contenders > 1:
+                fair = math.ceil(max(entry.concurrency, 1) / entry.contenders)
+                target = min(target, max(fair, entry.in_flight))
+            entry.asked = False
+            targets[key] = target
+        return targets
+
+    async def _poll_once(self) -> None:
+        targets = self._targets()
+        lowered = [k for k, n in targets.items() if n < self.entries[k].held]
+        for key in lowered:
+            # Close idle pooled connections first, then give the leases back.
+            self.entries[key].cap = targets[key]
+            await self.trim(key, targets[key])
+        now = self.clock.now()
+        today = rampup.day_index(now)
+        pending = self.ledger.take_pending()
+        dirty = [e for e in self.entries.values() if e.dirty is not None]
+        keys = list(self.entries)
+        used = {key: self.entries[key].own_used for key in keys}
+        for key in keys:
+            self.entries[key].own_used = 0
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                wall = time.time()
+                pipe.zadd(self._nodes_key, {self.node: wall})
+                pipe.zremrangebyscore(self._nodes_key, "-inf", wall - 60 * self.settings.lease_ttl)
+                pipe.zrangebyscore(self._nodes_key, wall - self.settings.lease_ttl, "+inf")
+                pipe.get(self._version_key)
+                for (binding, isp, day), count in pending.items():
+                    pipe.hincrby(self._ledger_key(day), f"{binding}|{isp}", count)
+                    pipe.expire(self._ledger_key(day), 3 * 86400)
+                pipe.hgetall(self._ledger_key(today))
+                for key in keys:
+                    entry = self.entries[key]
+                    await self._renew(
+                        keys=[self._k(key, "c"), self._k(key, "w")],
+                        args=[self.node, self._renewal(entry, targets[key]), self._ttl_ms],
+                        client=pipe,
+                    )
+                    pipe.hgetall(self._k(key, "c"))
+                    pipe.hincrby(self._k(key, "s"), "used", used[key])
+                results = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+            self.round_trips += 1
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.ledger.put_back(pending)
+            for key in keys:
+                self.entries[key].own_used += used[key]
+            self._lost(exc)
+            return
+        was_degraded = self.degraded
+        self._back()
+        names = sorted(n.decode() for n in results[2])
+        self.node_names = names or [self.node]
+        self.nodes_alive = max(1, len(names))
+        self.ledger.nodes = self.nodes_alive
+        version = int(results[3] or 0)
+        position = 4 + 2 * len(pending)
+        self.ledger.load(today, _ledger(results[position]))
+        position += 1
+        for key in keys:
+            entry = self.entries[key]
+            held, others, contenders = (int(v) for v in results[position])
+            if entry.held and not entry.pending:
+                entry.held = held
+                entry.cap = None
+            entry.others_leases, entry.contenders = others, contenders
+            entry.shares = _shares(results[position + 1])
+            total = int(results[position + 2])
+            if entry.used_seen is not None:
+                entry.others_attempts += max(0, total - entry.used_seen - used[key])
+            entry.used_seen = total
+            position += 3
+        if was_degraded:
+            for entry in dirty:
+                if entry.dirty is not None:
+                    self._spawn(self._send(entry, entry.dirty))
+        if version != self._version and self.entries:
+            await self._read_states()
+            self._version = version
+        if was_degraded:
+            for key in self.entries:
+                self.on_wake(key.site)
+
+    @staticmethod
+    def _renewal(entry: Entry, target: int) -> int:
+        """What to tell Redis the node holds (-1: keep what Redis has, an acquire is
+        under way and its count wins)."""
+        if entry.pending:
+            return -1
+        return target if entry.held else 0
+
+    async def _read_states(self) -> None:
+        entries = list(self.entries.values())
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    pipe.hmget(
+                        self._k(entry.key, "s"),
+                        ["rate", "conc", "susp", "down", "hold", "push", "ver", "by", "used",
+                         "fired"],
+                    )
+                results = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+            self.round_trips += 1
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return
+        for entry, fields in zip(entries, results, strict=True):
+            if fields[6] is None:
+                continue
+            defaults = [b"0", b"0", b"-1", b"-1", b"-1", b"0", b"0", b"", b"0", b""]
+            values = [v if v is not None else d for v, d in zip(fields, defaults, strict=True)]
+            if values[0] == b"0" and fields[0] is None:
+                continue
+            self._note(entry, _snapshot(values))
+            self.on_wake(entry.key.site)
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def report(self, key: Key) -> dict[str, Any] | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return {"node": self.node, "mode": "fallback" if self.degraded else "shared"}
+        snap = entry.remote
+        shared: dict[str, Any] = {
+            "node": self.node,
+            "mode": "fallback" if self.degraded else "shared",
+            "leases": entry.held,
+            "tokens": entry.tokens,
+            "shares": dict(sorted(entry.shares.items())),
+            "nodes_alive": self.nodes_alive,
+        }
+        if snap is not None:
+            shared.update(
+                rate=snap.rate if math.isfinite(snap.rate) else None,
+                concurrency=snap.concurrency,
+                suspended_until=snap.suspended_until if math.isfinite(snap.suspended_until)
+                else None,
+                version=snap.version,
+                changed_by=snap.by,
+            )
+        return shared
+
+
+def _ledger(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
+    totals: dict[tuple[str, str], int] = {}
+    for name, count in raw.items():
+        binding, _, isp = name.decode().rpartition("|")
+        totals[(binding, isp)] = int(count)
+    return totals
+
+
+def _shares(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {
+        name.decode(): int(count)
+        for name, count in raw.items()
+        if not name.endswith(b":exp")
+    }
+

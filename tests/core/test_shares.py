@@ -1,0 +1,48 @@
+"""The arithmetic of shared limits: GCRA steps, token batches, fallback shares."""
+
+from __future__ import annotations
+
+import math
+
+from mta.core import shares
+
+NOW = 1_800_000_000.0  # virtual times this large lose digits in now + T - now
+
+
+def test_gcra_grants_the_burst_then_one_per_interval() -> None:
+    step = shares.gcra(-math.inf, NOW, rate=2.0, burst=4, want=10)
+    assert step.granted == 4 and step.retry_at == NOW + 0.5
+    later = shares.gcra(step.tat, NOW + 0.5, rate=2.0, burst=4, want=10)
+    assert later.granted == 1
+    empty = shares.gcra(later.tat, NOW + 0.5, rate=2.0, burst=4, want=1)
+    assert empty.granted == 0 and empty.retry_at == NOW + 1.0
+
+
+def test_gcra_at_large_times_grants_exactly_at_the_due_time() -> None:
+    """At a bucket's due time the next cell goes (float rounding of 1.8e9 + T once kept
+    it back forever)."""
+    rate = 0.98532890760491332
+    tat = NOW
+    for _ in range(100):
+        step = shares.gcra(tat, tat, rate, burst=1, want=1)
+        assert step.granted == 1
+        tat = step.tat
+
+
+def test_gcra_unlimited_and_nothing_wanted() -> None:
+    assert shares.gcra(0.0, NOW, math.inf, 1, 7).granted == 7
+    assert shares.gcra(0.0, NOW, 1.0, 1, 0).granted == 0
+
+
+def test_token_batches_are_a_window_of_the_rate_within_the_nodes_part() -> None:
+    assert shares.token_batch(100.0, 100.0, 1, window=0.25) == 25
+    assert shares.token_batch(100.0, 100.0, 1, window=1.0, nodes=4) == 25
+    assert shares.token_batch(100 / 60, 1.0, 1, window=1.0) == 1
+    assert shares.token_batch(math.inf, 1.0, 5, window=1.0) == 5
+
+
+def test_fallback_shares() -> None:
+    assert shares.fallback_share(90.0, 3) == 30.0
+    assert shares.fallback_share(90.0, 0) == 90.0
+    assert shares.fallback_connections(20, 3) == 6
+    assert shares.fallback_connections(2, 6) == 1
