@@ -32,11 +32,11 @@ def throttles(cluster: Cluster) -> int:
 
 
 async def test_three_nodes_send_no_faster_than_one(tmp_path: Path, redis: RedisServer) -> None:
-    """1,000 messages into a persona taking 100/minute per IP, once through one node and
+    """2,000 messages into a persona taking 100/minute per IP, once through one node and
     once spread over three sharing Redis: the three draw no more throttling replies per
     1,000 messages than 1.2x the one (unshared, each would learn the limit alone and
     together send three times too fast)."""
-    total = 1000
+    total = 2000
     counts: dict[int, int] = {}
     rates: dict[int, float] = {}
     for nodes, server in ((1, None), (3, redis)):
@@ -44,7 +44,7 @@ async def test_three_nodes_send_no_faster_than_one(tmp_path: Path, redis: RedisS
         try:
             await cluster.start(GMAIL, nodes, server)
             await cluster.send([f"user{i}@gmail.test" for i in range(total)])
-            await wait_for(lambda c=cluster: c.states().get("delivered", 0) == total, timeout=150)
+            await wait_for(lambda c=cluster: c.states().get("delivered", 0) == total, timeout=200)
             counts[nodes] = throttles(cluster)
             delivered = sorted(
                 at for (at,) in cluster.rows("SELECT at FROM attempts WHERE result='delivered'")
