@@ -252,6 +252,7 @@ class MtaApp:
             validity=config.retry.validity,
             idle_timeout=config.smtp.idle_timeout,
             auth_users=dict(config.smtp.auth_users) or None,
+            node=shared.node,
         )
         handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
         listener = Listener(smtp_limits(config))

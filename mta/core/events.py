@@ -119,6 +119,7 @@ def build(
     verdict: Verdict | None = None,
     next_attempt_at: float | None = None,
     possible_duplicate: bool = False,
+    node: str = "",
 ) -> Event:
     smtp = None
     if outcome is not None:
@@ -140,4 +141,5 @@ def build(
         failure,
         next_attempt_at,
         possible_duplicate,
+        node,
     )

@@ -87,6 +87,7 @@ class IngressSettings:
     validity: float  # default and cap of X-Campaign-Validity, seconds
     idle_timeout: float = 300.0
     auth_users: dict[str, str] | None = None
+    node: str = ""  # the cluster node's name, carried by the events it makes
 
 
 def new_queue_id() -> str:
@@ -284,6 +285,7 @@ class IngressHandler:
             at=now,
             subject=events.Subject(queue_id, delivery_id, log_id, address),
             attempt=0,
+            node=self.settings.node,
         )
         return event_id, body.dumps()
 

@@ -7,6 +7,7 @@ delivery going on within the fallback shares."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,6 +118,12 @@ async def test_a_suspension_on_one_node_stops_the_others(
             clock.advance(10)
             await asyncio.sleep(0.05)
         assert cluster.states() == {"delivered": 9}
+        # Events name the node that decided them; their ids stay unique across nodes.
+        for index in range(3):
+            bodies = [json.loads(b) for (b,) in cluster.rows("SELECT body FROM events", [index])]
+            assert bodies and {b["node"] for b in bodies} == {f"n{index}"}
+        ids = [i for (i,) in cluster.rows("SELECT event_id FROM events")]
+        assert len(ids) == len(set(ids)) >= 9
     finally:
         await cluster.stop()
 
