@@ -32,6 +32,7 @@ def throttles(cluster: Cluster) -> int:
     return len(cluster.rows("SELECT id FROM attempts WHERE code = 421"))
 
 
+@pytest.mark.timeout(400)  # 2 x 2,000 messages at 100/minute, virtual time x60
 async def test_three_nodes_send_no_faster_than_one(tmp_path: Path, redis: RedisServer) -> None:
     """2,000 messages into a persona taking 100/minute per IP, once through one node and
     once spread over three sharing Redis: the three draw no more throttling replies per
@@ -63,6 +64,7 @@ async def test_three_nodes_send_no_faster_than_one(tmp_path: Path, redis: RedisS
     assert rates[3] <= 1.2 * rates[1], rates
 
 
+@pytest.mark.timeout(300)
 async def test_a_connection_limit_holds_across_nodes(tmp_path: Path, redis: RedisServer) -> None:
     """Three nodes into a site whose rule allows 20 connections, slow enough to fill
     them: the site never sees more than 20 sessions from the three together."""
@@ -128,6 +130,7 @@ async def test_a_suspension_on_one_node_stops_the_others(
         await cluster.stop()
 
 
+@pytest.mark.timeout(300)
 async def test_redis_lost_and_back(tmp_path: Path, redis: RedisServer) -> None:
     """Redis killed mid-run: no node stops, each says so (log, /readyz detail, metric) and
     keeps to 1/3 of the connection limit; nothing is lost; Redis back on its port: the

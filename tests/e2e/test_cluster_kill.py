@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import redis as redis_sync
 
 from campaign_client import Delivery, DeliveryLog, Recipient, submit
@@ -54,6 +55,7 @@ def node_service(
     return Service(f"n{index}", argv, base.ready)
 
 
+@pytest.mark.timeout(300)  # three processes started, one twice: slow on a busy machine
 async def test_a_node_killed_under_load(tmp_path: Path) -> None:
     redis = await RedisServer(tmp_path / "redis").start()
     wall = time.time()
@@ -84,7 +86,9 @@ async def test_a_node_killed_under_load(tmp_path: Path) -> None:
             result = await submit(delivery, host, int(port), log=log, sessions=4)
             assert result.error is None and not result.not_submitted  # all acknowledged
 
+        began = time.monotonic()
         await asyncio.gather(*(send(i) for i in range(3)))
+        print(f"\nsubmitted after {time.monotonic() - began:.1f}s", states(tmp_path, range(3)))
         lease_key = next(k for k in client.scan_iter("*:c"))
 
         def holds(node: bytes) -> bool:
@@ -94,13 +98,16 @@ async def test_a_node_killed_under_load(tmp_path: Path) -> None:
         victim = supervisor.children[1][1]
         victim.kill()  # SIGKILL, mid-delivery
         await victim.wait()
+        print(f"killed after {time.monotonic() - began:.1f}s", states(tmp_path, range(3)))
         await wait_for(lambda: not holds(b"n1"), timeout=30)  # its leases expired
         await wait_for(lambda: states(tmp_path, range(0, 3, 2)) == {"delivered": 400}, 120)
+        print(f"others done after {time.monotonic() - began:.1f}s")
         left = states(tmp_path, range(1, 2))
         assert sum(left.values()) == TOTAL_PER_NODE  # what it acknowledged is in its spool
         restarted = node_service(tmp_path, 1, sim, anchor, redis, smtp[1])
         await supervisor.start(restarted, log=tmp_path / "n1-again.log")
         await wait_for(lambda: states(tmp_path, range(3)) == {"delivered": 600}, 120)
+        print(f"all done after {time.monotonic() - began:.1f}s")
         received = sim.stats()["personas"]["gmail"]["ips"]
         assert sum(ip["messages"] for ip in received.values()) >= 600
     finally:
