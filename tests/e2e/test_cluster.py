@@ -60,7 +60,9 @@ async def test_three_nodes_send_no_faster_than_one(tmp_path: Path, redis: RedisS
                 assert all(n > 0 for (n,) in sent_by)  # every node delivered its share
         finally:
             await cluster.stop()
-    assert counts[3] <= 1.2 * counts[1] + 5, counts
+    # 1.2x, plus 5 replies per 1,000 messages: the counts are a few dozen, and a single
+    # AIMD round more or less on either side must not fail the run.
+    assert counts[3] <= 1.2 * counts[1] + 5 * total / 1000, counts
     assert rates[3] <= 1.2 * rates[1], rates
 
 
