@@ -709,7 +709,10 @@ class Scheduler:
                 )
                 for r in due
             ]
-            updates = [update_of(r, s, now, node=self.shared.node) for r, s in zip(due, settlements, strict=True)]
+            node = self.shared.node
+            updates = [
+                update_of(r, s, now, node=node) for r, s in zip(due, settlements, strict=True)
+            ]
             await self._record(updates)
             self._count(settlements)
             self._requeue(due, settlements)
