@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench.bench_queue",
     "bench.bench_data_memory",
     "bench.bench_throttling",
+    "bench.bench_cluster",
     "bench.bench_persona",
     "bench.bench_feedback",
     "bench.bench_outbox",

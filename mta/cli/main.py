@@ -183,10 +183,12 @@ def cmd_tls_cert(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """A health check for containers and scripts (no curl needed): exit 0 when every
     given service answers: SMTP (EHLO), HTTP (a 2xx), DNS (any answer)."""
-    if not (args.smtp or args.http or args.dns):
-        raise CliError("check: give --smtp HOST:PORT, --http URL or --dns HOST:PORT")
+    if not (args.smtp or args.http or args.dns or args.redis):
+        raise CliError(
+            "check: give --smtp HOST:PORT, --http URL, --dns HOST:PORT or --redis HOST:PORT"
+        )
     try:
-        for target in (*args.smtp, *args.dns):
+        for target in (*args.smtp, *args.dns, *args.redis):
             parse_hostport(target)
     except ValueError as exc:
         raise CliError(f"check: {exc}") from None
@@ -235,9 +237,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             return f"DNS {target}: {exc or type(exc).__name__}"
         return None
 
+    async def redis_ok(target: str) -> str | None:
+        from mta.cli.redis_server import ping
+
+        host, port = parse_hostport(target)
+        return None if await ping(host, port, args.timeout) else f"Redis {target}: no PONG"
+
     async def main() -> int:
         checks = [
             *(smtp_ok(t) for t in args.smtp),
+            *(redis_ok(t) for t in args.redis),
             *(http_ok(u) for u in args.http),
             *(dns_ok(t) for t in args.dns),
         ]
@@ -283,8 +292,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         Supervisor,
         client_service,
         feedback_env,
+        free_port,
+        mta_node,
         mta_service,
         reachable,
+        redis_service,
+        shifted,
         sim_service,
     )
     from mta.clock import Anchor
@@ -297,6 +310,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')}: {exc}") from None
     if args.time_scale <= 0:
         raise CliError("--time-scale must be positive")
+    if not 1 <= args.nodes <= 64:
+        raise CliError("--nodes must be 1-64")
+    try:
+        redis_host, redis_port = parse_hostport(args.redis)
+    except ValueError as exc:
+        raise CliError(f"--redis: {exc}") from None
+    for name in ("listen", "admin"):
+        if args.nodes > 1 and parse_hostport(getattr(args, name))[1] + args.nodes - 1 > 65535:
+            raise CliError(f"--{name}: no room for {args.nodes} consecutive ports")
     data = Path(args.data_dir)
     addresses = Addresses(
         smtp=args.listen,
@@ -312,6 +334,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signing = _default_dkim(dkim_keys) if args.config is None else None
     wall = time.time()
     anchor = Anchor(wall, wall, args.time_scale)
+    redis_address = f"{redis_host}:{redis_port or free_port(redis_host)}"
+    redis_url = f"redis://{redis_address}/0"
 
     async def main() -> int:
         supervisor = Supervisor()
@@ -339,15 +363,38 @@ def cmd_up(args: argparse.Namespace) -> int:
                 )
                 env.update(feedback_env(addresses, secret))
                 env["MTA_ADMIN_CLIENT_URL"] = f"http://{reachable(addresses.webhook)}/"
-            mta = mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env)
-            if signing is not None:
-                mta = dataclasses.replace(mta, argv=(*mta.argv, "--dkim", signing))
-            await supervisor.start(mta, log=data / "mta.log")
+            if args.nodes == 1:
+                nodes = [
+                    mta_service(addresses, anchor, data / "mta", args.config, args.log_level, env)
+                ]
+            else:
+                (data / "redis").mkdir(exist_ok=True)
+                await supervisor.start(
+                    redis_service(redis_address, data / "redis"), log=data / "redis.log"
+                )
+                nodes = [
+                    mta_node(addresses, anchor, data / f"mta{k + 1}", k, redis_url, args.config,
+                             args.log_level, env)
+                    for k in range(args.nodes)
+                ]
+            for mta in nodes:
+                if signing is not None:
+                    mta = dataclasses.replace(mta, argv=(*mta.argv, "--dkim", signing))
+                await supervisor.start(mta, log=data / f"{mta.name}.log")
         except RuntimeError as exc:
             await supervisor.stop()
             raise CliError(str(exc)) from None
+        submit = ", ".join(shifted(addresses.smtp, k) for k in range(args.nodes))
+        admins = ", ".join(f"http://{shifted(addresses.admin, k)}/" for k in range(args.nodes))
         print(
-            f"mta up: submit mail to {addresses.smtp} (SMTP); admin API http://{addresses.admin}/\n"
+            f"mta up: submit mail to {submit} (SMTP); admin API {admins}\n"
+            + (
+                f"  {args.nodes} nodes sharing limits through {redis_url}: spread your"
+                f" sessions over their addresses (each keeps its own spool in {data}/mtaK)\n"
+                if args.nodes > 1
+                else ""
+            )
+            +
             f"  inbox http://{reachable(addresses.sim_http)}/ ; operator console"
             f" http://{reachable(addresses.admin)}/ ; write token: {token}\n"
             f"  simulated ISPs on port {addresses.persona_port} of 127.0.0.11-15, stub DNS"
@@ -410,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--smtp", action="append", default=[], metavar="HOST:PORT")
     check.add_argument("--http", action="append", default=[], metavar="URL")
     check.add_argument("--dns", action="append", default=[], metavar="HOST:PORT")
+    check.add_argument("--redis", action="append", default=[], metavar="HOST:PORT")
     check.add_argument("--timeout", type=float, default=5.0)
     check.set_defaults(func=cmd_check)
 
@@ -447,6 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the port every simulated ISP listens on (each on its own address)",
     )
     up.add_argument("--seed", type=int, metavar="N")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N MTA nodes sharing limits through one Redis server (node K listens on"
+        " the --listen and --admin ports + K - 1)",
+    )
+    up.add_argument(
+        "--redis",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the Redis server of --nodes N listens (default: a free loopback port)",
+    )
     up.add_argument(
         "--client",
         action="store_true",

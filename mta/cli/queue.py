@@ -13,7 +13,9 @@ Per site (the set of MX hosts) and source binding: the queue depth, the current
 rate and connection limits against the configured ones, the state (ok, slowed,
 suspended, down), delivered / deferred / throttled counts, the delivery rate over
 the last minute and on average (first attempt to last delivery, virtual time),
-and the reason for the last change of limits.
+and the reason for the last change of limits. A node of a cluster adds the shared
+state (fallback or shared, the shared rate and connections, its version) and the
+connection leases every node holds.
 """
 
 from __future__ import annotations
@@ -105,10 +107,33 @@ def render_sites(sites: list[dict[str, Any]]) -> str:
             _rate(s["average_rate"]) if s.get("average_rate") else "-",
             (s.get("last_reason") or "-")[:60],
         ))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    table: list[tuple[str, ...]] = [tuple(str(c) for c in row) for row in rows]
+    titles: tuple[str, ...] = header
+    if any("cluster" in s for s in sites):
+        titles = (*header, "shared", "conns by node")
+        table = [
+            (*row, *_cluster_cells(s.get("cluster") or {}))
+            for row, s in zip(table, sites, strict=True)
+        ]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(titles)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(titles, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
     return "\n".join(lines)
+
+
+def _cluster_cells(shared: dict[str, Any]) -> tuple[str, str]:
+    """What the cluster shares for a row: mode, shared rate and connections (version),
+    and every node's connection leases."""
+    if not shared:
+        return "-", "-"
+    state = str(shared.get("mode", "-"))
+    if "rate" in shared:
+        state += f" {_rate(shared['rate'])} {shared.get('concurrency', '-')}c"
+        state += f" v{shared.get('version', 0)}"
+        if shared.get("suspended_until"):
+            state += " suspended"
+    conns = " ".join(f"{n}:{c}" for n, c in sorted(shared.get("shares", {}).items())) or "-"
+    return state, conns
 
 
 def render_status(status: dict[str, Any]) -> str:

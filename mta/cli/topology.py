@@ -6,6 +6,9 @@ docker-compose.yml describes (a test holds the two together).
                                       delivery -> the personas' PORT
     client  `campaign-client receive` (with `mta up --client`): webhooks in, and the bounce
                                       mailbox on 127.0.0.20:PORT (the sender domain's MX)
+    redis   `redis-server`            (with `mta up --nodes N`, N > 1) the limits the nodes share
+    mtaK    `mta serve --cluster ...` (with `mta up --nodes N`) node K of N: SMTP and admin on
+                                      the base ports + K - 1, one spool each
 
 Each service has a readiness check (`mta check ...`), the same command the containers
 use as their healthcheck. `mta up` gives all of them one clock anchor, so virtual time
@@ -66,6 +69,10 @@ class Service:
 
     @property
     def command(self) -> tuple[str, ...]:
+        if self.program == "redis-server":
+            from mta.cli.redis_server import redis_server_binary
+
+            return (redis_server_binary(), *self.argv)
         module = "mta" if self.program == "mta" else "campaign_client"
         return (sys.executable, "-m", module, *self.argv)
 
@@ -148,6 +155,49 @@ def mta_service(
     if a.admin:
         ready += ["--http", f"http://{reachable(a.admin)}/readyz"]
     return Service("mta", tuple(argv), tuple(ready), env=env or {})
+
+
+def redis_service(address: str, data_dir: Path) -> Service:
+    """A Redis server for the cluster: loopback, nothing kept on disk."""
+    host, port = parse_hostport(address)
+    argv = ("--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
+            "--dir", str(data_dir), "--protected-mode", "no")
+    return Service("redis", argv, ("check", "--redis", reachable(address)), program="redis-server")
+
+
+def shifted(listen: str, offset: int) -> str:
+    """A listen address `offset` ports further ("" stays "")."""
+    if not listen:
+        return listen
+    host, port = parse_hostport(listen)
+    return f"[{host}]:{port + offset}" if ":" in host else f"{host}:{port + offset}"
+
+
+def mta_node(
+    a: Addresses,
+    anchor: Anchor | None,
+    data_dir: Path,
+    index: int,
+    redis_url: str,
+    config: str | None = None,
+    log_level: str = "warning",
+    env: dict[str, str] | None = None,
+) -> Service:
+    """Node `index` (0-based) of a cluster: `mta serve --cluster URL --node mtaK`, its SMTP
+    and admin API on the base ports + index, its own spool in `data_dir`."""
+    name = f"mta{index + 1}"
+    own = Addresses(
+        smtp=shifted(a.smtp, index),
+        admin=shifted(a.admin, index),
+        dns=a.dns,
+        sim_http=a.sim_http,
+        persona_port=a.persona_port,
+        webhook=a.webhook,
+        bounce_host=a.bounce_host,
+    )
+    base = mta_service(own, anchor, data_dir, config, log_level, env)
+    argv = (*base.argv, "--cluster", redis_url, "--node", name)
+    return Service(name, argv, base.ready, env=base.env)
 
 
 def client_service(a: Addresses, data_dir: Path, secret: str) -> Service:

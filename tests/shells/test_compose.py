@@ -1,9 +1,11 @@
-"""docker-compose.yml describes the same topology as `mta up --client`: the same services,
-commands, readiness checks, ports (on 127.0.0.1 only) and start order. No Docker engine
-runs here; where the docker-compose tool is installed it also validates the file."""
+"""docker-compose.yml describes the same topology as `mta up --client` (and its `cluster`
+profile the same as `mta up --nodes 3`): the same services, commands, readiness checks,
+ports (on 127.0.0.1 only) and start order. No Docker engine runs here; where the
+docker-compose tool is installed it also validates the file."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +14,16 @@ from typing import Any
 import pytest
 import yaml
 
-from mta.cli.topology import Addresses, Service, client_service, mta_service, sim_service
+from mta.cli.topology import (
+    Addresses,
+    Service,
+    client_service,
+    mta_node,
+    mta_service,
+    redis_service,
+    shifted,
+    sim_service,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -26,6 +37,8 @@ ADDRESSES = Addresses(
     persona_port=25,
     webhook="0.0.0.0:8090",
 )
+REDIS = "127.0.0.1:6379"
+CLUSTER = {"redis", "mta2", "mta3"}  # the `cluster` profile
 NOT_COMPARED = {"--data-dir", "--log", "--log-level", "--clock-anchor", "--config", "--seed"}
 
 
@@ -42,6 +55,11 @@ def topology() -> dict[str, Service]:
         "sim": sim_service(ADDRESSES, None, data / "sim"),
         "mta": mta_service(ADDRESSES, None, data / "mta"),
         "client": client_service(ADDRESSES, data, "secret"),
+        "redis": redis_service(REDIS, data / "redis"),
+        **{
+            f"mta{k + 1}": mta_node(ADDRESSES, None, data / f"mta{k + 1}", k, f"redis://{REDIS}/0")
+            for k in (1, 2)
+        },
     }
 
 
@@ -64,6 +82,12 @@ def test_services_and_commands_match_the_topology(compose: dict[str, Any]) -> No
     assert set(services) == set(expected)
     for name, service in expected.items():
         declared = services[name]
+        if service.program == "redis-server":  # the official image, its own entrypoint
+            assert declared["image"].startswith("redis:")
+            assert declared["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
+            kept = service.argv[service.argv.index("--save") :][:4]
+            assert kept == ("--save", "", "--appendonly", "no")
+            continue
         program = declared.get("entrypoint", ["mta"])[0]
         assert program == service.program, name
         assert flags(declared["command"]) == flags(service.argv), name
@@ -72,33 +96,55 @@ def test_services_and_commands_match_the_topology(compose: dict[str, Any]) -> No
 def test_healthchecks_are_the_readiness_checks(compose: dict[str, Any]) -> None:
     for name, service in topology().items():
         test = compose["services"][name]["healthcheck"]["test"]
+        if service.program == "redis-server":
+            assert test == ["CMD", "redis-cli", "ping"]  # the image has no `mta`
+            assert service.ready == ("check", "--redis", REDIS)
+            continue
         assert test == ["CMD", "mta", *service.ready], name
 
 
 def test_one_image_shared_network_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {s["build"] for s in services.values()} == {"."}
+    assert {s["build"] for n, s in services.items() if n != "redis"} == {"."}
     assert (ROOT / "Dockerfile").exists()
-    for name in ("mta", "client"):
+    for name in ("mta", "client", "redis"):
         assert services[name]["network_mode"] == "service:sim"
         assert services[name]["depends_on"] == {"sim": {"condition": "service_healthy"}}
+    for name in ("mta2", "mta3"):
+        assert services[name]["network_mode"] == "service:sim"
+        assert services[name]["depends_on"] == {
+            "sim": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }
+    for name, service in services.items():
+        assert service.get("profiles", []) == (["cluster"] if name in CLUSTER else []), name
 
 
 def test_ports_are_bound_to_loopback_and_cover_the_listeners(compose: dict[str, Any]) -> None:
     ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert ports and all(p.startswith("127.0.0.1:") for p in ports)
     published = {int(p.split(":")[2]) for p in ports}
-    listeners = (ADDRESSES.smtp, ADDRESSES.admin, ADDRESSES.sim_http, ADDRESSES.webhook)
+    nodes = [shifted(a, k) for a in (ADDRESSES.smtp, ADDRESSES.admin) for k in (1, 2)]
+    listeners = (ADDRESSES.smtp, ADDRESSES.admin, ADDRESSES.sim_http, ADDRESSES.webhook, *nodes)
     assert {int(address.rsplit(":", 1)[1]) for address in listeners} == published
 
 
 def test_configuration_by_environment_names_real_keys(compose: dict[str, Any]) -> None:
     from mta.config.service import load_config
 
-    env = {k: v for k, v in compose["services"]["mta"]["environment"].items()}
-    env = {k: v.replace("${WEBHOOK_SECRET:-", "").rstrip("}") for k, v in env.items()}
+    def defaults(env: dict[str, str]) -> dict[str, str]:
+        """Compose's ${VAR:-default} read with VAR unset."""
+        return {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+
+    env = defaults(compose["services"]["mta"]["environment"])
     config = load_config(None, environ=env)  # an unknown MTA_* variable would fail here
     assert config.feedback.endpoints[0].url == "http://127.0.0.1:8090/webhook"
+    assert config.cluster.url == "" and config.cluster.node == "mta1"  # alone by default
+    clustered = load_config(None, environ={**env, "MTA_CLUSTER_URL": f"redis://{REDIS}/0"})
+    assert clustered.cluster.url == f"redis://{REDIS}/0"
+    for name in ("mta2", "mta3"):
+        node_env = defaults(compose["services"][name]["environment"])
+        assert {k: v for k, v in env.items() if not k.startswith("MTA_CLUSTER")} == node_env
     client_secret = compose["services"]["client"]["environment"]["CAMPAIGN_CLIENT_SECRET"]
     assert client_secret == compose["services"]["mta"]["environment"]["MTA_FEEDBACK_SECRET"]
 
