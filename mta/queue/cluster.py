@@ -207,6 +207,7 @@ class RedisState:
         self.round_trips = 0
         self.fallbacks = 0
         self._version = -1
+        self._waiting: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -423,11 +424,15 @@ class RedisState:
                 wake_later = True
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
+        except Exception:
+            log.exception("cluster: acquiring for %s failed", key)
         finally:
             entry.pending = False
+            if not wake_later:
+                self.on_wake(key.site)  # whatever happened, the scheduler looks again
         if wake_later:
             await asyncio.sleep(self.settings.poll)
-        self.on_wake(key.site)
+            self.on_wake(key.site)
 
     def started(self, key: Key, count: int, now: float) -> None:
         entry = self._entry(key)
@@ -551,6 +556,7 @@ class RedisState:
         """Per key, the leases to hold from now on (what is in use, plus what the
         scheduler still wants unless others wait for their fair share)."""
         targets: dict[Key, int] = {}
+        self._waiting = {key.site for key, entry in self.entries.items() if entry.asked}
         for key, entry in self.entries.items():
             target = entry.held
             if not entry.asked:
@@ -638,6 +644,8 @@ class RedisState:
         if was_degraded:
             for key in self.entries:
                 self.on_wake(key.site)
+        for site in self._waiting:  # a site that wanted more since the last poll: look again
+            self.on_wake(site)
 
     @staticmethod
     def _renewal(entry: Entry, target: int) -> int:
