@@ -1,7 +1,7 @@
 """`mta serve` next to Postfix and Postfix + OpenDKIM, all relaying into one `mta sink`.
 
     python bench/bench_peers.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
-        [--repeat 1] [--wide 200] [--single 1000] [--soak 0]
+        [--repeat 1] [--wide 200] [--single 1000] [--soak 0] [--compare DIR]
 
 Same run, same load generator, same sink: for each size, the MTA (DKIM RSA-2048,
 durable spool) and each peer installed get `--messages` messages over `--sessions`
@@ -10,7 +10,9 @@ the sink). Printed per server: msg/s, CPU ms per message (every process of the
 server, children included), the share of both cores the server kept busy, p50/p99
 from the client's final dot to the 250, and the ratios of the MTA to each peer.
 `--wide N` adds the 2 KB end-to-end rate at N sessions, `--single N` the MTA's
-rate over one session, `--soak N` the MTA's RSS after relaying N more messages.
+rate over one session, `--soak N` the MTA's RSS after relaying N more messages,
+`--compare DIR` the same runs of another checkout's `mta` (e.g. a worktree of the
+commit before a change).
 Without Postfix / OpenDKIM it says so and measures the rest (and the sink alone,
 the loopback limit). With `--repeat 3` each figure is the median of three runs.
 """
@@ -70,8 +72,11 @@ def rss_kib(pid: int) -> int:
 
 
 class MtaServer:
-    def __init__(self, work: Path, sink_port: int, key: Path, tag: str) -> None:
+    def __init__(
+        self, work: Path, sink_port: int, key: Path, tag: str, cwd: str | None = None
+    ) -> None:
         self.work, self.sink_port, self.key, self.tag = work, sink_port, key, tag
+        self.cwd = cwd  # another checkout's `mta` package (a before/after comparison)
         self.proc: Proc | None = None
         self.base = 0
 
@@ -94,6 +99,7 @@ class MtaServer:
             "",
             "--dkim",
             f"{DOMAIN}:{SELECTOR}:{self.key}",
+            cwd=self.cwd,
         )
         return self.proc.port
 
@@ -130,10 +136,16 @@ async def _measure(
 
 
 async def run_mta(
-    work: Path, sink: int, key: Path, size: int, args: argparse.Namespace, sessions: int
+    work: Path,
+    sink: int,
+    key: Path,
+    size: int,
+    args: argparse.Namespace,
+    sessions: int,
+    cwd: str | None = None,
 ) -> Figure:
     message = make_message(size)
-    server = MtaServer(work, sink, key, f"{size}-{sessions}-{time.monotonic_ns()}")
+    server = MtaServer(work, sink, key, f"{size}-{sessions}-{time.monotonic_ns()}", cwd)
     port = await server.start()
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
@@ -198,6 +210,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     return run_mta(work, sink.port, key, size, args, sessions)
 
                 plans.append((f"{label} mta serve (DKIM, spool)", mta))
+                if args.compare:
+
+                    def before(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
+                        return run_mta(work, sink.port, key, size, args, s, args.compare)
+
+                    plans.append((f"{label} mta serve, {args.compare_name}", before))
                 if has_postfix:
 
                     def plain(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
@@ -229,6 +247,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     return run_mta(work, sink.port, key, 2048, args, 1)
 
                 plans.append(("2 KB mta serve, 1 session", single))
+                if args.compare:
+
+                    def single_before() -> Awaitable[Figure]:
+                        return run_mta(work, sink.port, key, 2048, args, 1, args.compare)
+
+                    plans.append((f"2 KB mta serve, 1 session, {args.compare_name}", single_before))
             results: dict[str, list[Figure]] = {}
             for _ in range(args.repeat):  # interleaved, so load from others hits all alike
                 for label, plan in plans:
@@ -260,6 +284,10 @@ async def main_async(args: argparse.Namespace) -> int:
             theirs = figures.get(f"{label} {peer}")
             if theirs is not None and theirs.rate:
                 print(f"ratio at {label}: mta serve / {peer} = {ours.rate / theirs.rate:.2f}x")
+        old = figures.get(f"{label} mta serve, {args.compare_name}")
+        if old is not None and old.rate:
+            ratio = ours.rate / old.rate
+            print(f"ratio at {label}: mta serve / {args.compare_name} = {ratio:.2f}x")
     if args.wide and f"2 KB Postfix, {args.wide} sessions" in figures:
         ours = figures[f"2 KB mta serve, {args.wide} sessions"]
         theirs = figures[f"2 KB Postfix, {args.wide} sessions"]
@@ -303,10 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 51200]
     )
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--compare", metavar="DIR", help="also run the mta of another checkout (before/after)"
+    )
     parser.add_argument("--wide", type=int, default=200, help="sessions, wide run (0: none)")
     parser.add_argument("--single", type=int, default=1000, help="messages, 1 session (0: none)")
     parser.add_argument("--soak", type=int, default=0, help="messages, RSS soak (0: none)")
     args = parser.parse_args(argv)
+    args.compare_name = f"checkout {Path(args.compare).name}" if args.compare else ""
     try:
         import uvloop
 
