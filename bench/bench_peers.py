@@ -281,12 +281,12 @@ async def main_async(args: argparse.Namespace) -> int:
         f"median of {args.repeat}; {CORES} cores; end-to-end into one `mta sink`"
     )
     print(
-        f"{'server':<38} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
+        f"{'server':<48} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
     )
     for label, f in rows:
         print(
-            f"{label:<38} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
+            f"{label:<48} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
             f"{f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
         )
     figures = dict(rows)
