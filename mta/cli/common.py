@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,6 +14,29 @@ from collections.abc import Awaitable, Callable
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def stdout_closed() -> int:
+    """The reader of our output went away (`mta sim ls | head -1`): stop quietly.
+
+    Later writes, and the flush at exit, go to /dev/null instead of raising again;
+    the status is the one a process killed by SIGPIPE reports (128 + 13).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr, before logging is set up (e.g. from the config)."""
+    print(f"mta: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_time_scale(value: float | None, flag: str = "--time-scale") -> None:
+    """A clock speed-up must be a positive finite number (nan, inf, 0, -1 are not)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise CliError(f"{flag}: expected a positive number, got {value:g}")
 
 
 def setup_logging(level: str = "info") -> None:

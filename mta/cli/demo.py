@@ -425,7 +425,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the MTA, the simulated ISPs and the client on a designed delivery"
     )
-    parser.add_argument("--recipients", type=int, default=1000, metavar="N")
+    parser.add_argument(
+        "--recipients", type=int, default=1000, metavar="N", help="how many (default 1000)"
+    )
     parser.add_argument(
         "--time-scale",
         type=float,
@@ -441,7 +443,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="real seconds to wait for every recipient to be final",
     )
-    parser.add_argument("--seed", type=int, default=1, metavar="N")
+    parser.add_argument(
+        "--seed", type=int, default=1, metavar="N", help="seed of the plan and the ISPs' faults"
+    )
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -451,10 +455,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mta.cli.common import CliError, install_uvloop
+    from mta.cli.common import CliError, check_time_scale, install_uvloop
 
-    if args.time_scale <= 0:
-        raise CliError("--time-scale must be positive")
+    check_time_scale(args.time_scale)
     if args.timeout <= 0:
         raise CliError("--timeout must be positive")
     try:

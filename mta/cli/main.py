@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mta.cli.common import CliError, run_async, setup_logging, until_signalled
+from mta.cli.common import (
+    CliError,
+    check_time_scale,
+    run_async,
+    setup_logging,
+    stdout_closed,
+    until_signalled,
+    warn,
+)
 from mta.config.engine import ConfigError, parse_hostport
 from mta.config.service import DkimKey, MtaConfig, load_config
 from mta.core.tokens import TOKEN_ENV
@@ -67,7 +75,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="HTTP API address (default 127.0.0.1:8080; '' disables it)",
     )
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="what to log on stderr (default info)",
+    )
     parser.add_argument(
         "--cluster",
         metavar="redis://HOST:PORT/DB",
@@ -80,6 +92,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> MtaConfig:
     flags: dict[str, Any] = {}
+    check_time_scale(getattr(args, "time_scale", None))
     simple = {
         "listen": "smtp.listen",
         "data_dir": "data_dir",
@@ -104,7 +117,9 @@ def config_from_args(args: argparse.Namespace) -> MtaConfig:
             raise CliError(f"--dns: {exc}") from None
         flags["dns.nameservers"] = (host,)
         flags["dns.port"] = port
-    config = load_config(args.config, flags=flags)
+    names = {key: "--" + attr.replace("_", "-") for attr, key in simple.items()}
+    names.update({"dns.nameservers": "--dns", "dns.port": "--dns"})
+    config = load_config(args.config, flags=flags, warn=warn, flag_names=names)
     if getattr(args, "dkim", None):
         keys = []
         for spec in args.dkim:
@@ -308,8 +323,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             parse_hostport(getattr(args, name))
         except ValueError as exc:
             raise CliError(f"--{name.replace('_', '-')}: {exc}") from None
-    if args.time_scale <= 0:
-        raise CliError("--time-scale must be positive")
+    check_time_scale(args.time_scale)
     if not 1 <= args.nodes <= 64:
         raise CliError("--nodes must be 1-64")
     try:
@@ -431,9 +445,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mta import __version__
+
     parser = argparse.ArgumentParser(
         prog="mta", description="An Enhanced-MTA simulator: relay, simulated ISPs, feedback."
     )
+    parser.add_argument("--version", action="version", version=f"mta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the MTA (SMTP in, durable spool, delivery out)")
@@ -441,24 +458,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sink = sub.add_parser("sink", help="accept all mail and store it in a Maildir")
-    sink.add_argument("--listen", default="127.0.0.1:2526", metavar="HOST:PORT")
+    sink.add_argument(
+        "--listen", default="127.0.0.1:2526", metavar="HOST:PORT", help="default 127.0.0.1:2526"
+    )
     sink.add_argument("--maildir", metavar="DIR", help="where to store (default: store nothing)")
     sink.add_argument("--fsync", action="store_true", help="fsync each stored message")
-    sink.add_argument("--hostname", default="sink.localhost")
-    sink.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sink.add_argument(
+        "--hostname", default="sink.localhost", help="the name in the greeting and Received"
+    )
+    sink.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="what to log on stderr (default info)",
+    )
     sink.set_defaults(func=cmd_sink)
 
     tls = sub.add_parser("tls-cert", help="write a self-signed certificate and key for STARTTLS")
-    tls.add_argument("--out", required=True, metavar="DIR")
-    tls.add_argument("--hostname", default="mta.localhost")
+    tls.add_argument("--out", required=True, metavar="DIR", help="where to write cert and key")
+    tls.add_argument(
+        "--hostname", default="mta.localhost", help="the certificate's name (default mta.localhost)"
+    )
     tls.set_defaults(func=cmd_tls_cert)
 
     check = sub.add_parser("check", help="health check: exit 0 when the given services answer")
-    check.add_argument("--smtp", action="append", default=[], metavar="HOST:PORT")
-    check.add_argument("--http", action="append", default=[], metavar="URL")
-    check.add_argument("--dns", action="append", default=[], metavar="HOST:PORT")
-    check.add_argument("--redis", action="append", default=[], metavar="HOST:PORT")
-    check.add_argument("--timeout", type=float, default=5.0)
+    check.add_argument(
+        "--smtp", action="append", default=[], metavar="HOST:PORT", help="answers EHLO with 250"
+    )
+    check.add_argument("--http", action="append", default=[], metavar="URL", help="answers 2xx")
+    check.add_argument(
+        "--dns", action="append", default=[], metavar="HOST:PORT", help="answers a query"
+    )
+    check.add_argument(
+        "--redis", action="append", default=[], metavar="HOST:PORT", help="answers PING"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="per check (default 5)"
+    )
     check.set_defaults(func=cmd_check)
 
     up = sub.add_parser("up", help="run the MTA and the simulated internet together")
@@ -472,21 +508,38 @@ def build_parser() -> argparse.ArgumentParser:
         " DIR/campaign-log.sqlite (with --client: the client's delivery log), logs"
         " (default var)",
     )
-    up.add_argument("--time-scale", type=float, default=1.0, metavar="X")
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="run the shared clock X times faster than real time: retries, validity,"
+        " greylisting (default 1; 5040 makes 3.5 days a minute)",
+    )
     up.add_argument(
         "--listen",
         default="127.0.0.1:2525",
         metavar="HOST:PORT",
         help="the MTA's SMTP submission address",
     )
-    up.add_argument("--admin", default="127.0.0.1:8080", metavar="HOST:PORT")
+    up.add_argument(
+        "--admin",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the MTA's HTTP API (default 127.0.0.1:8080)",
+    )
     up.add_argument(
         "--dns",
         default="127.0.0.1:5300",
         metavar="HOST:PORT",
         help="the stub DNS the MTA resolves through",
     )
-    up.add_argument("--sim-http", default="127.0.0.1:8025", metavar="HOST:PORT")
+    up.add_argument(
+        "--sim-http",
+        default="127.0.0.1:8025",
+        metavar="HOST:PORT",
+        help="the simulation's HTTP API: what the ISPs received (default 127.0.0.1:8025)",
+    )
     up.add_argument(
         "--persona-port",
         type=int,
@@ -494,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="the port every simulated ISP listens on (each on its own address)",
     )
-    up.add_argument("--seed", type=int, metavar="N")
+    up.add_argument(
+        "--seed", type=int, metavar="N", help="seed the simulated ISPs' random faults"
+    )
     up.add_argument(
         "--nodes",
         type=int,
@@ -521,7 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where the client's receiver listens (with --client)",
     )
-    up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    up.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="of the processes' logs in DIR (default info)",
+    )
     up.set_defaults(func=cmd_up)
 
     for register in _plugins():
@@ -567,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CliError) as exc:
         print(f"mta: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed()
     except OSError as exc:
         print(f"mta: {exc}", file=sys.stderr)
         return 1

@@ -74,7 +74,12 @@ def add_parser(subparsers: Any) -> None:
     sim.add_argument(
         "--mta-admin", metavar="URL", help="the MTA's admin URL, linked from the inbox"
     )
-    sim.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sim.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="what to log on stderr (default info)",
+    )
     sim.set_defaults(func=run, sim_command=None)
     sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND")
     ls = sub.add_parser("ls", help="list the messages the personas received")
@@ -170,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"mta sim: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # the reader went away: `mta` stops quietly
     except OSError as exc:
         print(f"mta sim: {exc}", file=sys.stderr)
         return 1
@@ -326,14 +333,13 @@ def _describe(sim: Any) -> str:
 
 
 def _serve(args: argparse.Namespace, config: SimConfig) -> int:
-    from mta.cli.common import install_uvloop, setup_logging, until_signalled
+    from mta.cli.common import check_time_scale, install_uvloop, setup_logging, until_signalled
     from mta.clock import make_clock
     from mta.sim.simulation import Simulation
 
     setup_logging(args.log_level)
+    check_time_scale(args.time_scale)
     scale = args.time_scale if args.time_scale is not None else 1.0
-    if scale <= 0:
-        raise ConfigError("--time-scale must be positive")
     anchor = args.clock_anchor or None
     clock = make_clock(scale, anchor)
 

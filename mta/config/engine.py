@@ -11,6 +11,8 @@ Precedence is the order of application: defaults < file < env < flags.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import types
@@ -121,11 +123,13 @@ def _convert(value: Any, hint: Any, kind: str | None, from_text: bool) -> Any:
     if hint is float:
         if from_text and isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ValueError(f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -269,19 +273,38 @@ def _replace_table(
 
 
 def env_overrides(
-    cls: type, environ: Mapping[str, str], env_prefix: str, reserved: Iterable[str] = ()
+    cls: type,
+    environ: Mapping[str, str],
+    env_prefix: str,
+    reserved: Iterable[str] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
-    """The dotted keys set by `PREFIX_SECTION_KEY` variables; an unknown one is an error."""
+    """The dotted keys set by `PREFIX_SECTION_KEY` variables.
+
+    An unknown one is ignored with a warning naming the closest known variable:
+    orchestrators set variables of their own under the same prefix (Kubernetes sets
+    `MTA_SERVICE_HOST`, `MTA_PORT` ... for a Service named `mta`), so it cannot be an
+    error.
+    """
     by_env = {env_name(key, env_prefix): key for key in scalar_keys(cls)}
     skip = set(reserved)
     found: dict[str, str] = {}
-    for name, value in environ.items():
+    for name, value in sorted(environ.items()):
         if not name.startswith(env_prefix) or name in skip:
             continue
         if name not in by_env:
-            raise ConfigError(f"environment: unknown variable {name}")
+            if warn is not None:
+                warn(unknown_variable(name, [*by_env, *skip]))
+            continue
         found[by_env[name]] = value
     return found
+
+
+def unknown_variable(name: str, known: Iterable[str]) -> str:
+    """The warning for an unknown variable, naming the closest known one if any is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"environment: unknown variable {name} ignored{hint}"
 
 
 def read_text(path: str | Path) -> str:
@@ -313,8 +336,14 @@ def load(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     reserved_env: Iterable[str] = (),
+    warn: Callable[[str], None] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> T:
-    """Defaults < TOML file < environment < flags, each checked, as one frozen instance."""
+    """Defaults < TOML file < environment < flags, each checked, as one frozen instance.
+
+    `warn` receives one line per unknown environment variable; `flag_names` names a
+    dotted key as the command-line flag that set it, in error messages.
+    """
     instance = cls()
     if path is not None:
         source = str(path)
@@ -322,11 +351,14 @@ def load(
     env = os.environ if environ is None else environ
     instance = apply_overrides(
         instance,
-        env_overrides(cls, env, env_prefix, reserved_env),
+        env_overrides(cls, env, env_prefix, reserved_env, warn),
         "environment",
         True,
         lambda key: env_name(key, env_prefix),
     )
     if flags:
-        instance = apply_overrides(instance, flags, "command line", False)
+        names = dict(flag_names or {})
+        instance = apply_overrides(
+            instance, flags, "command line", False, lambda key: names.get(key, key)
+        )
     return instance

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import importlib.resources
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -526,6 +527,10 @@ class BindingConfig:
     age: int = 0
 
     def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            raise ValueError(f"address: expected an IP address, got {self.address!r}") from None
         if self.age < 0:
             raise ValueError("age must not be negative")
         if self.first_use:

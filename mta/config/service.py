@@ -9,7 +9,9 @@ Durations accept "30s", "5m", "84h", "3.5d"; they are stored as seconds.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -148,6 +150,21 @@ class DnsConfig:
     timeout: float = duration_field("5s")
     cache_size: int = 10000
 
+    def __post_init__(self) -> None:
+        for server in self.nameservers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ValueError(
+                    f"nameservers: expected IP addresses, got {server!r}"
+                ) from None
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be 1-65535")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be more than 0")
+        if self.cache_size < 0:
+            raise ValueError("cache_size must not be negative")
+
 
 @dataclass(frozen=True)
 class DkimKey:
@@ -203,8 +220,8 @@ class ClockConfig:
     anchor: str = ""  # REAL:VIRTUAL:SCALE, shared with the simulation by `mta up`
 
     def __post_init__(self) -> None:
-        if self.time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"must be a positive number, got {self.time_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -335,8 +352,13 @@ def load_config(
     path: str | Path | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> MtaConfig:
-    """The effective config; `path=None` means defaults (plus env and flags)."""
+    """The effective config; `path=None` means defaults (plus env and flags).
+
+    Unknown `MTA_*` variables go to `warn` (default: a warning on the `mta.config` log).
+    """
     return engine.load(
         MtaConfig,
         path,
@@ -344,6 +366,8 @@ def load_config(
         flags=flags,
         environ=environ,
         reserved_env=("MTA_CONFIG",),
+        warn=warn or logging.getLogger("mta.config").warning,
+        flag_names=flag_names,
     )
 
 

@@ -15,6 +15,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a duration: {value!r}")
         if value < 0:
             raise ValueError(f"negative duration: {value!r}")
         return float(value)
@@ -30,6 +32,8 @@ def parse_rate(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a rate: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a rate: {value!r}")
         if value < 0:
             raise ValueError(f"negative rate: {value!r}")
         return float(value)

@@ -160,6 +160,23 @@ def password_authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
     return authenticate
 
 
+class _Session(Session):
+    """aiosmtpd's session without the deprecated `login_data` property's warning.
+
+    On every successful AUTH aiosmtpd itself still sets `session.login_data`, whose
+    property logs "Session.login_data is deprecated"; we read `auth_data` (the
+    supported attribute) and keep `login_data` a plain attribute, so nothing warns.
+    """
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
 class FastSMTP(SMTP):
     """See the module docstring."""
 
@@ -265,6 +282,9 @@ class FastSMTP(SMTP):
         self._held.clear()
         transport.write(data)
         transport.close()
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     # -- replies --------------------------------------------------------------
 

@@ -78,7 +78,6 @@ def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, messag
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MTA_SMTP_LISTN": "x"}, "unknown variable MTA_SMTP_LISTN"),
         ({"MTA_DELIVERY_PORT": "abc"}, "MTA_DELIVERY_PORT: expected an integer"),
         ({"MTA_DELIVERY_PORT": "0"}, "MTA_DELIVERY_PORT: port must be 1-65535"),
     ],
@@ -115,3 +114,55 @@ def test_one_webhook_from_the_environment() -> None:
 def test_an_open_relay_needs_allow_open_relay(tmp_path: Path) -> None:
     path = write(tmp_path, '[smtp]\nrelay_networks = ["0.0.0.0/0"]\nallow_open_relay = true\n')
     assert load_config(path, environ={}).smtp.relay_networks == ("0.0.0.0/0",)
+
+
+def test_unknown_variables_warn_with_the_closest_known_one() -> None:
+    """Kubernetes sets MTA_SERVICE_HOST, MTA_PORT ... for a Service named `mta`: a start
+    must not fail on them; a typo gets a hint."""
+    warnings: list[str] = []
+    env = {
+        "MTA_SERVICE_HOST": "10.0.0.1",
+        "MTA_PORT": "tcp://10.0.0.1:2525",
+        "MTA_SMTP_LISTN": "127.0.0.1:2600",
+        "MTA_SMTP_HOSTNAME": "mx.test",
+    }
+    config = load_config(None, environ=env, warn=warnings.append)
+    assert config.smtp.hostname == "mx.test"
+    assert config.smtp.listen == "127.0.0.1:2525"  # the typo changed nothing
+    assert len(warnings) == 3
+    by_name = {w.split("unknown variable ")[1].split()[0]: w for w in warnings}
+    assert "did you mean MTA_SMTP_LISTEN?" in by_name["MTA_SMTP_LISTN"]
+    assert all("ignored" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[clock]\ntime_scale = nan\n", "clock.time_scale: expected a finite number, got nan"),
+        ("[retry]\nfactor = inf\n", "retry.factor: expected a finite number, got inf"),
+        ("[retry]\nfirst = nan\n", "retry.first: not a duration: nan"),
+        ("[dns]\nnameservers = ['resolver']\n", "dns: nameservers: expected IP addresses"),
+        ("[dns]\nport = 99999\n", "dns: port must be 1-65535"),
+        ("[dns]\ntimeout = 0\n", "dns: timeout must be more than 0"),
+        (
+            "[[delivery.bindings]]\naddress = '999.1.1.1'\n",
+            "delivery.bindings[0]: address: expected an IP address, got '999.1.1.1'",
+        ),
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "mta.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(str(path)) and message in str(caught.value)
+
+
+def test_a_flag_error_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="command line: --time-scale: expected a finite"):
+        load_config(
+            None,
+            flags={"clock.time_scale": float("nan")},
+            environ={},
+            flag_names={"clock.time_scale": "--time-scale"},
+        )
