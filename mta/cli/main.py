@@ -30,6 +30,7 @@ from mta.cli.common import (
 from mta.config.engine import ConfigError, parse_hostport
 from mta.config.service import DkimKey, MtaConfig, load_config
 from mta.core.tokens import TOKEN_ENV
+from mta.queue.spool import SpoolError
 
 log = logging.getLogger("mta")
 
@@ -144,14 +145,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from mta.app import MtaApp
 
         app = MtaApp(config)
-        await app.start()
+        # Signal handlers first: a SIGTERM from then on (even during the start) stops cleanly.
+        signalled = asyncio.ensure_future(until_signalled())
+        try:
+            await app.start()
+        except BaseException:
+            signalled.cancel()
+            raise
         host, port = app.smtp_address
+        found = app.running.spool.found
+        if found.file in ("empty", "missing"):
+            warn(found.describe())
+        else:
+            print(f"mta: {found.describe()}", file=sys.stderr, flush=True)
         admin = app.admin_address
         if admin is not None:
             print(f"mta: admin API on http://{admin[0]}:{admin[1]}/", file=sys.stderr, flush=True)
         print(f"mta: listening on {host}:{port}", file=sys.stderr, flush=True)
         try:
-            await until_signalled()
+            await signalled
         finally:
             await app.stop()
         return 0
@@ -596,6 +608,7 @@ def _plugins() -> list[Callable[[Any], None]]:
     from mta.cli import dkim as dkim_cmd
     from mta.cli import queue as queue_cmd
     from mta.cli import sim as sim_cli
+    from mta.cli import spool as spool_cmd
 
     return [
         _with_func(dkim_cmd.add_parser, "dkim", dkim_cmd.run),
@@ -603,6 +616,7 @@ def _plugins() -> list[Callable[[Any], None]]:
         _with_func(queue_cmd.add_parser, "queue", queue_cmd.run),
         _with_func(sim_cli.add_parser, "sim", sim_cli.run),
         _with_func(demo.add_parser, "demo", demo.run),
+        _with_func(spool_cmd.add_parser, "spool", spool_cmd.run),
     ]
 
 
@@ -629,6 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return stdout_closed()
+    except SpoolError as exc:
+        print(f"mta: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"mta: {exc}", file=sys.stderr)
         return 1

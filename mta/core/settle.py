@@ -90,6 +90,32 @@ def settle(
     )
 
 
+def hold(
+    before: Attempted,
+    outcome: Outcome,
+    *,
+    now: float,
+    rules: Classifier,
+    until: float,
+    event_id: str,
+) -> Settlement:
+    """Keep the recipient from any attempt until `until` (e.g. its message's content failed
+    its checksum: it must never be sent). It stays queued, with a soft-bounce event saying
+    why; when its validity ends it expires with that reply, like any recipient left waiting."""
+    return _settlement(
+        before,
+        outcome,
+        "retry",
+        before.attempts,
+        until,
+        rules.classify(outcome),
+        before.possible_duplicate,
+        now,
+        event_id,
+        attempted=False,
+    )
+
+
 def expire_unattempted(
     before: Attempted,
     last: Outcome | None,

@@ -3,6 +3,8 @@ reader's) transaction and knows nothing of threads or futures."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -18,6 +20,32 @@ from mta.queue.records import (
     Update,
     WebhookCursor,
 )
+
+
+def digest(content: bytes) -> str:
+    """The checksum kept with a message's content (hex SHA-256)."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def checksum_stored(conn: sqlite3.Connection) -> int:
+    """Migration 2 -> 3: the checksum of every content already stored."""
+    rows = conn.execute(
+        "SELECT id, content FROM messages WHERE content IS NOT NULL AND content_sha256 IS NULL"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE messages SET content_sha256 = ? WHERE id = ?",
+        [(digest(content), message_id) for message_id, content in rows],
+    )
+    return len(rows)
+
+
+def queued_counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(messages with recipients pending, recipients queued, of them leased) at start."""
+    messages = conn.execute("SELECT COUNT(*) FROM messages WHERE pending > 0").fetchone()[0]
+    queued, leased = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(leased), 0) FROM recipients WHERE state = 'queued'"
+    ).fetchone()
+    return int(messages), int(queued), int(leased)
 
 
 def recover_leases(conn: sqlite3.Connection) -> int:
@@ -38,7 +66,7 @@ def probe_write(conn: sqlite3.Connection) -> None:
 def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
     cursor = conn.execute(
         "INSERT INTO messages (queue_id, mail_from, delivery_id, received_at, expires_at, size,"
-        " smtputf8, pending, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " smtputf8, pending, content, content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             m.queue_id,
             m.mail_from,
@@ -49,6 +77,7 @@ def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
             int(m.smtputf8),
             len(m.recipients),
             m.content,
+            digest(m.content),
         ),
     )
     message_id = cursor.lastrowid
@@ -144,16 +173,40 @@ def pick(conn: sqlite3.Connection, requests: Sequence[tuple[str, int]], now: flo
         _lease(conn, picked)
         recipients.extend(picked)
         next_due[domain] = _next_due(conn, domain)
+    contents, damaged = verified_contents(conn, sorted({r.message_id for r in recipients}))
+    return Pick(recipients, contents, next_due, frozenset(damaged))
+
+
+def verified_contents(
+    conn: sqlite3.Connection, message_ids: Sequence[int]
+) -> tuple[dict[int, bytes], list[int]]:
+    """The contents whose checksum holds, and the ids of the others (a checksum that does
+    not match, content missing or unreadable): those are marked damaged, never sent."""
     contents: dict[int, bytes] = {}
-    message_ids = sorted({r.message_id for r in recipients})
-    for start in range(0, len(message_ids), 500):
-        chunk = message_ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for message_id, content in conn.execute(
-            f"SELECT id, content FROM messages WHERE id IN ({marks})", chunk
-        ):
-            contents[message_id] = content
-    return Pick(recipients, contents, next_due)
+    damaged: list[int] = []
+    for message_id in message_ids:
+        try:
+            row = conn.execute(
+                "SELECT content, content_sha256, damaged FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+        except sqlite3.DatabaseError:  # a damaged page: this message cannot be read
+            damaged.append(message_id)
+            continue
+        if row is None or row[0] is None or row[2] or (row[1] and digest(row[0]) != row[1]):
+            damaged.append(message_id)
+        else:
+            contents[message_id] = bytes(row[0])
+    if damaged:
+        mark_damaged(conn, damaged)
+    return contents, damaged
+
+
+def mark_damaged(conn: sqlite3.Connection, message_ids: Sequence[int]) -> None:
+    with contextlib.suppress(sqlite3.DatabaseError):  # a page too damaged to take the flag
+        conn.executemany(
+            "UPDATE messages SET damaged = 1 WHERE id = ?", [(i,) for i in message_ids]
+        )
 
 
 def pick_expired(

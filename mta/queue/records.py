@@ -58,8 +58,10 @@ class DueRecipient:
 @dataclass(frozen=True, slots=True)
 class Pick:
     recipients: list[DueRecipient]
-    contents: dict[int, bytes]  # message id -> content
+    contents: dict[int, bytes]  # message id -> content, its checksum verified
     next_due: dict[str, float | None]  # per domain asked: the earliest next attempt left
+    # Messages whose content failed its checksum or could not be read: never to be sent.
+    damaged: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from mta.core.settle import (
     Settlement,
     bounce_by_operator,
     expire_unattempted,
+    hold,
     settle,
 )
 from mta.core.throttle import Change, SiteThrottle
@@ -64,6 +65,14 @@ log = logging.getLogger("mta.scheduler")
 RECORD_RETRIES = 5
 SITE_REFRESH = 60.0  # real seconds before a domain's MX hosts are looked up again
 EXPIRY_BATCH = 500
+# What a recipient of a message whose content failed its checksum records (and its
+# sender hears): a local error, held until the validity ends, never sent.
+DAMAGED = Outcome(
+    Reply(451, "4.3.0", "Message content damaged in the spool (checksum mismatch); held, not sent"),
+    Phase.CONNECT,
+    None,
+    Condition.LOCAL_ERROR,
+)
 
 
 @dataclass(frozen=True)
@@ -375,8 +384,14 @@ class Scheduler:
         for domain, next_due in pick.next_due.items():
             self._work(domain).next_due = next_due
         by_domain: dict[str, list[DueRecipient]] = {}
+        damaged: list[DueRecipient] = []
         for r in pick.recipients:
-            by_domain.setdefault(r.domain, []).append(r)
+            if r.message_id in pick.damaged:
+                damaged.append(r)
+            else:
+                by_domain.setdefault(r.domain, []).append(r)
+        if damaged:
+            await self._hold_damaged(damaged, now)
         per_transaction = self.settings.max_recipients_per_transaction
         for domain, due in by_domain.items():
             site, shares = plans[domain]
@@ -384,6 +399,33 @@ class Scheduler:
             for index, (job, members) in enumerate(group_jobs(due, pick.contents, per_transaction)):
                 binding = slots[min(index, len(slots) - 1)]
                 self._start_job(job, members, site, binding, now)
+
+    async def _hold_damaged(self, damaged: list[DueRecipient], now: float) -> None:
+        """Recipients of a message whose content failed its checksum: never sent; held (queued,
+        no attempt) until their validity ends, with an event and a log line now."""
+        for queue_id in sorted({r.queue_id for r in damaged}):
+            count = sum(1 for r in damaged if r.queue_id == queue_id)
+            log.error(
+                "message %s: content damaged in the spool (checksum mismatch or unreadable);"
+                " %d recipients held, never sent (mta spool check DIR lists them)",
+                queue_id,
+                count,
+            )
+        settlements = [
+            hold(
+                attempted(r),
+                DAMAGED,
+                now=now,
+                rules=self.rules,
+                until=r.expires_at,
+                event_id=events.new_event_id(),
+            )
+            for r in damaged
+        ]
+        updates = [update_of(r, s, now) for r, s in zip(damaged, settlements, strict=True)]
+        await self._record(updates)
+        self._count(settlements)
+        self._requeue(damaged, settlements)
 
     def _start_job(
         self, job: Job, members: list[DueRecipient], site: Site, binding: Binding, now: float

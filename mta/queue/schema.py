@@ -1,5 +1,11 @@
 """The spool's SQLite schema and its version (one file: messages, recipients, attempts, events,
-site events, bindings and the webhook cursors)."""
+site events, bindings and the webhook cursors).
+
+Each message's content carries its checksum (`content_sha256`, hex SHA-256 of the stored
+bytes, checked before every delivery) and `damaged` (the check failed: the message is
+held, never sent); an older spool gets both columns in place (`ADDED_COLUMNS`) and a
+checksum for each content it already holds.
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -12,6 +18,8 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     smtputf8 INTEGER NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL,
+    content_sha256 TEXT,
+    damaged INTEGER NOT NULL DEFAULT 0,
     content BLOB
 );
 CREATE TABLE IF NOT EXISTS recipients (
@@ -94,4 +102,6 @@ UPGRADABLE = frozenset({2})
 ADDED_COLUMNS = (
     ("recipients", "reported_key", "TEXT"),  # the last soft bounce reported (mta.core.coalesce)
     ("recipients", "reported_at", "REAL"),
+    ("messages", "content_sha256", "TEXT"),  # checked before delivery (mta.queue.queries)
+    ("messages", "damaged", "INTEGER NOT NULL DEFAULT 0"),
 )

@@ -66,6 +66,48 @@ class SpoolFull(SpoolError):
     """The database or the disk is full."""
 
 
+class SpoolUnreadable(SpoolError):
+    """The spool file cannot be opened or read: the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the spool held when the MTA started (said at start, so nothing is silent)."""
+
+    path: Path
+    file: str  # "new", "empty" (0 bytes), "missing" (its WAL left), "existing"
+    messages: int = 0  # messages with recipients still to deliver
+    queued: int = 0  # recipients queued
+    leased: int = 0  # of them, in flight at the last stop (tried again, flagged)
+
+    def describe(self) -> str:
+        if self.file == "new":
+            return f"spool {self.path}: new, empty"
+        if self.file == "empty":
+            return (
+                f"spool {self.path}: the file was empty (0 bytes), so the queue starts empty;"
+                " if it held messages, they are lost (restore it from a backup)"
+            )
+        if self.file == "missing":
+            return (
+                f"spool {self.path}: the file was missing but its -wal file was there, so the"
+                " queue starts empty; if it held messages, they are lost (restore it)"
+            )
+        return (
+            f"spool {self.path}: {self.messages} messages queued ({self.queued} recipients),"
+            f" {self.leased} leased (in flight at the last stop: tried again now)"
+        )
+
+
+def unreadable(path: Path, reason: str) -> SpoolUnreadable:
+    directory = path.parent
+    return SpoolUnreadable(
+        f"spool {path} cannot be read ({reason}): see what is readable with"
+        f" `mta spool check {directory}`, rescue it with `mta spool salvage {directory}"
+        f" --out NEWDIR`, then start with --data-dir NEWDIR"
+    )
+
+
 @dataclass
 class _Op:
     run: Callable[[sqlite3.Connection], Any]
@@ -93,6 +135,7 @@ class Spool:
         self.write_failure: str | None = None
         self.probes = 0  # probe writes tried
         self._probe: asyncio.TimerHandle | None = None
+        self.found = Found(path, "new")
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` in the event loop after every commit (e.g. new events to send)."""
@@ -128,14 +171,25 @@ class Spool:
 
     async def _start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kind = _file_kind(self.path)
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="spool-writer", daemon=True
         )
         self._thread.start()
-        await ready
-        self.recovered = await self._submit(queries.recover_leases)
+        try:
+            await ready
+            # Counting scans the messages and recipients tables: damage there shows now.
+            messages, queued, leased = await self._submit(queries.queued_counts)
+            self.recovered = await self._submit(queries.recover_leases)
+        except SpoolError as exc:
+            await self.close()
+            if isinstance(exc, SpoolUnreadable):
+                raise
+            reason = str(exc.__cause__ or exc).removeprefix("DatabaseError: ")
+            raise unreadable(self.path, reason) from None
+        self.found = Found(self.path, kind, messages, queued, leased)
         if self.recovered:
             log.warning(
                 "recovered %d recipients that were in flight at the last stop", self.recovered
@@ -162,15 +216,24 @@ class Spool:
                 self.path, SCHEMA, SCHEMA_VERSION, opens=lambda found: found in UPGRADABLE
             )
         except SchemaVersionError as exc:
-            raise sqlite3.DatabaseError(
-                f"spool schema version {exc.found}, this MTA needs {exc.needed}:"
-                " move the old data directory away"
+            raise SpoolUnreadable(
+                f"spool {self.path}: schema version {exc.found}, this MTA needs"
+                f" {exc.needed}: move the old data directory away"
             ) from None
-        conn.execute("PRAGMA foreign_keys=OFF")
-        for table, column, kind in ADDED_COLUMNS:
-            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        try:
+            conn.execute("PRAGMA foreign_keys=OFF")
+            added = []
+            for table, column, kind in ADDED_COLUMNS:
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    added.append(column)
+            if "content_sha256" in added:
+                done = queries.checksum_stored(conn)
+                log.warning("spool upgraded: a checksum computed for the %d contents it held", done)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -178,8 +241,12 @@ class Spool:
         assert loop is not None
         try:
             conn = self._connect()
+        except SpoolUnreadable as exc:
+            loop.call_soon_threadsafe(_fail_future, ready, exc)
+            return
         except sqlite3.Error as exc:
-            loop.call_soon_threadsafe(_fail_future, ready, SpoolError(f"cannot open spool: {exc}"))
+            error = unreadable(self.path, str(exc))
+            loop.call_soon_threadsafe(_fail_future, ready, error)
             return
         loop.call_soon_threadsafe(_resolve_future, ready, None)
         try:
@@ -385,6 +452,14 @@ class Spool:
             self._read_conn.close()
             self._read_conn = None
 
+
+
+def _file_kind(path: Path) -> str:
+    """What is on disk before SQLite opens (and so creates) the file."""
+    if path.exists():
+        return "empty" if path.stat().st_size == 0 else "existing"
+    wal = path.with_name(path.name + "-wal")
+    return "missing" if wal.exists() and wal.stat().st_size > 0 else "new"
 
 
 def _storage_error(exc: BaseException) -> SpoolError:
