@@ -158,27 +158,39 @@ def write_mta_config(path: Path, webhook_url: str, secret: str, key_file: Path) 
 
 
 class Screen:
-    """The live table: redrawn in place on a terminal, a line now and then otherwise."""
+    """Progress on stderr: on a terminal the live table, redrawn in place; elsewhere (a CI
+    log, a file) one line, written only when the counts it shows change (at most every
+    5 s), so a log holds the story once instead of a copy of the table per poll."""
 
     def __init__(self, stream: Any, enabled: bool) -> None:
         self.stream = stream
         self.enabled = enabled
         self.tty = enabled and stream.isatty()
         self.last_text = ""
+        self.last_key = ""
         self.last_lines = 0
         self.last_at = 0.0
 
-    def show(self, text: str) -> None:
-        if not self.enabled or text == self.last_text:
+    def show(self, text: str, key: str | None = None) -> None:
+        """`text` for a terminal; `key` (default `text`) is the line written elsewhere."""
+        if not self.enabled:
             return
+        if self.tty:
+            if text == self.last_text:
+                return
+            if self.last_lines:
+                self.stream.write(f"\x1b[{self.last_lines}F\x1b[J")
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last_text, self.last_lines = text, text.count("\n") + 1
+            return
+        line = text if key is None else key
         now = time.monotonic()
-        if not self.tty and now - self.last_at < 5.0:
+        if line == self.last_key or now - self.last_at < 5.0:
             return
-        if self.tty and self.last_lines:
-            self.stream.write(f"\x1b[{self.last_lines}F\x1b[J")
-        self.stream.write(text + "\n")
+        self.stream.write(line + "\n")
         self.stream.flush()
-        self.last_text, self.last_lines, self.last_at = text, text.count("\n") + 1, now
+        self.last_key, self.last_at = line, now
 
 
 def live_text(kpis: Any, started: float, scale: float) -> str:
@@ -187,6 +199,12 @@ def live_text(kpis: Any, started: float, scale: float) -> str:
     elapsed = time.monotonic() - started
     virtual = elapsed * scale
     return f"{render_table(kpis)}\nelapsed {elapsed:5.1f}s real = {virtual / 3600:6.1f}h virtual"
+
+
+def live_line(kpis: Any) -> str:
+    """The counts alone, for progress off a terminal."""
+    counts = ", ".join(f"{status} {n}" for status, n in kpis.by_status.items())
+    return f"mta demo: {counts}; {kpis.not_final} not final yet"
 
 
 async def fetch_sites(admin: str) -> list[dict[str, Any]]:
@@ -212,7 +230,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     from mta.cli.dkim import keygen
     from mta.cli.queue import render_sites
 
-    out = sys.stderr
+    out = sys.stderr  # progress; the results go to stdout
     planned = plan_recipients(args.recipients)
     keep = args.data_dir is not None
     root = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="mta-demo-"))
@@ -283,7 +301,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 "final",
                 timeout=deadline,
                 interval=0.25,
-                on_poll=lambda k: screen.show(live_text(k, started, args.time_scale)),
+                on_poll=lambda k: screen.show(live_text(k, started, args.time_scale), live_line(k)),
             )
         except WaitTimeout as exc:
             final = exc.kpis
@@ -337,14 +355,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        print(f"\n{render_table(final)}\n", file=out)
-        print(_category_table(by_category), file=out)
-        print(f"\nper site:\n{render_sites(sites)}\n", file=out)
+        print(f"\n{render_table(final)}\n")
+        print(_category_table(by_category))
+        print(f"\nper site:\n{render_sites(sites)}\n")
         for m in mismatches[:20]:
             print(
                 f"MISMATCH {m['recipient']} ({m['category']}): expected {m['expected']}, got "
-                f"{m['got']} {m['reason'] or ''} {m['last_reply'] or ''}".rstrip(),
-                file=out,
+                f"{m['got']} {m['reason'] or ''} {m['last_reply'] or ''}".rstrip()
             )
         verdict = (
             "every recipient ended as designed"
@@ -354,7 +371,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f" Success {final.success_pct}% (designed {designed_success}%)"
             )
         )
-        print(f"mta demo: {verdict}; {wall_seconds:.1f}s", file=out)
+        print(f"mta demo: {verdict}; {wall_seconds:.1f}s", flush=True)
     if not keep:
         _remove(root)
     return 0 if ok else 1

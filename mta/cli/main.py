@@ -354,6 +354,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         persona_port=args.persona_port,
         webhook=args.webhook,
     )
+    from mta.cli.topology import PERSONA_HOSTS_DEFAULT, busy_ports, log_tail
+
+    personas = None if args.sim_config else PERSONA_HOSTS_DEFAULT
+    busy = busy_ports(addresses, personas, args.client)
+    if busy:
+        raise CliError(
+            "up: in use already: " + "; ".join(busy) + ": stop what holds it, or choose"
+            " another address with the flag named"
+        )
     secret = os.environ.get("WEBHOOK_SECRET") or _new_secret()
     token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18)
     dkim_keys = data / "dkim"
@@ -446,7 +455,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         status = 0
         if watcher in done:
             service, code = watcher.result()
-            print(f"mta up: {service.name} exited with status {code}", file=sys.stderr)
+            log_file = data / f"{service.name}.log"
+            print(
+                f"mta up: {service.name} exited with status {code}; the end of {log_file}:",
+                file=sys.stderr,
+            )
+            for line in log_tail(log_file):
+                print(f"  {line}", file=sys.stderr)
             status = 1
         signalled.cancel()
         watcher.cancel()

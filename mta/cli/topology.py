@@ -228,6 +228,52 @@ def feedback_env(a: Addresses, secret: str) -> dict[str, str]:
     return {"MTA_FEEDBACK_URL": a.webhook_url, "MTA_FEEDBACK_SECRET": secret}
 
 
+def busy_ports(a: Addresses, personas: list[str] | None, client: bool) -> list[str]:
+    """The listen addresses of a setup that something else already holds, each said with
+    the flag that moves it (checked before any process starts, as each would bind it)."""
+    wanted: list[tuple[str, int, int, str]] = []  # host, port, socket type, flag
+    for listen, flag in ((a.smtp, "--listen"), (a.admin, "--admin"), (a.sim_http, "--sim-http")):
+        if listen:
+            host, port = parse_hostport(listen)
+            wanted.append((host, port, socket.SOCK_STREAM, flag))
+    dns_host, dns_port = parse_hostport(a.dns)
+    wanted += [
+        (dns_host, dns_port, socket.SOCK_DGRAM, "--dns"),
+        (dns_host, dns_port, socket.SOCK_STREAM, "--dns"),
+    ]
+    for host in personas or []:
+        wanted.append((host, a.persona_port, socket.SOCK_STREAM, "--persona-port"))
+    if client:
+        host, port = parse_hostport(a.webhook)
+        wanted.append((host, port, socket.SOCK_STREAM, "--webhook"))
+        wanted.append((a.bounce_host, a.persona_port, socket.SOCK_STREAM, "--persona-port"))
+    busy: dict[tuple[str, int, str], list[str]] = {}
+    for host, port, kind, flag in wanted:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds
+            try:
+                sock.bind((host, port))
+            except OSError:
+                what = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+                busy.setdefault((what, port, flag), []).append(host)
+    return [
+        f"{what} port {port} on {', '.join(hosts)} ({flag})"
+        for (what, port, flag), hosts in busy.items()
+    ]
+
+
+def log_tail(path: Path, lines: int = 8) -> list[str]:
+    """The last lines of a child's log, to show when it stops."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -277,7 +323,10 @@ class Supervisor:
         where = f"; see {log}" if log else ""
         while True:
             if process.returncode is not None:
-                raise RuntimeError(f"{service.name} exited with status {process.returncode}{where}")
+                tail = "".join(f"\n  {line}" for line in log_tail(log)) if log else ""
+                raise RuntimeError(
+                    f"{service.name} exited with status {process.returncode}{where}{tail}"
+                )
             check = await asyncio.create_subprocess_exec(
                 *service.ready_command,
                 stdout=asyncio.subprocess.DEVNULL,

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mta.cli.main import build_parser
+from mta.cli.topology import PERSONA_HOSTS_DEFAULT, free_common_port, free_port
 from tests.helpers import mta_config, started
 
 MTA = str(Path(sys.executable).with_name("mta"))
@@ -171,7 +174,7 @@ async def test_a_successful_auth_logs_no_deprecation_warning(
         await smtp.ehlo()
         assert (await smtp.login("campaign", "s3cret")).code == 235
         errors, response = await smtp.sendmail(
-            "a@b.test", ["c@d.test"], b"Subject: x\r\n\r\nhi\r\n"
+            "a@b.test", ["c@d.test"], b"From: a@b.test\r\nSubject: x\r\n\r\nhi\r\n"
         )
         assert errors == {} and "queued" in response
         await smtp.quit()
@@ -179,3 +182,89 @@ async def test_a_successful_auth_logs_no_deprecation_warning(
         await app.stop()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in warnings if "deprecated" in r.getMessage().lower()]
+
+
+def up_argv(tmp_path: Path, smtp: int) -> list[str]:
+    return [
+        MTA,
+        "up",
+        "--data-dir",
+        str(tmp_path / "var"),
+        "--listen",
+        f"127.0.0.1:{smtp}",
+        "--admin",
+        f"127.0.0.1:{free_port()}",
+        "--dns",
+        f"127.0.0.1:{free_port()}",
+        "--sim-http",
+        f"127.0.0.1:{free_port()}",
+        "--persona-port",
+        str(free_common_port(PERSONA_HOSTS_DEFAULT)),
+    ]
+
+
+def test_up_names_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = run(*up_argv(tmp_path, port))
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert f"in use already: TCP port {port} on 127.0.0.1 (--listen)" in line, line
+    assert not (tmp_path / "var" / "sim.log").exists()  # no process was started
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+async def test_up_shows_the_end_of_a_failing_childs_log(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *up_argv(tmp_path, free_port()), stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        line = (await asyncio.wait_for(process.stderr.readline(), 90)).decode()
+        assert line.startswith("mta up: submit mail to"), line
+        (sim,) = [
+            pid
+            for pid in children(process.pid)
+            if b"\0sim\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(sim, signal.SIGKILL)  # the sim child this test's `mta up` started
+        rest = (await asyncio.wait_for(process.stderr.read(), 90)).decode()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 90)
+    assert process.returncode == 1
+    log = tmp_path / "var" / "sim.log"
+    assert f"mta up: sim exited with status -9; the end of {log}:" in rest
+    last = [x for x in log.read_text().splitlines() if x.strip()][-1]
+    assert f"  {last}" in rest.splitlines()
+
+
+def test_demo_results_go_to_stdout_and_progress_to_stderr(tmp_path: Path) -> None:
+    """As `make demo > f` does: the file gets the results; off a terminal the progress is
+    a few lines, each a change, never the table again and again."""
+    done = run(
+        MTA,
+        "demo",
+        "--recipients",
+        "24",
+        "--time-scale",
+        "30000",
+        "--data-dir",
+        str(tmp_path / "demo"),
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mta demo: every recipient ended as designed" in done.stdout
+    assert "per site:" in done.stdout and "Sent" in done.stdout
+    assert done.stderr.startswith("mta demo: 24 recipients")
+    assert "per site:" not in done.stderr and "every recipient" not in done.stderr
+    assert "\x1b[" not in done.stderr  # no cursor movement off a terminal
+    progress = [line for line in done.stderr.splitlines() if "not final yet" in line]
+    assert len(progress) == len(set(progress))  # each line says something new
