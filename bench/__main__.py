@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.bench_throttle",
     "bench.bench_queue",
     "bench.bench_data_memory",
+    "bench.bench_spool_damage",
     "bench.bench_throttling",
     "bench.bench_cluster",
     "bench.bench_persona",
