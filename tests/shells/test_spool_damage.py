@@ -393,3 +393,15 @@ async def test_a_version_2_spool_is_upgraded_with_checksums(tmp_path: Path) -> N
     rows = spool_rows(tmp_path, "SELECT content_sha256, damaged FROM messages")
     assert rows == [(digest(b"hello"), 0)]
     assert spool_rows(tmp_path, "PRAGMA user_version") == [(4,)]
+
+
+async def test_a_lost_spool_beside_its_wal_file_says_so(tmp_path: Path) -> None:
+    """The spool file is gone but its -wal file is still there: the queue it held is lost."""
+    data = tmp_path / "mta"
+    data.mkdir()
+    (data / "spool.sqlite3-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(60))
+    lines = await serve_says(data)
+    assert any(
+        line.startswith(f"mta: warning: spool {data / 'spool.sqlite3'}: the file was missing")
+        for line in lines
+    ), lines
