@@ -105,7 +105,7 @@ def hold(
     return _settlement(
         before,
         outcome,
-        "retry",
+        Result.RETRY,
         before.attempts,
         until,
         rules.classify(outcome),

@@ -181,18 +181,23 @@ def verified_contents(
     conn: sqlite3.Connection, message_ids: Sequence[int]
 ) -> tuple[dict[int, bytes], list[int]]:
     """The contents whose checksum holds, and the ids of the others (a checksum that does
-    not match, content missing or unreadable): those are marked damaged, never sent."""
+    not match, content missing or unreadable): those are marked damaged, never sent.
+
+    Read 500 at a time; a batch that meets a damaged page is read again one message at a
+    time, so only the messages on that page are lost."""
+    rows: dict[int, tuple[Any, Any, Any]] = {}
+    for start in range(0, len(message_ids), 500):
+        chunk = list(message_ids[start : start + 500])
+        try:
+            rows.update(_content_rows(conn, chunk))
+        except sqlite3.DatabaseError:
+            for message_id in chunk:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    rows.update(_content_rows(conn, [message_id]))
     contents: dict[int, bytes] = {}
     damaged: list[int] = []
     for message_id in message_ids:
-        try:
-            row = conn.execute(
-                "SELECT content, content_sha256, damaged FROM messages WHERE id = ?",
-                (message_id,),
-            ).fetchone()
-        except sqlite3.DatabaseError:  # a damaged page: this message cannot be read
-            damaged.append(message_id)
-            continue
+        row = rows.get(message_id)
         if row is None or row[0] is None or row[2] or (row[1] and digest(row[0]) != row[1]):
             damaged.append(message_id)
         else:
@@ -200,6 +205,19 @@ def verified_contents(
     if damaged:
         mark_damaged(conn, damaged)
     return contents, damaged
+
+
+def _content_rows(
+    conn: sqlite3.Connection, message_ids: list[int]
+) -> dict[int, tuple[Any, Any, Any]]:
+    marks = ",".join("?" * len(message_ids))
+    return {
+        row[0]: (row[1], row[2], row[3])
+        for row in conn.execute(
+            f"SELECT id, content, content_sha256, damaged FROM messages WHERE id IN ({marks})",
+            message_ids,
+        ).fetchall()
+    }
 
 
 def mark_damaged(conn: sqlite3.Connection, message_ids: Sequence[int]) -> None:
