@@ -41,7 +41,10 @@ async def test_webhook_cursors_start_at_zero_move_on_and_persist(tmp_path: Path)
 async def test_a_version_2_spool_gains_the_cursor_table_in_place(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite3"
     old = sqlite3.connect(path)
-    old.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY)")  # any table: not a new file
+    # a version-2 messages table (the rest of its columns do not matter here): not a new file
+    old.execute(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, pending INTEGER NOT NULL, content BLOB)"
+    )
     old.execute("PRAGMA user_version = 2")
     old.commit()
     old.close()
@@ -53,7 +56,7 @@ async def test_a_version_2_spool_gains_the_cursor_table_in_place(tmp_path: Path)
     finally:
         await spool.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
 
 
