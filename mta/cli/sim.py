@@ -96,14 +96,19 @@ def add_parser(subparsers: Any) -> None:
     chaos.add_argument("persona", nargs="?", help="the persona (none: show every persona's state)")
     chaos.add_argument("--url", default="http://127.0.0.1:8025", help="the simulation's HTTP URL")
     chaos.add_argument("--reply", metavar="REPLY", help='answer this, e.g. "451 4.7.1 Try later"')
-    chaos.add_argument("--stage", default="rcpt", choices=("mail", "rcpt", "data", "dot"))
+    chaos.add_argument(
+        "--stage",
+        default="rcpt",
+        choices=("mail", "rcpt", "data", "dot"),
+        help="where the --reply is given (default rcpt)",
+    )
     chaos.add_argument("--share", type=float, default=1.0, help="of the recipients (0-1)")
     chaos.add_argument("--no-reply", action="store_true", help="stop answering the --reply")
     chaos.add_argument("--rate", type=float, help="messages per second per sending IP (0: none)")
     chaos.add_argument(
         "--latency", action="append", default=[], metavar="STAGE=SECONDS", help="repeatable"
     )
-    chaos.add_argument("--greylisting", choices=("on", "off"))
+    chaos.add_argument("--greylisting", choices=("on", "off"), help="turn greylisting on or off")
     chaos.add_argument("--token", help=f"the write token (default: ${TOKEN_ENV})")
 
 
