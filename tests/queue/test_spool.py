@@ -56,7 +56,7 @@ async def test_a_version_2_spool_gains_the_cursor_table_in_place(tmp_path: Path)
     finally:
         await spool.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
 
 

@@ -392,7 +392,7 @@ async def test_a_version_2_spool_is_upgraded_with_checksums(tmp_path: Path) -> N
     await spool.close()
     rows = spool_rows(tmp_path, "SELECT content_sha256, damaged FROM messages")
     assert rows == [(digest(b"hello"), 0)]
-    assert spool_rows(tmp_path, "PRAGMA user_version") == [(4,)]
+    assert spool_rows(tmp_path, "PRAGMA user_version") == [(3,)]
 
 
 async def test_a_lost_spool_beside_its_wal_file_says_so(tmp_path: Path) -> None:
