@@ -545,7 +545,9 @@ class Scheduler:
             work = self._work(r.domain)
             if s.next_attempt_at is None:
                 work.queued -= 1
-                if work.queued <= 0 and work.next_due is None:
+                # Nothing of the domain left to deliver: its next_due (possibly the time of a
+                # recipient the expiry sweep just ended) means nothing any more.
+                if work.queued <= 0:
                     self._forget(work)
             elif work.next_due is None or s.next_attempt_at < work.next_due:
                 work.next_due = s.next_attempt_at
