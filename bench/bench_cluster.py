@@ -29,7 +29,8 @@ if __package__ in (None, ""):
 
 from mta.clock import ScaledClock
 from mta.queue.cluster import RedisState
-from tests.cluster_helpers import GMAIL, OPEN_GMAIL, Cluster, RedisServer
+from tests.cluster_helpers import OPEN_GMAIL, Cluster, RedisServer
+from tests.simnet import GMAIL
 
 RULE_RATE_PER_MIN = 600
 MX_RULE = f'[[mx]]\nname = "gmail"\nrate = "{RULE_RATE_PER_MIN}/m"\n'

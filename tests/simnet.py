@@ -99,3 +99,31 @@ def toml_table(values: dict[str, Any]) -> str:
         return str(v)
 
     return "".join(f"{k} = {value(v)}\n" for k, v in values.items())
+
+
+# Personas the adaptive and cluster tests share: a Gmail-like 100/min limit with Gmail's
+# throttling text, and Yahoo's [TSS04] deferral (which the built-in MX rules suspend on).
+GMAIL = '''
+[[personas]]
+name = "gmail"
+domains = ["gmail.test"]
+mx = [{ name = "mx1.google.test", address = "{net}.11" }]
+[personas.replies]
+throttle = "421 4.7.28 [{ip}] Our system has detected an unusual rate of unsolicited mail \
+originating from your IP address. To protect our users from spam, mail sent from your IP \
+address has been temporarily rate limited. - gsmtp"
+[personas.limits]
+messages = "100/m"
+sessions = 40
+connections = "6000/m"
+'''
+
+YAHOO = '''
+[[personas]]
+name = "yahoo"
+domains = ["yahoo.test"]
+mx = [{ name = "mx.yahoo.test", address = "{net}.13" }]
+[personas.replies]
+throttle = "421 4.7.0 [TSS04] Messages from {ip} temporarily deferred due to unexpected \
+volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+'''

@@ -21,32 +21,7 @@ from mta.config.service import load_config
 from mta.core.rampup import next_day_at
 from mta.sim.simulation import Simulation
 from tests.helpers import wait_for
-from tests.simnet import new_net, sim_config
-
-GMAIL = '''
-[[personas]]
-name = "gmail"
-domains = ["gmail.test"]
-mx = [{ name = "mx1.google.test", address = "{net}.11" }]
-[personas.replies]
-throttle = "421 4.7.28 [{ip}] Our system has detected an unusual rate of unsolicited mail \
-originating from your IP address. To protect our users from spam, mail sent from your IP \
-address has been temporarily rate limited. - gsmtp"
-[personas.limits]
-messages = "100/m"
-sessions = 40
-connections = "6000/m"
-'''
-
-YAHOO = '''
-[[personas]]
-name = "yahoo"
-domains = ["yahoo.test"]
-mx = [{ name = "mx.yahoo.test", address = "{net}.13" }]
-[personas.replies]
-throttle = "421 4.7.0 [TSS04] Messages from {ip} temporarily deferred due to unexpected \
-volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
-'''
+from tests.simnet import GMAIL, YAHOO, new_net, sim_config
 
 
 class Net:

@@ -17,8 +17,9 @@ from mta.clock import ManualClock, ScaledClock
 from mta.config.mx_rules import load_mx_data
 from mta.queue.cluster import RedisState
 from mta.queue.shared import Key
-from tests.cluster_helpers import GMAIL, SLOW_GMAIL, YAHOO, Cluster, RedisServer
+from tests.cluster_helpers import SLOW_GMAIL, Cluster, RedisServer
 from tests.helpers import wait_for
+from tests.simnet import GMAIL, YAHOO
 
 
 @pytest.fixture
