@@ -517,6 +517,7 @@ class Scheduler:
             changes, before = self._learn(
                 site, binding, settlements, started, result.session_failed
             )
+            site.changes.extend(changes)  # the timeline shows a change with the state it made
             free_connection()
             await self._record(updates)
             self.coalesced += sum(1 for u in updates if u.event is None)
@@ -580,11 +581,11 @@ class Scheduler:
     async def _keep(
         self, site: Site, binding: Binding, changes: list[Change], before: int
     ) -> None:
-        """Log and keep each change the throttle made; close connections over a lower limit."""
+        """Log and store each change the throttle made (already in the site's timeline); close
+        connections over a lower limit."""
         state = site.states[binding.name]
         for change in changes:
             log.info("site %s via %s: %s", site.key, binding.name, change.describe())
-            site.changes.append(change)
             await self.spool.site_event(
                 change.at, site.key, binding.name, json.dumps(change.as_dict())
             )
