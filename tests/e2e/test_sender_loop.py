@@ -9,13 +9,14 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from mta.cli.topology import free_common_port, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -34,30 +35,6 @@ def readme_commands() -> list[list[str]]:
     lines = [line[4:] for line in section.splitlines() if line.startswith("    ")]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     return [shlex.split(line) for line in joined.splitlines() if line.strip()]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def free_on_all(hosts: list[str]) -> int:
-    for _ in range(50):
-        port = free_port(hosts[0])
-        sockets = []
-        try:
-            for host in hosts:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise OSError("no port free on every persona address")
 
 
 def program(argv: list[str]) -> list[str]:
@@ -88,7 +65,7 @@ def test_the_readme_sender_loop_ends_with_every_recipient_sent_or_failed(
     smtp = free_port()
     up = [*commands[0], "--listen", f"127.0.0.1:{smtp}", "--admin", f"127.0.0.1:{free_port()}",
           "--dns", f"127.0.0.1:{free_port()}", "--sim-http", f"127.0.0.1:{free_port()}",
-          "--persona-port", str(free_on_all([*PERSONAS, BOUNCE_HOST])),
+          "--persona-port", str(free_common_port([*PERSONAS, BOUNCE_HOST], tries=50)),
           "--webhook", f"127.0.0.1:{free_port()}"]
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
     stderr = open(tmp_path / "up.stderr", "w+b")  # noqa: SIM115 - closed below

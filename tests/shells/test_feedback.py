@@ -4,32 +4,15 @@ Retry-After, 410, the pull API with long-poll, and the admin endpoints."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from mta.app import MtaApp
 from mta.cli.sink import Sink
 from tests.helpers import SECRET, Hook, mta_config, send_message, started, wait_for
 
 MESSAGE = b"From: a@sender.test\r\nSubject: s\r\nX-Campaign-Log-Id: L1\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 async def mta_with_hook(tmp_path: Path, sink: Sink, url: str) -> MtaApp:

@@ -4,11 +4,9 @@ a real MTA relaying to a sink, a real webhook receiver, a real spool file, a man
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from mta.app import MtaApp
 from mta.cli.sink import Sink
@@ -19,21 +17,6 @@ from tests.helpers import SECRET, Hook, mta_config, send_message, spool_rows, st
 
 MESSAGE = b"From: a@sender.test\r\nSubject: s\r\n\r\nbody\r\n"
 DAY = 86400.0
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 async def mta(tmp_path: Path, sink: Sink, clock: ManualClock, *urls: str) -> MtaApp:

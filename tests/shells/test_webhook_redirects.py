@@ -48,21 +48,6 @@ class Elsewhere:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    server = await Sink.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
 async def elsewhere() -> AsyncIterator[Elsewhere]:
     server = Elsewhere()
     await server.start()
