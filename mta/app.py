@@ -31,13 +31,13 @@ from mta.core.bounce import BounceRules
 from mta.core.explain import classify_one
 from mta.core.rampup import DAY, Binding, day_index
 from mta.core.retry import RetrySchedule
-from mta.delivery.client import Delivery, DeliverySettings
+from mta.delivery.client import Delivery
 from mta.delivery.dns import Resolver
 from mta.feedback.retention import OutboxPruner
-from mta.feedback.webhooks import Endpoint, Feedback, FeedbackSettings
-from mta.ingress.handler import IngressHandler, IngressSettings, Signer, server_factory
+from mta.feedback.webhooks import Feedback
+from mta.ingress.handler import IngressHandler, Signer, server_factory
 from mta.model import Result
-from mta.queue.scheduler import Scheduler, SchedulerSettings
+from mta.queue.scheduler import Scheduler
 from mta.queue.shared import LocalState, SharedState
 from mta.queue.spool import Spool
 from mta.smtp.limits import Listener, SmtpLimits
@@ -78,20 +78,6 @@ def bindings_of(config: MtaConfig, first_days: dict[str, int]) -> list[Binding]:
     return found
 
 
-def delivery_settings(config: MtaConfig) -> DeliverySettings:
-    d = config.delivery
-    return DeliverySettings(
-        port=d.port,
-        relayhost=parse_hostport(d.relayhost) if d.relayhost else None,
-        helo_name=d.helo_name or config.smtp.hostname,
-        tls=d.tls,
-        max_connections=d.max_connections,
-        max_connections_per_host=d.max_connections_per_host,
-        max_messages_per_connection=d.max_messages_per_connection,
-        timeouts=d.timeouts,
-    )
-
-
 def smtp_limits(config: MtaConfig) -> SmtpLimits:
     s = config.smtp
     return SmtpLimits(
@@ -116,20 +102,9 @@ def shared_state(config: MtaConfig, clock: Clock) -> SharedState:
         return LocalState()
     import socket
 
-    from mta.queue.cluster import ClusterSettings, RedisState
+    from mta.queue.cluster import RedisState
 
-    return RedisState(
-        ClusterSettings(
-            url=c.url,
-            node=c.node or socket.gethostname(),
-            prefix=c.prefix,
-            poll=c.poll,
-            lease_ttl=c.lease_ttl,
-            timeout=c.timeout,
-            batch=c.batch,
-        ),
-        clock,
-    )
+    return RedisState(c, clock, c.node or socket.gethostname())
 
 
 def build_signer(config: MtaConfig) -> Signer | None:
@@ -216,7 +191,9 @@ class MtaApp:
             config.dns.timeout,
             config.dns.cache_size,
         )
-        delivery = Delivery(delivery_settings(config), resolver, self.clock, self.rng)
+        delivery = Delivery(
+            config.delivery, resolver, self.clock, self.rng, hostname=config.smtp.hostname
+        )
         delivery.start()
         shared = shared_state(config, self.clock)
         await shared.start()
@@ -232,40 +209,25 @@ class MtaApp:
             mx.rules,
             mx.rampup,
             bindings_of(config, first_days) or None,
-            SchedulerSettings(
-                max_inflight=config.spool.max_inflight,
-                pick_batch=config.spool.pick_batch,
-                max_recipients_per_transaction=config.delivery.max_recipients_per_transaction,
-                relayhost=config.delivery.relayhost or None,
-                coalesce_repeats=config.feedback.coalesce_repeats,
-            ),
+            config,
             self.rng,
             shared,
         )
         await scheduler.start()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
-        settings = IngressSettings(
-            hostname=config.smtp.hostname,
-            max_message_size=config.smtp.max_message_size,
-            max_recipients=config.smtp.max_recipients,
-            relay_networks=config.smtp.relay_networks,
+        handler = IngressHandler(
+            config.smtp,
+            spool,
+            self.clock,
+            signer,
+            executor,
+            scheduler.queued,
             validity=config.retry.validity,
-            idle_timeout=config.smtp.idle_timeout,
-            auth_users=dict(config.smtp.auth_users) or None,
             node=shared.node,
         )
-        handler = IngressHandler(settings, spool, self.clock, signer, executor, scheduler.queued)
         listener = Listener(smtp_limits(config))
         listener.needs_auth = lambda ip: not handler.in_relay_networks(ip)
-        feedback = Feedback(
-            spool,
-            [Endpoint(w.url, w.secret) for w in config.feedback.endpoints],
-            FeedbackSettings(
-                batch_max=config.feedback.batch_max,
-                window=config.feedback.window,
-                timeout=config.feedback.timeout,
-            ),
-        )
+        feedback = Feedback(spool, config.feedback)
         await feedback.start()
         spool.add_commit_listener(feedback.notify)
         pruner = OutboxPruner(spool, self.clock, config.feedback.retention, feedback.cursors)
@@ -293,7 +255,7 @@ class MtaApp:
                     log.warning("%s", warning)
             try:
                 server = await start_server(
-                    server_factory(handler, settings, tls_context, listener), host, port
+                    server_factory(handler, tls_context, listener), host, port
                 )
             except OSError as exc:
                 raise OSError(

@@ -25,7 +25,6 @@ import random
 import socket
 import ssl
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib import (
@@ -39,7 +38,8 @@ from aiosmtplib import (
 )
 
 from mta.clock import Clock
-from mta.config.service import TimeoutsConfig
+from mta.config.engine import parse_hostport
+from mta.config.service import DeliveryConfig
 from mta.core.bounce import condition_reply
 from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
@@ -53,18 +53,6 @@ log = logging.getLogger("mta.delivery")
 
 MAX_ADDRESSES_TRIED = 5
 NO_TLS_MEMORY = 3600.0  # virtual seconds a host that failed the TLS handshake is sent clear text
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    port: int = 25
-    relayhost: tuple[str, int] | None = None
-    helo_name: str = "mta.localhost"
-    tls: str = "opportunistic"
-    max_connections: int = 500
-    max_connections_per_host: int = 20
-    max_messages_per_connection: int = 100
-    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
 
 
 class _Failure(Exception):
@@ -123,17 +111,22 @@ class Delivery:
 
     def __init__(
         self,
-        settings: DeliverySettings,
+        config: DeliveryConfig,
         resolver: Resolver,
         clock: Clock,
         rng: random.Random | None = None,
+        hostname: str = "mta.localhost",
     ) -> None:
-        self.settings = settings
+        """`config` is the `[delivery]` section; `hostname` (smtp.hostname) is the EHLO name
+        when `delivery.helo_name` is empty."""
+        self.config = config
+        self.helo_name = config.helo_name or hostname
+        self.relayhost = parse_hostport(config.relayhost) if config.relayhost else None
         self.resolver = resolver
         self.clock = clock
         self.rng = rng or random.Random()
-        t = settings.timeouts
-        self.pool = Pool(settings.max_connections_per_host, settings.max_connections, t.idle)
+        t = config.timeouts
+        self.pool = Pool(config.max_connections_per_host, config.max_connections, t.idle)
         self.tls_context = opportunistic_client_context()
         self._no_tls_until: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -154,14 +147,14 @@ class Delivery:
 
     async def _reap_forever(self) -> None:
         while True:
-            await asyncio.sleep(max(self.settings.timeouts.idle / 2, 0.5))
+            await asyncio.sleep(max(self.config.timeouts.idle / 2, 0.5))
             await self.pool.reap()
 
     # -- routing --------------------------------------------------------------
 
     async def _targets(self, domain: str) -> list[str] | Outcome:
         """MX hosts in order, or the outcome that ends the attempt (null MX, DNS failure)."""
-        relay = self.settings.relayhost
+        relay = self.relayhost
         if relay is not None:
             return [relay[0]]
         answer = await self.resolver.mx(domain)
@@ -190,7 +183,7 @@ class Delivery:
         targets = await self._targets(job.domain)
         if isinstance(targets, Outcome):
             return JobResult.session(targets, count)
-        port = self.settings.relayhost[1] if self.settings.relayhost else self.settings.port
+        port = self.relayhost[1] if self.relayhost else self.config.port
         source = job.source
         last: Outcome | None = None
         tried = 0
@@ -224,7 +217,7 @@ class Delivery:
         key = (address, port, source)
         group = key if job.group is None else job.group
         per_connection = (
-            job.max_messages_per_connection or self.settings.max_messages_per_connection
+            job.max_messages_per_connection or self.config.max_messages_per_connection
         )
         for _ in range(3):  # a reused connection may have died while idle
             conn = await self.pool.reserve(key, group, job.group_limit)
@@ -260,7 +253,7 @@ class Delivery:
 
     async def _open(self, key: Key, group: Hashable, host: str) -> Connection:
         use_tls = (
-            self.settings.tls != "none" and self._no_tls_until.get(host, 0) <= self.clock.now()
+            self.config.tls != "none" and self._no_tls_until.get(host, 0) <= self.clock.now()
         )
         conn = await self._connect(key, group, host, use_tls)
         if conn is None:  # the TLS handshake failed: opportunistic mode falls back to clear text
@@ -273,10 +266,10 @@ class Delivery:
         self, key: Key, group: Hashable, host: str, use_tls: bool
     ) -> Connection | None:
         address, port, source = key
-        t = self.settings.timeouts
+        t = self.config.timeouts
         sock = await self._socket(address, port, source, host)
         smtp = aiosmtplib.SMTP(
-            sock=sock, local_hostname=self.settings.helo_name, timeout=t.greeting, start_tls=False
+            sock=sock, local_hostname=self.helo_name, timeout=t.greeting, start_tls=False
         )
         try:
             await smtp.connect(timeout=t.greeting)
@@ -315,7 +308,7 @@ class Delivery:
                     await self._hello(smtp, host)
                 except (SMTPException, ssl.SSLError, OSError, _Failure) as exc:
                     smtp.close()
-                    if self.settings.tls == "required":
+                    if self.config.tls == "required":
                         raise failure(
                             Condition.TLS_FAILURE,
                             Phase.STARTTLS,
@@ -325,7 +318,7 @@ class Delivery:
                     log.info("TLS with %s failed (%s): retrying in clear text", host, exc)
                     return None
                 tls = True
-            elif self.settings.tls == "required":
+            elif self.config.tls == "required":
                 smtp.close()
                 reply = Reply(421, "4.7.4", f"TLS is required but {host} does not offer STARTTLS")
                 raise _Failure(Outcome(reply, Phase.STARTTLS, host, Condition.TLS_FAILURE))
@@ -347,7 +340,7 @@ class Delivery:
                 sock.bind((source, 0))
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(
-                loop.sock_connect(sock, (address, port)), self.settings.timeouts.connect
+                loop.sock_connect(sock, (address, port)), self.config.timeouts.connect
             )
         except TimeoutError:
             sock.close()
@@ -369,8 +362,8 @@ class Delivery:
         return sock
 
     async def _hello(self, smtp: aiosmtplib.SMTP, host: str) -> None:
-        t = self.settings.timeouts
-        helo = self.settings.helo_name.encode("ascii")
+        t = self.config.timeouts
+        helo = self.helo_name.encode("ascii")
         try:
             response = await smtp.execute_command(b"EHLO", helo, timeout=t.ehlo)
             if response.code == 250:
@@ -400,7 +393,7 @@ class Delivery:
 
         Returns the outcome per recipient and whether the connection may be reused.
         """
-        t = self.settings.timeouts
+        t = self.config.timeouts
         smtp = conn.smtp
         host = conn.host
         count = len(job.recipients)
@@ -480,7 +473,7 @@ class Delivery:
         if reply.code == 421 or not conn.usable:
             return False
         try:
-            response = await conn.smtp.execute_command(b"RSET", timeout=self.settings.timeouts.mail)
+            response = await conn.smtp.execute_command(b"RSET", timeout=self.config.timeouts.mail)
         except (SMTPException, OSError):
             return False
         return response.code == 250

@@ -30,10 +30,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from mta.config.service import FeedbackConfig, WebhookConfig
 from mta.core.standard_webhooks import secret_key, signature
 from mta.queue.spool import Spool
 
 log = logging.getLogger("mta.feedback")
+
+BACKOFF_FIRST = 1.0  # real seconds before the first retry of a failing batch (then doubled)
+BACKOFF_MAX = 300.0  # real seconds between retries, at most
 
 def retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
@@ -47,12 +51,6 @@ def retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - now, 0.0)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    secret: str
 
 
 @dataclass
@@ -70,39 +68,32 @@ class EndpointStatus:
     next_try_at: float | None = None
 
 
-@dataclass(frozen=True)
-class FeedbackSettings:
-    batch_max: int = 100
-    window: float = 8 * 3600.0  # real seconds a failing batch is retried
-    timeout: float = 10.0  # per POST
-    backoff_first: float = 1.0
-    backoff_max: float = 300.0
-
-
 @dataclass
 class _State:
-    endpoint: Endpoint
+    endpoint: WebhookConfig
     key: bytes
     status: EndpointStatus
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    batch_max: int = 0  # 0: the settings' batch_max; halved by a 413
+    batch_max: int = 0  # 0: the config's batch_max; halved by a 413
 
 
 class Feedback:
-    """Dispatchers for every endpoint. `await start()`, `notify()` after commits, `await stop()`."""
+    """Dispatchers for every endpoint the `[feedback]` section names. `await start()`,
+    `notify()` after commits, `await stop()`."""
 
     def __init__(
         self,
         spool: Spool,
-        endpoints: list[Endpoint],
-        settings: FeedbackSettings | None = None,
+        config: FeedbackConfig,
         rng: random.Random | None = None,
     ) -> None:
         self.spool = spool
-        self.settings = settings or FeedbackSettings()
+        self.config = config
         self.rng = rng or random.Random()
-        self.states = [_State(e, secret_key(e.secret), EndpointStatus(e.url)) for e in endpoints]
+        self.states = [
+            _State(e, secret_key(e.secret), EndpointStatus(e.url)) for e in config.endpoints
+        ]
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
 
@@ -118,7 +109,7 @@ class Feedback:
             state.status.delivered = found.delivered
             state.status.dropped = found.dropped
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             headers={"User-Agent": "mta-sim feedback"},
         )
         loop = asyncio.get_running_loop()
@@ -155,7 +146,7 @@ class Feedback:
         status = state.status
         while not self._stopping:
             state.wake.clear()
-            limit = state.batch_max or self.settings.batch_max
+            limit = state.batch_max or self.config.batch_max
             batch = await self.spool.events_after(status.cursor, limit)
             if not batch:
                 with contextlib.suppress(TimeoutError):
@@ -190,7 +181,7 @@ class Feedback:
                     "webhook %s failed for %.0fs: skipping %d events (ids up to %d);"
                     " they remain available from the pull API",
                     status.url,
-                    self.settings.window,
+                    self.config.window,
                     len(batch),
                     last_id,
                 )
@@ -248,16 +239,13 @@ class Feedback:
             if status.failing_since is None:
                 status.failing_since = since = now
                 await self.spool.webhook_failing(status.url, since)
-            if now - status.failing_since >= self.settings.window:
+            if now - status.failing_since >= self.config.window:
                 return "expired"
             status.attempts += 1
             if wait is None:
-                cap = min(
-                    self.settings.backoff_max,
-                    self.settings.backoff_first * 2 ** min(status.attempts - 1, 20),
-                )
+                cap = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(status.attempts - 1, 20))
                 wait = self.rng.uniform(cap / 2, cap)  # jitter, never a stampede
-            wait = min(wait, max(self.settings.window - (now - status.failing_since), 0.0))
+            wait = min(wait, max(self.config.window - (now - status.failing_since), 0.0))
             status.next_try_at = now + wait
             log.warning(
                 "webhook %s: %s; retry %d in %.1fs",

@@ -26,12 +26,12 @@ import shutil
 import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
 from mta.clock import Clock
+from mta.config.service import SmtpConfig
 from mta.core import events, headers
 from mta.core.address import ascii_domain
 from mta.core.durations import parse_duration
@@ -78,18 +78,6 @@ def declared_size(options: list[str]) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class IngressSettings:
-    hostname: str
-    max_message_size: int
-    max_recipients: int
-    relay_networks: tuple[str, ...]
-    validity: float  # default and cap of X-Campaign-Validity, seconds
-    idle_timeout: float = 300.0
-    auth_users: dict[str, str] | None = None
-    node: str = ""  # the cluster node's name, carried by the events it makes
-
-
 def new_queue_id() -> str:
     return secrets.token_hex(8).upper()
 
@@ -103,20 +91,28 @@ class IngressHandler:
 
     def __init__(
         self,
-        settings: IngressSettings,
+        config: SmtpConfig,
         spool: Spool,
         clock: Clock,
         signer: Signer | None = None,
         executor: Executor | None = None,
         on_queued: Callable[[NewMessage], None] = lambda message: None,
+        *,
+        validity: float,
+        node: str = "",
     ) -> None:
-        self.settings = settings
+        """`config` is the `[smtp]` section; `validity` (retry.validity) is the default and
+        the cap of X-Campaign-Validity in seconds; `node` is the cluster node's name, carried
+        by the events it makes."""
+        self.config = config
+        self.validity = validity
+        self.node = node
         self.spool = spool
         self.clock = clock
         self.signer = signer
         self.executor = executor
         self.on_queued = on_queued
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in settings.relay_networks]
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.relay_networks]
         self.accepted = 0
         self.rejected = 0
         self.closing = False
@@ -221,7 +217,7 @@ class IngressHandler:
             mail_from=envelope.mail_from or "",
             delivery_id=delivery_id,
             received_at=now,
-            expires_at=validity_end(now, requested, self.settings.validity),
+            expires_at=validity_end(now, requested, self.validity),
             content=content,
             smtputf8=bool(envelope.smtp_utf8),
             recipients=tuple(
@@ -285,7 +281,7 @@ class IngressHandler:
             at=now,
             subject=events.Subject(queue_id, delivery_id, log_id, address),
             attempt=0,
-            node=self.settings.node,
+            node=self.node,
         )
         return event_id, body.dumps()
 
@@ -336,19 +332,21 @@ def _peer_ip(session: Session) -> str:
 
 def server_factory(
     handler: IngressHandler,
-    settings: IngressSettings,
     tls_context: ssl.SSLContext | None,
     listener: Listener | None = None,
 ) -> Callable[[], FastSMTP]:
+    config = handler.config
+    auth_users = dict(config.auth_users) or None
+
     def factory() -> FastSMTP:
         return FastSMTP(
             handler,
-            hostname=settings.hostname,
-            data_size_limit=settings.max_message_size,
-            max_recipients=settings.max_recipients,
+            hostname=config.hostname,
+            data_size_limit=config.max_message_size,
+            max_recipients=config.max_recipients,
             tls_context=tls_context,
-            auth_users=settings.auth_users,
-            timeout=settings.idle_timeout,
+            auth_users=auth_users,
+            timeout=config.idle_timeout,
             ident="ESMTP mta-sim",
             listener=listener,
         )

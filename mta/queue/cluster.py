@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mta.clock import Clock
+from mta.config.service import ClusterConfig
 from mta.core import rampup, shares
 from mta.core.rampup import VolumeLedger
 from mta.core.throttle import Change, SiteThrottle
@@ -42,17 +43,6 @@ from mta.queue.shared import Grant, Key, _no_trim, _no_wake
 log = logging.getLogger("mta.cluster")
 
 _NONE = -1.0  # "no suspension" / "no hold" in Redis
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    url: str
-    node: str
-    prefix: str = "mta"
-    poll: float = 0.25  # real seconds between heartbeats / state polls
-    lease_ttl: float = 5.0  # real seconds a lease lives without renewal
-    timeout: float = 0.5  # real seconds before Redis counts as unreachable
-    batch: float = 1.0  # virtual seconds of the rate asked for at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,17 +172,19 @@ class ClusterLedger(VolumeLedger):
 class RedisState:
     """`SharedState` through Redis; see the module docstring."""
 
-    def __init__(self, settings: ClusterSettings, clock: Clock) -> None:
-        self.settings = settings
-        self.node = settings.node
+    def __init__(self, config: ClusterConfig, clock: Clock, node: str) -> None:
+        """`config` is the `[cluster]` section; `node` is this node's name (cluster.node, or
+        the host's name when that is empty)."""
+        self.config = config
+        self.node = node
         self.clock = clock
         self.ledger = ClusterLedger()
         self.on_wake: Callable[[str], None] = _no_wake
         self.trim: Callable[[Key, int], Any] = _no_trim
         self.redis = aioredis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
+            config.url,
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.timeout,
             retry_on_timeout=False,
         )
         self._acquire = self.redis.register_script(redis_scripts.ACQUIRE)
@@ -214,25 +206,25 @@ class RedisState:
     # -- keys -------------------------------------------------------------------
 
     def _tag(self, key: Key) -> str:
-        return f"{{{self.settings.prefix}:{key.site}|{key.binding}}}"
+        return f"{{{self.config.prefix}:{key.site}|{key.binding}}}"
 
     def _k(self, key: Key, kind: str) -> str:
         return f"{self._tag(key)}:{kind}"
 
     @property
     def _nodes_key(self) -> str:
-        return f"{self.settings.prefix}:nodes"
+        return f"{self.config.prefix}:nodes"
 
     @property
     def _version_key(self) -> str:
-        return f"{self.settings.prefix}:version"
+        return f"{self.config.prefix}:version"
 
     @property
     def _index_key(self) -> str:
-        return f"{self.settings.prefix}:keys"
+        return f"{self.config.prefix}:keys"
 
     def _ledger_key(self, day: int) -> str:
-        return f"{self.settings.prefix}:ramp:{day}"
+        return f"{self.config.prefix}:ramp:{day}"
 
     # -- life -------------------------------------------------------------------
 
@@ -243,7 +235,7 @@ class RedisState:
         else:
             log.info(
                 "cluster: node %s joined %s (%d nodes alive)",
-                self.node, self.settings.url, self.nodes_alive,
+                self.node, self.config.url, self.nodes_alive,
             )
         self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="cluster")
 
@@ -263,13 +255,13 @@ class RedisState:
                         client=pipe,
                     )
                 pipe.zrem(self._nodes_key, self.node)
-                await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+                await asyncio.wait_for(pipe.execute(), self.config.timeout)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self.redis.aclose()
 
     @property
     def _ttl_ms(self) -> int:
-        return max(1, round(self.settings.lease_ttl * 1000))
+        return max(1, round(self.config.lease_ttl * 1000))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -297,7 +289,7 @@ class RedisState:
                 entry.pending = False
             log.warning(
                 "cluster: Redis %s unreachable (%s): node %s falls back to 1/%d of every limit",
-                self.settings.url, problem, self.node, self.nodes_alive,
+                self.config.url, problem, self.node, self.nodes_alive,
             )
         self.problem = problem
 
@@ -305,7 +297,7 @@ class RedisState:
         if self.degraded:
             log.warning(
                 "cluster: Redis %s answers again: node %s back on the shared limits",
-                self.settings.url, self.node,
+                self.config.url, self.node,
             )
         self.degraded = False
         self.problem = ""
@@ -317,7 +309,7 @@ class RedisState:
         return {
             "mode": "fallback" if self.degraded else "shared",
             "node": self.node,
-            "redis": self.settings.url,
+            "redis": self.config.url,
             "nodes_alive": self.nodes_alive,
             "nodes": list(self.node_names),
             "problem": self.problem,
@@ -380,7 +372,7 @@ class RedisState:
             burst = state.rule.burst if state.rule.burst > 0 else 0.0
             want_tokens = (
                 shares.token_batch(state.rate, burst or max(1.0, state.rate), want,
-                                   self.settings.batch, self.nodes_alive)
+                                   self.config.batch, self.nodes_alive)
                 if limited else 0
             )
             want_leases = max(0, max(want, want_tokens) - free)
@@ -402,7 +394,7 @@ class RedisState:
                         free,
                     ],
                 ),
-                self.settings.timeout,
+                self.config.timeout,
             )
             self.round_trips += 1
             if self.degraded:
@@ -416,11 +408,11 @@ class RedisState:
                 if now >= entry.tokens_until:
                     entry.tokens = 0
                 entry.tokens += tokens
-                entry.tokens_until = now + self.settings.batch
+                entry.tokens_until = now + self.config.batch
             entry.retry_at = retry_at if retry_at >= 0 and (tokens == 0 or not limited) else None
             self._note(entry, snap)
             if want_leases and entry.held - entry.in_flight <= 0:
-                entry.lease_wait_until = time.monotonic() + self.settings.poll
+                entry.lease_wait_until = time.monotonic() + self.config.poll
                 wake_later = True
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
@@ -431,7 +423,7 @@ class RedisState:
             if not wake_later:
                 self.on_wake(key.site)  # whatever happened, the scheduler looks again
         if wake_later:
-            await asyncio.sleep(self.settings.poll)
+            await asyncio.sleep(self.config.poll)
             self.on_wake(key.site)
 
     def started(self, key: Key, count: int, now: float) -> None:
@@ -532,7 +524,7 @@ class RedisState:
                 )
                 pipe.incr(self._version_key)
                 pipe.sadd(self._index_key, f"{entry.key.site}|{entry.key.binding}")
-                version, _, _ = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+                version, _, _ = await asyncio.wait_for(pipe.execute(), self.config.timeout)
             self.round_trips += 1
             entry.applied = max(entry.applied, int(version))
             entry.dirty = None
@@ -544,7 +536,7 @@ class RedisState:
 
     async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.poll)
+            await asyncio.sleep(self.config.poll)
             try:
                 await self._poll_once()
             except asyncio.CancelledError:
@@ -587,8 +579,8 @@ class RedisState:
             async with self.redis.pipeline(transaction=False) as pipe:
                 wall = time.time()
                 pipe.zadd(self._nodes_key, {self.node: wall})
-                pipe.zremrangebyscore(self._nodes_key, "-inf", wall - 60 * self.settings.lease_ttl)
-                pipe.zrangebyscore(self._nodes_key, wall - self.settings.lease_ttl, "+inf")
+                pipe.zremrangebyscore(self._nodes_key, "-inf", wall - 60 * self.config.lease_ttl)
+                pipe.zrangebyscore(self._nodes_key, wall - self.config.lease_ttl, "+inf")
                 pipe.get(self._version_key)
                 for (binding, isp, day), count in pending.items():
                     pipe.hincrby(self._ledger_key(day), f"{binding}|{isp}", count)
@@ -603,7 +595,7 @@ class RedisState:
                     )
                     pipe.hgetall(self._k(key, "c"))
                     pipe.hincrby(self._k(key, "s"), "used", used[key])
-                results = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+                results = await asyncio.wait_for(pipe.execute(), self.config.timeout)
             self.round_trips += 1
         except (RedisError, OSError, TimeoutError) as exc:
             self.ledger.put_back(pending)
@@ -665,7 +657,7 @@ class RedisState:
                         ["rate", "conc", "susp", "down", "hold", "push", "ver", "by", "used",
                          "fired"],
                     )
-                results = await asyncio.wait_for(pipe.execute(), self.settings.timeout)
+                results = await asyncio.wait_for(pipe.execute(), self.config.timeout)
             self.round_trips += 1
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)

@@ -32,10 +32,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mta.clock import Clock
+from mta.config.service import MtaConfig
 from mta.core import events, rampup, site_results, throttle
 from mta.core.limits import MxRules
 from mta.core.rampup import Binding, RampUp, VolumeLedger
@@ -75,15 +75,6 @@ DAMAGED = Outcome(
 )
 
 
-@dataclass(frozen=True)
-class SchedulerSettings:
-    max_inflight: int = 2000  # recipients leased and not yet recorded
-    pick_batch: int = 256  # recipients leased per domain per round, at most
-    max_recipients_per_transaction: int = 100
-    relayhost: str | None = None  # "host:port": every domain goes to one site
-    coalesce_repeats: float = 0.0  # a repeated soft bounce is reported once per this (0: always)
-
-
 # Per domain planned this round: its site, and how many transactions from which binding.
 Plan = tuple[Site, list[tuple[Binding, int]]]
 
@@ -102,7 +93,7 @@ class Scheduler:
         mx_rules: MxRules,
         ramp: RampUp,
         bindings: Sequence[Binding] | None = None,
-        settings: SchedulerSettings | None = None,
+        config: MtaConfig | None = None,
         rng: random.Random | None = None,
         shared: SharedState | None = None,
     ) -> None:
@@ -115,7 +106,9 @@ class Scheduler:
         self.mx_rules = mx_rules
         self.ramp = ramp
         self.bindings = list(bindings or default_bindings())
-        self.settings = settings or SchedulerSettings()
+        # Read here: spool.max_inflight and pick_batch, delivery.relayhost (every domain goes
+        # to one site) and max_recipients_per_transaction, feedback.coalesce_repeats.
+        self.config = config or MtaConfig()
         self.rng = rng or random.Random()
         self.shared: SharedState = shared or LocalState()
         self.shared.on_wake = self._site_wake
@@ -236,7 +229,7 @@ class Scheduler:
 
     def _next_wake(self) -> float | None:
         """When the loop must look again by itself (job ends and new mail wake it anyway)."""
-        if self._inflight >= self.settings.max_inflight:
+        if self._inflight >= self.config.spool.max_inflight:
             times = []  # full: only a job's end makes room
         else:
             times = [
@@ -265,7 +258,7 @@ class Scheduler:
 
     def plan(self, now: float) -> tuple[list[tuple[str, int]], dict[str, Plan]]:
         """How many recipients to lease per domain now, and from which bindings."""
-        room = self.settings.max_inflight - self._inflight
+        room = self.config.spool.max_inflight - self._inflight
         requests: list[tuple[str, int]] = []
         plans: dict[str, Plan] = {}
         works = list(self.domains.values())
@@ -281,7 +274,7 @@ class Scheduler:
             site = work.site
             if site is None:
                 continue
-            plan, wake = self._admit(site, now, min(room, self.settings.pick_batch))
+            plan, wake = self._admit(site, now, min(room, self.config.spool.pick_batch))
             if plan:
                 total = sum(n for _, n in plan)
                 requests.append((work.name, total))
@@ -350,8 +343,8 @@ class Scheduler:
     async def _resolve(self, work: DomainWork) -> None:
         try:
             hosts: tuple[str, ...]
-            if self.settings.relayhost:
-                hosts, key = (), f"relayhost {self.settings.relayhost}"
+            if self.config.delivery.relayhost:
+                hosts, key = (), f"relayhost {self.config.delivery.relayhost}"
             else:
                 answer = await self.resolver.mx(work.name)
                 hosts = tuple(sorted({r.host for r in answer.records if r.host}))
@@ -392,7 +385,7 @@ class Scheduler:
                 by_domain.setdefault(r.domain, []).append(r)
         if damaged:
             await self._hold_damaged(damaged, now)
-        per_transaction = self.settings.max_recipients_per_transaction
+        per_transaction = self.config.delivery.max_recipients_per_transaction
         for domain, due in by_domain.items():
             site, shares = plans[domain]
             slots = [binding for binding, count in shares for _ in range(count)]
@@ -508,9 +501,9 @@ class Scheduler:
                 )
                 for r, outcome in zip(members, result.outcomes, strict=True)
             ]
+            coalesce = self.config.feedback.coalesce_repeats
             updates = [
-                update_of(r, s, now, site.key, binding.name, self.settings.coalesce_repeats,
-                          self.shared.node)
+                update_of(r, s, now, site.key, binding.name, coalesce, self.shared.node)
                 for r, s in zip(members, settlements, strict=True)
             ]
             recorded = True
@@ -639,7 +632,7 @@ class Scheduler:
                 held.append(f"a suspension of the site {site.key}")
             elif state is not None and now < state.down_until:
                 held.append(f"the site {site.key} being down")
-        if not held and self._inflight >= self.settings.max_inflight:
+        if not held and self._inflight >= self.config.spool.max_inflight:
             held.append("a full delivery pipeline (spool.max_inflight)")
         if not held:
             held.append(f"the rate and connection limits of the site {site.key}")
@@ -676,7 +669,7 @@ class Scheduler:
         if site is not None:
             return [site]
         found = [s for s in self.sites.values() if target in s.domains]
-        if found or self.settings.relayhost:
+        if found or self.config.delivery.relayhost:
             return found
         try:
             answer = await self.resolver.mx(target)

@@ -22,6 +22,7 @@ import pytest
 from mta.clock import ManualClock
 from mta.config.bounce_rules import load_bounce_rules
 from mta.config.mx_rules import load_retry_schedule
+from mta.config.service import FeedbackConfig, MtaConfig, SpoolConfig
 from mta.core import throttle
 from mta.core.limits import AdaptiveRule, MxRule, MxRules
 from mta.core.rampup import RampUp
@@ -31,7 +32,7 @@ from mta.delivery.deliverer import FunctionDeliverer, Job, JobResult
 from mta.delivery.dns import MxAnswer
 from mta.model import Condition, Outcome, Phase, Reply, Result
 from mta.queue.records import NewMessage, NewRecipient, Update
-from mta.queue.scheduler import Scheduler, SchedulerSettings
+from mta.queue.scheduler import Scheduler
 from mta.queue.spool import Spool
 
 OK = Reply(250, "2.0.0", "queued as 1")
@@ -118,7 +119,7 @@ async def make(
     tmp_path: Path,
     deliver: Callable[[Job], Awaitable[JobResult]],
     mx_rules: MxRules | None = None,
-    settings: SchedulerSettings | None = None,
+    spool_config: SpoolConfig | None = None,
 ) -> AsyncIterator[Harness]:
     clock = ManualClock()
     spool = await Spool.open(tmp_path / "spool.sqlite3")
@@ -132,7 +133,11 @@ async def make(
         load_retry_schedule().with_default(POLICY),
         mx_rules or rules(),
         RampUp(),
-        settings=settings,
+        # Every soft bounce reported (the service's default coalesces repeats for 6h).
+        config=MtaConfig(
+            spool=spool_config or SpoolConfig(),
+            feedback=FeedbackConfig(coalesce_repeats=0.0),
+        ),
         rng=random.Random(7),
     )
     try:
@@ -147,9 +152,9 @@ def harness_for(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Har
     def build(
         deliver: Callable[[Job], Awaitable[JobResult]],
         mx_rules: MxRules | None = None,
-        settings: SchedulerSettings | None = None,
+        spool_config: SpoolConfig | None = None,
     ) -> AbstractAsyncContextManager[Harness]:
-        return make(tmp_path, deliver, mx_rules, settings)
+        return make(tmp_path, deliver, mx_rules, spool_config)
 
     return build
 
@@ -234,8 +239,8 @@ async def test_a_connection_slot_is_free_once_the_remote_reply_is_in(
 async def test_planning_takes_the_domains_in_turn(
     harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
 ) -> None:
-    settings = SchedulerSettings(max_inflight=1, pick_batch=1)
-    async with harness_for(answering(OK), settings=settings) as h:
+    limits = SpoolConfig(max_inflight=1, pick_batch=1)
+    async with harness_for(answering(OK), spool_config=limits) as h:
         # The loop is not started: each call of plan() is one round.
         await h.submit("a.test", 3)
         await h.submit("b.test", 3)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 
 from mta.clock import ManualClock
-from mta.delivery.client import Delivery, DeliverySettings
+from mta.config.service import DeliveryConfig
+from mta.delivery.client import Delivery
 from mta.delivery.deliverer import Job, JobResult
 from mta.delivery.dns import Resolver
 from mta.model import Condition, Phase
@@ -21,8 +22,8 @@ def job(*recipients: str) -> Job:
 
 async def deliver_to(port: int, the_job: Job) -> JobResult:
     clock = ManualClock()
-    settings = DeliverySettings(relayhost=("127.0.0.1", port), tls="none")
-    delivery = Delivery(settings, Resolver(clock), clock)
+    config = DeliveryConfig(relayhost=f"127.0.0.1:{port}", tls="none")
+    delivery = Delivery(config, Resolver(clock), clock)
     try:
         return await delivery.deliver(the_job)
     finally:
