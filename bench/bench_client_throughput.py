@@ -33,7 +33,7 @@ import aiohttp
 
 from campaign_client.log import DeliveryLog
 from campaign_client.receiver import Receiver
-from campaign_client.submit import Delivery, Recipient, build_message, submit
+from campaign_client.submission import Delivery, Recipient, build_message, submit
 from campaign_client.webhook import parse_secret, signed_headers
 
 SECRET = "whsec_YmVuY2htYXJrLWtleS1iZW5jaG1hcmsta2V5LTMy"

@@ -21,13 +21,14 @@ Library API (all names importable from `campaign_client`; heavy modules load on 
     state = decide(AddressState(), notice, notice.at, Policy())   # the quarantine table
 
 Modules: status (the status table, pure), quarantine (the address quarantine table, pure),
-events (event records, pure), kpis (pure), webhook (Standard Webhooks signatures, pure), inbound
-(the bounce mailbox's API; the reading itself is the `bounces` package: DSNs and plain-text
-bounces, ARF, auto-replies, inbound rules, pure), config (the client's TOML config), log (SQLite
-delivery log) with address_store (its quarantine, history and exclusion tables), mailbox (bounce
-mailbox), receiver (HTTP + SMTP listeners), submit (SMTP submission, exclusions first), pull
-(pull API), wait (wait_for, watch_idle), recipients (the per-recipient report), cli,
-cli_common, quarantine_cmd and qualify_cmd (the `campaign-client` command).
+events (event records, pure), indicators (the KPIs, pure), webhook (Standard Webhooks
+signatures, pure), inbound (the bounce mailbox's API; the reading itself is the `bounces`
+package: DSNs and plain-text bounces, ARF, auto-replies, inbound rules, pure), config (the
+client's TOML config), log (SQLite delivery log) with address_store (its quarantine, history and
+exclusion tables), mailbox (bounce mailbox), receiver (HTTP + SMTP listeners), submission (SMTP
+submission, exclusions first), pull (pull API), wait (wait_for, watch_idle), recipient_report
+(the per-recipient report), cli, cli_common, quarantine_cmd and qualify_cmd (the
+`campaign-client` command). No function or class is named like a module (the test says so).
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ if TYPE_CHECKING:
     from campaign_client.config import ClientConfig, ConfigError, load_config
     from campaign_client.events import Event, EventError, Kind, parse_batch
     from campaign_client.inbound import load_rules, parse_inbound, qualify
-    from campaign_client.kpis import Kpis, compute_kpis, render_table
+    from campaign_client.indicators import Kpis, compute_kpis, render_table
     from campaign_client.log import DeliveryLog, Line, LogError
     from campaign_client.mailbox import process_inbound
     from campaign_client.pull import fetch_events, pull_events
     from campaign_client.quarantine import AddressState, AddressStatus, Policy, decide
     from campaign_client.receiver import Receiver
     from campaign_client.status import LineState, Status, apply
-    from campaign_client.submit import (
+    from campaign_client.submission import (
         Delivery,
         Recipient,
         SubmitError,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Event": "events", "EventError": "events", "Kind": "events", "parse_batch": "events",
     "load_rules": "inbound", "parse_inbound": "inbound", "qualify": "inbound",
-    "Kpis": "kpis", "compute_kpis": "kpis", "render_table": "kpis",
+    "Kpis": "indicators", "compute_kpis": "indicators", "render_table": "indicators",
     "DeliveryLog": "log", "Line": "log", "LogError": "log",
     "process_inbound": "mailbox",
     "fetch_events": "pull", "pull_events": "pull",
@@ -69,8 +70,8 @@ _EXPORTS = {
     "ClientConfig": "config", "ConfigError": "config", "load_config": "config",
     "AddressState": "quarantine", "AddressStatus": "quarantine", "Policy": "quarantine",
     "decide": "quarantine",
-    "Delivery": "submit", "Recipient": "submit", "SubmitError": "submit",
-    "SubmitResult": "submit", "build_message": "submit", "submit": "submit",
+    "Delivery": "submission", "Recipient": "submission", "SubmitError": "submission",
+    "SubmitResult": "submission", "build_message": "submission", "submit": "submission",
     "WaitTimeout": "wait", "wait_for": "wait",
     "parse_secret": "webhook", "sign": "webhook", "signed_headers": "webhook",
     "verify": "webhook",
@@ -118,13 +119,6 @@ __all__ = [
     "verify",
     "wait_for",
 ]
-
-
-# Two functions share their names with their modules. Importing a submodule binds the
-# package attribute to the module the first time it loads, so load both modules here,
-# then bind the names to the functions: later imports of the modules leave them alone.
-import campaign_client.kpis  # noqa: E402, F401
-from campaign_client.submit import submit  # noqa: E402
 
 
 def kpis(log: DeliveryLog, delivery_id: str) -> Kpis:

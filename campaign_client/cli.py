@@ -41,11 +41,11 @@ from campaign_client.cli_common import (
     open_log,
 )
 from campaign_client.config import DEFAULT_LOG
-from campaign_client.kpis import Kpis, render_table
+from campaign_client.indicators import Kpis, render_table
 from campaign_client.log import DeliveryLog
 
 if TYPE_CHECKING:
-    from campaign_client.submit import Recipient
+    from campaign_client.submission import Recipient
 
 SECRET_ENV = "CAMPAIGN_CLIENT_SECRET"
 IDLE_NOTICE = 15.0
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from campaign_client import recipients as listing
+    from campaign_client import recipient_report as listing
 
     status = None
     if args.status is not None:
@@ -214,7 +214,7 @@ def _print_kpis(kpis: Kpis, as_json: bool, extra: dict[str, Any] | None = None) 
 
 def load_csv(path: str) -> list[Recipient]:
     """Recipients from a CSV file: email (required), log_id (optional), template fields."""
-    from campaign_client.submit import Recipient, is_address
+    from campaign_client.submission import Recipient, is_address
 
     try:
         handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115
@@ -255,7 +255,7 @@ def load_csv(path: str) -> list[Recipient]:
 
 
 def generate_recipients(count: int, domains: str | None) -> list[Recipient]:
-    from campaign_client.submit import Recipient, is_address
+    from campaign_client.submission import Recipient, is_address
 
     if count < 1:
         raise CliError("--generate needs a positive number of recipients")
@@ -447,7 +447,7 @@ async def _receive(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from campaign_client.submit import DEFAULT_SUBJECT, DEFAULT_TEMPLATE, Delivery
+    from campaign_client.submission import DEFAULT_SUBJECT, DEFAULT_TEMPLATE, Delivery
 
     host, port = parse_hostport(args.mta)
     if args.sessions < 1:
@@ -480,7 +480,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _send(args: argparse.Namespace, delivery: Any, host: str, port: int) -> int:
-    from campaign_client.submit import SubmitError, submit
+    from campaign_client.submission import SubmitError, submit
     from campaign_client.wait import WaitTimeout, wait_for, watch_idle
 
     log = open_log(args, create=True)

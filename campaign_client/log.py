@@ -36,7 +36,7 @@ from campaign_client import address_store as store
 from campaign_client import status as machine
 from campaign_client.address_store import EXCLUSION_REASONS, Exclusion
 from campaign_client.events import Event, EventError
-from campaign_client.kpis import Kpis, Row, compute_kpis
+from campaign_client.indicators import Kpis, Row, compute_kpis
 from campaign_client.quarantine import (
     AddressState,
     AddressStatus,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from campaign_client.kpis import Kpis
+from campaign_client.indicators import Kpis
 from campaign_client.log import DeliveryLog
 
 Predicate = Callable[[Kpis], bool]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import subprocess
 import sys
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import campaign_client
 from campaign_client.cli import LiveTable, ProgressBar
-from campaign_client.kpis import Row, compute_kpis
+from campaign_client.indicators import Row, compute_kpis
 from tests.helpers import imported
 
 PACKAGE = Path(campaign_client.__file__).resolve().parent
-PURE = {"status", "events", "kpis", "webhook", "inbound"}
+PURE = {"status", "events", "indicators", "webhook", "inbound"}
 IO_MODULES = {
     "asyncio",
     "socket",
@@ -37,7 +38,7 @@ def test_campaign_client_never_imports_mta() -> None:
 
 def test_no_mta_module_is_loaded_by_the_whole_client() -> None:
     code = (
-        "import sys, campaign_client.cli, campaign_client.receiver, campaign_client.submit,"
+        "import sys, campaign_client.cli, campaign_client.receiver, campaign_client.submission,"
         " campaign_client.pull, campaign_client.wait;"
         " print(sorted(m for m in sys.modules if m == 'mta' or m.startswith('mta.')))"
     )
@@ -83,15 +84,26 @@ def test_live_table_redraws_in_place_on_a_tty() -> None:
     assert "\x1b[" in text and "Delivery D: 3 recipients" in text
 
 
-def test_functions_named_like_their_modules_stay_functions() -> None:
-    """`submit` and `kpis` are both modules and functions; importing the modules must not
-    turn the package's names into modules (a fresh interpreter sees the package cold)."""
-    import subprocess
-    import sys
+def test_no_name_is_both_a_module_and_a_function() -> None:
+    """Each name means one thing: no module of the package defines a function or class named
+    like one of its modules, and no name of `__all__` is a module (a function named like its
+    module turns into the module once that module is imported)."""
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {path.stem for path in files} | {path.parent.name for path in files}
+    assert {"submission", "indicators", "bounces"} <= modules
+    assert not set(campaign_client.__all__) & modules
+    for path in files:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                assert node.name not in modules, f"{path.name} defines {node.name}, a module too"
 
+
+def test_importing_every_module_leaves_the_exported_functions_functions() -> None:
     code = (
-        "from campaign_client import DeliveryLog, render_table\n"
-        "import campaign_client.submit, campaign_client.kpis\n"
+        "import importlib, pkgutil, campaign_client\n"
+        "for m in pkgutil.iter_modules(campaign_client.__path__):\n"
+        "    if m.name != '__main__':\n"
+        "        importlib.import_module('campaign_client.' + m.name)\n"
         "from campaign_client import submit, kpis\n"
         "assert callable(submit) and callable(kpis), (submit, kpis)\n"
     )

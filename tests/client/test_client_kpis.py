@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from campaign_client.kpis import Row, compute_kpis, render_table
+from campaign_client.indicators import Row, compute_kpis, render_table
 from campaign_client.status import Status
 
 

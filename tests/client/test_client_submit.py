@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaign_client.log import DeliveryLog
-from campaign_client.submit import (
+from campaign_client.submission import (
     Delivery,
     Recipient,
     SubmitError,
