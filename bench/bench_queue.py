@@ -100,7 +100,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def measure_rss(data_dir: Path, settle: float) -> float:
+async def measure_rss(data_dir: Path, idle: float) -> float:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
@@ -109,7 +109,7 @@ async def measure_rss(data_dir: Path, settle: float) -> float:
                           "--relayhost", f"127.0.0.1:{port}", "--admin", "",
                           "--log-level", "error")
     try:
-        await asyncio.sleep(settle)
+        await asyncio.sleep(idle)
         return rss_mb(mta.process.pid)
     finally:
         await mta.stop()
@@ -126,7 +126,7 @@ async def main_async(args: argparse.Namespace) -> int:
             fill(path, size, args.domains, time.time())
             fill_s = time.perf_counter() - t0
             picks = await measure_picks(path, args.domains, args.rounds)
-            rss = await measure_rss(data_dir, args.settle)
+            rss = await measure_rss(data_dir, args.idle)
             rows.append((size, fill_s, picks, rss, os.path.getsize(path) / 1e6))
     base = rows[0]
     print(f"\nqueue benchmark: {args.domains} domains, picks of 20 recipients of one domain")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=[1_000, 1_000_000])
     parser.add_argument("--domains", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds before reading RSS")
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 

@@ -330,7 +330,7 @@ class Spool:
 
     def ingest_soon(self, message: NewMessage, done: asyncio.Future[None]) -> None:
         """From any thread (e.g. the one that signed it): queue the ingest of `message`;
-        `done`, a future of the spool's event loop, settles after the commit."""
+        `done`, a future of the spool's event loop, is resolved after the commit."""
         if self._thread is None:
             raise SpoolError("spool is closed")
         self._queue.put(_Op(lambda conn: queries.ingest(conn, message), done))

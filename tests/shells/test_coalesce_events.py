@@ -58,14 +58,14 @@ async def run_until_expired(tmp_path: Path, hop: ScriptedServer, every: str) -> 
         await send_message(*app.smtp_address, "b@sender.test", ["r@dest.test"], MESSAGE)
         row = "SELECT state, leased, next_attempt_at FROM recipients"
 
-        def settled() -> bool:
+        def between_attempts() -> bool:
             return tuple(spool_rows(app, row)[0][:2]) in (("queued", 0), ("expired", 0))
 
         def attempts() -> int:
             return len(spool_rows(app, "SELECT id FROM attempts"))
 
         for _ in range(200):
-            await wait_for(settled)
+            await wait_for(between_attempts)
             state, _, next_at = spool_rows(app, row)[0]
             if state == "expired":
                 break

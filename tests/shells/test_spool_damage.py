@@ -196,11 +196,11 @@ async def test_flipped_content_bytes_are_held_never_sent(
     app = await started(config, clock=ManualClock(START + 3600))  # every retry is due
     try:
 
-        def settled() -> bool:
+        def the_undamaged_delivered() -> bool:
             rows = spool_rows(app, "SELECT COUNT(*) FROM recipients WHERE state = 'delivered'")
             return bool(rows[0][0] == (MESSAGES - 1) * RECIPIENTS)
 
-        await wait_for(settled, timeout=60)
+        await wait_for(the_undamaged_delivered, timeout=60)
         await wait_for(lambda: len(held_events(app.config.data_path)) == RECIPIENTS, timeout=10)
     finally:
         await app.stop()

@@ -224,7 +224,7 @@ class Stack:
             if busy == 0 and self.app.running.scheduler.inflight == 0:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError("the MTA did not settle in time")
+        raise AssertionError(f"the MTA was not quiet within {timeout}s")
 
     async def run_until(
         self, done: Callable[[dict[str, Row]], bool], step: float = 60.0, max_steps: int = 12

@@ -53,7 +53,7 @@ async def shot(page: Page, out: Path, name: str) -> list[Path]:
     paths = []
     for label, size in (("1280", WIDE), ("420", NARROW)):
         await page.set_viewport_size(size)
-        await page.wait_for_timeout(150)  # let the layout settle; not an assertion
+        await page.wait_for_timeout(150)  # let the layout finish; not an assertion
         path = out / f"{name}-{label}.png"
         await page.screenshot(path=str(path))
         paths.append(path)
