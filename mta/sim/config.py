@@ -101,6 +101,11 @@ class DomainConfig:
             _check_address(self.address, self.name)
 
 
+# Default texts said for more than one reason (Postfix's words).
+TEMPORARY_PROBLEM = "451 4.3.0 Temporary local problem, please try again later"
+USER_UNKNOWN = "550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
+
+
 @dataclass(frozen=True)
 class RepliesConfig:
     """A persona's reply texts. `{ip}`, `{recipient}`, `{seconds}`, `{id}` and
@@ -111,7 +116,7 @@ class RepliesConfig:
     accepted: str = "250 2.0.0 OK {id}"
     throttle: str = "450 4.7.1 Client host [{ip}] rejected: too many messages, slow down"
     throttle_connections: str = ""  # greeting refusal over the connection limits; "": throttle
-    unknown: str = "550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
+    unknown: str = USER_UNKNOWN
     full: str = "452 4.2.2 <{recipient}>: Mailbox full"
     disabled: str = "550 5.2.1 <{recipient}>: Mailbox disabled"
     suppressed: str = "550 5.1.1 <{recipient}>: Address on suppression list"
@@ -121,8 +126,8 @@ class RepliesConfig:
     )
     relay_denied: str = "550 5.7.1 <{recipient}>: Relay access denied"
     reputation: str = "554 5.7.1 Service unavailable; client host [{ip}] blocked"
-    soft: str = "451 4.3.0 Temporary local problem, please try again later"
-    hard: str = "550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
+    soft: str = TEMPORARY_PROBLEM
+    hard: str = USER_UNKNOWN
     async_bounce: str = "550 5.1.1 <{recipient}>: User unknown in virtual mailbox table"
     codes: dict[str, str] = field(default_factory=dict)  # "452" -> text, for scripts
 

@@ -57,7 +57,7 @@ from mta.sim.artefacts import (
 )
 from mta.sim.chaos import StageReply, applies
 from mta.sim.chaos import Update as ChaosUpdate
-from mta.sim.config import PersonaConfig, SimSection
+from mta.sim.config import TEMPORARY_PROBLEM, PersonaConfig, SimSection
 from mta.sim.rules import (
     Greylist,
     IpRecord,
@@ -67,6 +67,7 @@ from mta.sim.rules import (
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
 from mta.sim.store import Received, Store, StoreWriter, stored_messages
+from mta.smtp import replies
 from mta.smtp.server import FastSMTP, content_of
 
 log = logging.getLogger("mta.sim.persona")
@@ -77,7 +78,7 @@ GENERIC_REPLIES = {
     250: "250 2.0.0 OK",
     421: "421 4.7.0 Try again later, closing connection",
     450: "450 4.2.1 Mailbox temporarily unavailable",
-    451: "451 4.3.0 Temporary local problem, please try again later",
+    451: TEMPORARY_PROBLEM,
     452: "452 4.2.2 Mailbox full",
     550: "550 5.1.1 Mailbox unavailable",
     551: "551 5.1.6 User not local",
@@ -599,7 +600,7 @@ class Persona:
         mail_from = envelope.mail_from or ""
         message_id = f"{next(self._ids):x}.{self.name}"
         accepted = render(self.replies["accepted"], {"id": message_id, "ip": ip})
-        transcript = [*envelope.transcript, ("DATA", "354 End data with <CR><LF>.<CR><LF>")]
+        transcript = [*envelope.transcript, ("DATA", replies.START_DATA)]
         transcript.append(("end of data", accepted))
         item = Received(
             self.name, mail_from, envelope.rcpt_tos, content, self.clock.now(), transcript
@@ -613,7 +614,7 @@ class Persona:
                     raise error
         except OSError as exc:
             log.error("persona %s cannot store a message: %s", self.name, exc)
-            return self._refuse("451 4.3.0 Temporary local problem, please try again later")
+            return self._refuse(TEMPORARY_PROBLEM)
         now = self.clock.now()
         self.ip_record(ip, now).count_message(now)
         c = self.counters

@@ -1,4 +1,6 @@
 """The fixed SMTP replies the MTA says, named once (code, RFC 3463 enhanced code, short text).
+The server of `mta.smtp.server` speaks for the sink and the simulated ISPs too; a persona's own
+texts are its config (`mta.sim.config.RepliesConfig`).
 
 Replies that carry a value (a queue id, a limit, a parameter) are built where they are said;
 every reply said word for word in more than one place, or that a test or a client keys on,
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
+START_DATA: Final = "354 End data with <CR><LF>.<CR><LF>"
 SENDER_OK: Final = "250 2.1.0 Sender ok"
 RECIPIENT_OK: Final = "250 2.1.5 Recipient ok"
 

@@ -638,7 +638,7 @@ class FastSMTP(SMTP):
         if not self.envelope.rcpt_tos:
             await self.push("554 5.5.1 Error: no valid recipients")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.START_DATA)
         data = await self._read_data()
         if data is None:
             return  # connection gone; aiosmtpd's loop notices
