@@ -1,14 +1,21 @@
-"""`mta serve` next to Postfix and Postfix + OpenDKIM, all relaying into one `mta sink`.
+"""`mta serve` next to Postfix and Postfix + OpenDKIM, all relaying into one sink.
 
     python bench/bench_peers.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
         [--repeat 1] [--wide 200] [--single 1000] [--soak 0] [--compare DIR]
+        [--harness auto|c|python] [--latency 1000]
 
 Same run, same load generator, same sink: for each size, the MTA (DKIM RSA-2048,
 durable spool) and each peer installed get `--messages` messages over `--sessions`
 sessions; the rate is end to end (first submission to the last message handed to
-the sink). Printed per server: msg/s, CPU ms per message (every process of the
-server, children included), the share of both cores the server kept busy, p50/p99
-from the client's final dot to the 250, and the ratios of the MTA to each peer.
+the sink). The harness is Postfix's smtp-source into smtp-sink when they are
+installed (C: they leave the cores to the servers), else bench/loadgen.py into an
+`mta sink`; the output says which. smtp-source times nothing per message, so with
+it the p50/p99 come from a second, shorter load (`--latency` messages, same
+sessions) by the Python load generator right after the rate run.
+Printed per server: msg/s, CPU ms per message (every process of the server,
+children included), the share of both cores the server kept busy and the share
+the whole machine was busy (harness, other users), p50/p99 from the client's
+final dot to the 250, and the ratios of the MTA to each peer.
 `--wide N` adds the 2 KB end-to-end rate at N sessions, `--single N` the MTA's
 rate over one session, `--soak N` the MTA's RSS after relaying N more messages,
 `--compare DIR` the same runs of another checkout's `mta` (e.g. a worktree of the
@@ -35,8 +42,9 @@ if __package__ in (None, ""):
 
 from bench.bench_relay import delivered
 from bench.loadgen import LoadResult, make_message, run_load
-from bench.peers import Postfix, available, free_port
+from bench.peers import Postfix, available, free_port, tree_cpu_seconds
 from bench.procs import Proc, start_mta
+from bench.smtp_tools import SmtpSink, message_file, run_source, tools
 
 CORES = os.cpu_count() or 1
 DOMAIN, SELECTOR = "sender.test", "bench"
@@ -47,16 +55,68 @@ class Figure:
     rate: float  # end to end, msg/s
     cpu_ms: float  # server CPU per message
     busy: float  # server CPU / (wall x cores)
+    machine: float  # every process's CPU / (wall x cores): server, harness, others
     p50: float  # final dot -> 250, ms
     p99: float
     lost: int
 
 
-def _figure(load: LoadResult, done: int, seconds: float, cpu: float) -> Figure:
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+class Harness:
+    """Who sends the load and who takes the relayed mail: Postfix's C tools or ours."""
+
+    def __init__(self, work: Path, choice: str) -> None:
+        found = tools() if choice != "python" else None
+        if choice == "c" and found is None:
+            raise SystemExit("--harness c: smtp-source / smtp-sink are not installed")
+        self.work = work
+        self.c = found
+        self.sink_port = 0
+        self._sink: SmtpSink | Proc | None = None
+
+    @property
+    def name(self) -> str:
+        if self.c:
+            return "smtp-source (C, -d) into smtp-sink"
+        return "bench/loadgen.py (Python, pipelined) into `mta sink`"
+
+    async def start(self) -> None:
+        if self.c:
+            sink = SmtpSink(free_port(), self.c[1])
+            await sink.start()
+            self._sink, self.sink_port = sink, sink.port
+        else:
+            proc = await start_mta("sink", "--listen", "127.0.0.1:0", "--log-level", "warning")
+            self._sink, self.sink_port = proc, proc.port
+
+    async def stop(self) -> None:
+        if self._sink is not None:
+            await self._sink.stop()
+
+    async def send(self, port: int, total: int, sessions: int, message: bytes) -> LoadResult:
+        if self.c:
+            return await run_source(
+                self.c[0], port, total, sessions, message_file(self.work, message)
+            )
+        return await run_load("127.0.0.1", port, total, sessions, message)
+
+
+def _figure(
+    load: LoadResult, done: int, seconds: float, cpu: float, machine: float
+) -> Figure:
     return Figure(
         rate=done / seconds if seconds > 0 else 0.0,
         cpu_ms=cpu / max(done, 1) * 1000,
         busy=cpu / (seconds * CORES) if seconds > 0 else 0.0,
+        machine=machine,
         p50=load.percentile(0.50) * 1000,
         p99=load.percentile(0.99) * 1000,
         lost=load.failed + (load.sent - done),
@@ -108,8 +168,9 @@ class MtaServer:
         return self.proc.port
 
     def cpu(self) -> float:
+        """The server's CPU so far: its process, threads and any child processes."""
         assert self.proc is not None
-        return self.proc.cpu_seconds()
+        return tree_cpu_seconds(self.proc.process.pid)
 
     async def settle(self, expected: int, deadline: float) -> int:
         while delivered(self.spool) < expected and time.perf_counter() < deadline:
@@ -122,6 +183,8 @@ class MtaServer:
 
 
 async def _measure(
+    harness: Harness,
+    latency: int,
     port: int,
     cpu: Callable[[], float],
     settle: Callable[[int, float], Awaitable[int]],
@@ -130,18 +193,28 @@ async def _measure(
     sessions: int,
     message: bytes,
 ) -> Figure:
-    """Load `messages`, wait until `already + sent` are handed on; the figures of that span."""
+    """Load `messages`, wait until `already + sent` are handed on; the figures of that span.
+    With the C harness, then `latency` messages by the Python generator for p50/p99."""
     cpu0 = cpu()
+    busy0, total0 = machine_ticks()
     started = time.perf_counter()
-    load = await run_load("127.0.0.1", port, messages, sessions, message)
+    load = await harness.send(port, messages, sessions, message)
     done = await settle(already + load.sent, time.perf_counter() + 300) - already
     seconds = time.perf_counter() - started
-    return _figure(load, done, seconds, cpu() - cpu0)
+    busy1, total1 = machine_ticks()
+    machine = (busy1 - busy0) / max(total1 - total0, 1)
+    figure = _figure(load, done, seconds, cpu() - cpu0, machine)
+    if harness.c and latency:
+        timed = await run_load("127.0.0.1", port, min(latency, messages), sessions, message)
+        await settle(already + load.sent + timed.sent, time.perf_counter() + 300)
+        figure.p50, figure.p99 = timed.percentile(0.50) * 1000, timed.percentile(0.99) * 1000
+        figure.lost += timed.failed
+    return figure
 
 
 async def run_mta(
+    harness: Harness,
     work: Path,
-    sink: int,
     key: Path,
     size: int,
     args: argparse.Namespace,
@@ -149,23 +222,32 @@ async def run_mta(
     cwd: str | None = None,
 ) -> Figure:
     message = make_message(size)
-    server = MtaServer(work, sink, key, f"{size}-{sessions}-{time.monotonic_ns()}", cwd)
+    tag = f"{size}-{sessions}-{time.monotonic_ns()}"
+    server = MtaServer(work, harness.sink_port, key, tag, cwd)
     port = await server.start(sessions)
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
         await server.settle(200, time.perf_counter() + 60)
         count = args.single if sessions == 1 else args.messages
-        return await _measure(port, server.cpu, server.settle, 200, count, sessions, message)
+        return await _measure(
+            harness, args.latency, port, server.cpu, server.settle, 200, count, sessions,
+            message,
+        )
     finally:
         await server.stop()
 
 
 async def run_postfix(
-    work: Path, sink: int, key: Path | None, size: int, args: argparse.Namespace, sessions: int
+    harness: Harness,
+    work: Path,
+    key: Path | None,
+    size: int,
+    args: argparse.Namespace,
+    sessions: int,
 ) -> Figure:
     message = make_message(size)
     directory = work / f"postfix-{size}-{sessions}-{'dkim' if key else 'plain'}"
-    peer = Postfix(directory, free_port(), ("127.0.0.1", sink))
+    peer = Postfix(directory, free_port(), ("127.0.0.1", harness.sink_port))
     await peer.start(sessions, (DOMAIN, SELECTOR, key) if key else None)
 
     async def settle(expected: int, deadline: float) -> int:
@@ -177,7 +259,8 @@ async def run_postfix(
         await run_load("127.0.0.1", peer.port, 200, min(sessions, 20), message)  # warm-up
         await settle(200, time.perf_counter() + 60)
         return await _measure(
-            peer.port, peer.cpu_seconds, settle, 0, args.messages, sessions, message
+            harness, args.latency, peer.port, peer.cpu_seconds, settle, 0, args.messages,
+            sessions, message,
         )
     finally:
         await peer.stop()
@@ -188,7 +271,7 @@ def _median(figures: list[Figure]) -> Figure:
         return float(statistics.median(getattr(f, name) for f in figures))
 
     return Figure(
-        med("rate"), med("cpu_ms"), med("busy"), med("p50"), med("p99"),
+        med("rate"), med("cpu_ms"), med("busy"), med("machine"), med("p50"), med("p99"),
         max(f.lost for f in figures),
     )
 
@@ -204,57 +287,59 @@ async def main_async(args: argparse.Namespace) -> int:
         from mta.cli.dkim import keygen
 
         key, _ = keygen(DOMAIN, SELECTOR, work / "keys", force=True)
-        sink = await start_mta("sink", "--listen", "127.0.0.1:0", "--log-level", "warning")
+        harness = Harness(work, args.harness)
+        print(f"harness: {harness.name}", flush=True)
+        await harness.start()
         try:
             plans: list[tuple[str, Callable[[], Awaitable[Figure]]]] = []
             for size in args.sizes:
                 label = f"{size // 1024} KB"
 
                 def mta(size: int = size, sessions: int = args.sessions) -> Awaitable[Figure]:
-                    return run_mta(work, sink.port, key, size, args, sessions)
+                    return run_mta(harness, work, key, size, args, sessions)
 
                 plans.append((f"{label} mta serve (DKIM, spool)", mta))
                 if args.compare:
 
                     def before(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
-                        return run_mta(work, sink.port, key, size, args, s, args.compare)
+                        return run_mta(harness, work, key, size, args, s, args.compare)
 
                     plans.append((f"{label} mta serve, {args.compare_name}", before))
                 if has_postfix:
 
                     def plain(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
-                        return run_postfix(work, sink.port, None, size, args, s)
+                        return run_postfix(harness, work, None, size, args, s)
 
                     plans.append((f"{label} Postfix", plain))
                 if has_opendkim:
 
                     def signed(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
-                        return run_postfix(work, sink.port, key, size, args, s)
+                        return run_postfix(harness, work, key, size, args, s)
 
                     plans.append((f"{label} Postfix + OpenDKIM", signed))
             if args.wide:
                 wide = args.wide
 
                 def mta_wide() -> Awaitable[Figure]:
-                    return run_mta(work, sink.port, key, 2048, args, wide)
+                    return run_mta(harness, work, key, 2048, args, wide)
 
                 plans.append((f"2 KB mta serve, {wide} sessions", mta_wide))
                 if has_postfix:
 
                     def pf_wide() -> Awaitable[Figure]:
-                        return run_postfix(work, sink.port, None, 2048, args, wide)
+                        return run_postfix(harness, work, None, 2048, args, wide)
 
                     plans.append((f"2 KB Postfix, {wide} sessions", pf_wide))
             if args.single:
 
                 def single() -> Awaitable[Figure]:
-                    return run_mta(work, sink.port, key, 2048, args, 1)
+                    return run_mta(harness, work, key, 2048, args, 1)
 
                 plans.append(("2 KB mta serve, 1 session", single))
                 if args.compare:
 
                     def single_before() -> Awaitable[Figure]:
-                        return run_mta(work, sink.port, key, 2048, args, 1, args.compare)
+                        return run_mta(harness, work, key, 2048, args, 1, args.compare)
 
                     plans.append((f"2 KB mta serve, 1 session, {args.compare_name}", single_before))
             results: dict[str, list[Figure]] = {}
@@ -267,27 +352,28 @@ async def main_async(args: argparse.Namespace) -> int:
                         continue
                     print(
                         f"  {label}: {f.rate:.0f} msg/s, {f.cpu_ms:.2f} CPU ms/msg, "
+                        f"server {f.busy:.0%} / machine {f.machine:.0%} busy, "
                         f"p50 {f.p50:.1f} ms, p99 {f.p99:.1f} ms",
                         flush=True,
                     )
                     results.setdefault(label, []).append(f)
             rows = [(label, _median(figures)) for label, figures in results.items()]
             if args.soak:
-                await soak(work, sink.port, key, args.soak)
+                await soak(harness, work, key, args.soak)
         finally:
-            await sink.stop()
+            await harness.stop()
     print(
         f"\npeer benchmark: {args.messages} messages x {args.sessions} sessions, "
-        f"median of {args.repeat}; {CORES} cores; end-to-end into one `mta sink`"
+        f"median of {args.repeat}; {CORES} cores; end to end; harness: {harness.name}"
     )
     print(
         f"{'server':<48} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
+        f"{'machine':>8} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
     )
     for label, f in rows:
         print(
             f"{label:<48} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
-            f"{f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
+            f"{f.machine:>7.0%} {f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
         )
     figures = dict(rows)
     for size in args.sizes:
@@ -312,10 +398,10 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
-async def soak(work: Path, sink: int, key: Path, total: int) -> None:
+async def soak(harness: Harness, work: Path, sink: int, key: Path, total: int) -> None:
     """Relay `total` 2 KB messages through one MTA in rounds; print its RSS as it goes."""
     message = make_message(2048)
-    server = MtaServer(work, sink, key, "soak")
+    server = MtaServer(work, harness.sink_port, key, "soak")
     port = await server.start()
     assert server.proc is not None
     pid = server.proc.process.pid
@@ -326,7 +412,7 @@ async def soak(work: Path, sink: int, key: Path, total: int) -> None:
         deadline = started + 900
         while sent < total and time.perf_counter() < deadline:
             batch = min(10_000, total - sent)
-            load = await run_load("127.0.0.1", port, batch, 20, message)
+            load = await harness.send(port, batch, 20, message)
             sent += load.sent
             await server.settle(sent, time.perf_counter() + 300)
             print(f"  soak: {sent} relayed, RSS {rss_kib(pid) / 1024:.0f} MiB", flush=True)
@@ -353,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", type=int, default=200, help="sessions, wide run (0: none)")
     parser.add_argument("--single", type=int, default=1000, help="messages, 1 session (0: none)")
     parser.add_argument("--soak", type=int, default=0, help="messages, RSS soak (0: none)")
+    parser.add_argument(
+        "--harness", choices=("auto", "c", "python"), default="auto",
+        help="auto: smtp-source/smtp-sink when installed, else the Python loadgen/mta sink",
+    )
+    parser.add_argument(
+        "--latency", type=int, default=1000,
+        help="messages of the Python loadgen after each C-harness run, for p50/p99 (0: none)",
+    )
     args = parser.parse_args(argv)
     args.compare_name = f"checkout {Path(args.compare).name}" if args.compare else ""
     try:
