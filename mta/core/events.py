@@ -11,7 +11,6 @@ receivers can order them. `Event.as_dict` is the JSON object on the wire.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,10 +100,6 @@ class Event:
     def dumps(self) -> str:
         """Compact JSON, as stored in the outbox and sent."""
         return json.dumps(self.as_dict(), separators=(",", ":"), ensure_ascii=False)
-
-
-def new_event_id() -> str:
-    return uuid.uuid4().hex
 
 
 def build(

@@ -34,9 +34,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from mta import ids
 from mta.clock import Clock
 from mta.config.service import MtaConfig
-from mta.core import events, rampup, site_results, throttle
+from mta.core import rampup, site_results, throttle
 from mta.core.limits import MxRules
 from mta.core.rampup import Binding, RampUp, VolumeLedger
 from mta.core.retry import RetryPolicy, RetrySchedule
@@ -411,7 +412,7 @@ class Scheduler:
                 now=now,
                 rules=self.rules,
                 until=r.expires_at,
-                event_id=events.new_event_id(),
+                event_id=ids.new_event_id(),
             )
             for r in damaged
         ]
@@ -497,7 +498,7 @@ class Scheduler:
                     rules=self.rules,
                     policy=self.policy,
                     rand=self.rng.random(),
-                    event_id=events.new_event_id(),
+                    event_id=ids.new_event_id(),
                 )
                 for r, outcome in zip(members, result.outcomes, strict=True)
             ]
@@ -600,7 +601,7 @@ class Scheduler:
                     last_outcome(r),
                     now=now,
                     rules=self.rules,
-                    event_id=events.new_event_id(),
+                    event_id=ids.new_event_id(),
                     held=self._held_reason(r.domain, now),
                 )
                 for r in due
@@ -743,7 +744,7 @@ class Scheduler:
             now = self.clock.now()
             settlements = [
                 bounce_by_operator(
-                    attempted(r), reason, now=now, rules=self.rules, event_id=events.new_event_id()
+                    attempted(r), reason, now=now, rules=self.rules, event_id=ids.new_event_id()
                 )
                 for r in due
             ]
