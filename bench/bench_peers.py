@@ -133,9 +133,16 @@ def rss_kib(pid: int) -> int:
 
 class MtaServer:
     def __init__(
-        self, work: Path, sink_port: int, key: Path, tag: str, cwd: str | None = None
+        self,
+        work: Path,
+        sink_port: int,
+        key: Path,
+        tag: str,
+        cwd: str | None = None,
+        workers: int | None = None,
     ) -> None:
         self.work, self.sink_port, self.key, self.tag = work, sink_port, key, tag
+        self.workers = workers  # smtp.workers; None: the default
         self.cwd = cwd  # another checkout's `mta` package (a before/after comparison)
         self.proc: Proc | None = None
         self.base = 0
@@ -148,6 +155,8 @@ class MtaServer:
         # Every session comes from 127.0.0.1: lift the per-IP cap (50) for the wide run,
         # as Postfix exempts $mynetworks from its per-client limits.
         env = {"MTA_SMTP_MAX_CONNECTIONS_PER_IP": str(max(50, sessions + 10))}
+        if self.workers is not None:
+            env["MTA_SMTP_WORKERS"] = str(self.workers)
         self.proc = await start_mta(
             "serve",
             "--listen",
@@ -220,10 +229,11 @@ async def run_mta(
     args: argparse.Namespace,
     sessions: int,
     cwd: str | None = None,
+    workers: int | None = None,
 ) -> Figure:
     message = make_message(size)
     tag = f"{size}-{sessions}-{time.monotonic_ns()}"
-    server = MtaServer(work, harness.sink_port, key, tag, cwd)
+    server = MtaServer(work, harness.sink_port, key, tag, cwd, workers)
     port = await server.start(sessions)
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
@@ -299,6 +309,14 @@ async def main_async(args: argparse.Namespace) -> int:
                     return run_mta(harness, work, key, size, args, sessions)
 
                 plans.append((f"{label} mta serve (DKIM, spool)", mta))
+                for n in args.workers:
+
+                    def with_workers(
+                        size: int = size, s: int = args.sessions, n: int = n
+                    ) -> Awaitable[Figure]:
+                        return run_mta(harness, work, key, size, args, s, None, n)
+
+                    plans.append((f"{label} mta serve, workers = {n}", with_workers))
                 if args.compare:
 
                     def before(size: int = size, s: int = args.sessions) -> Awaitable[Figure]:
@@ -324,6 +342,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     return run_mta(harness, work, key, 2048, args, wide)
 
                 plans.append((f"2 KB mta serve, {wide} sessions", mta_wide))
+                for n in args.workers:
+
+                    def wide_workers(n: int = n) -> Awaitable[Figure]:
+                        return run_mta(harness, work, key, 2048, args, wide, None, n)
+
+                    plans.append((f"2 KB mta serve, {wide} sessions, workers = {n}", wide_workers))
                 if has_postfix:
 
                     def pf_wide() -> Awaitable[Figure]:
@@ -336,6 +360,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     return run_mta(harness, work, key, 2048, args, 1)
 
                 plans.append(("2 KB mta serve, 1 session", single))
+                for n in args.workers:
+
+                    def single_workers(n: int = n) -> Awaitable[Figure]:
+                        return run_mta(harness, work, key, 2048, args, 1, None, n)
+
+                    plans.append((f"2 KB mta serve, 1 session, workers = {n}", single_workers))
                 if args.compare:
 
                     def single_before() -> Awaitable[Figure]:
@@ -367,12 +397,12 @@ async def main_async(args: argparse.Namespace) -> int:
         f"median of {args.repeat}; {CORES} cores; end to end; harness: {harness.name}"
     )
     print(
-        f"{'server':<48} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
+        f"{'server':<52} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
         f"{'machine':>8} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
     )
     for label, f in rows:
         print(
-            f"{label:<48} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
+            f"{label:<52} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
             f"{f.machine:>7.0%} {f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
         )
     figures = dict(rows)
@@ -385,6 +415,18 @@ async def main_async(args: argparse.Namespace) -> int:
             theirs = figures.get(f"{label} {peer}")
             if theirs is not None and theirs.rate:
                 print(f"ratio at {label}: mta serve / {peer} = {ours.rate / theirs.rate:.2f}x")
+        for n in args.workers:
+            multi = figures.get(f"{label} mta serve, workers = {n}")
+            for peer in (
+                "Postfix", "Postfix + OpenDKIM", "mta serve (DKIM, spool)",
+                f"mta serve, {args.compare_name}",
+            ):
+                theirs = figures.get(f"{label} {peer}")
+                if multi is not None and theirs is not None and theirs.rate:
+                    print(
+                        f"ratio at {label}: mta serve with {n} workers / {peer} = "
+                        f"{multi.rate / theirs.rate:.2f}x"
+                    )
         old = figures.get(f"{label} mta serve, {args.compare_name}")
         if old is not None and old.rate:
             ratio = ours.rate / old.rate
@@ -395,6 +437,14 @@ async def main_async(args: argparse.Namespace) -> int:
         ours, theirs = wide_ours, wide_theirs
         ratio = ours.rate / theirs.rate
         print(f"ratio at {args.wide} sessions: mta serve / Postfix = {ratio:.2f}x")
+        for n in args.workers:
+            multi = figures.get(f"2 KB mta serve, {args.wide} sessions, workers = {n}")
+            if multi is not None:
+                ratio = multi.rate / theirs.rate
+                print(
+                    f"ratio at {args.wide} sessions: mta serve with {n} workers / Postfix = "
+                    f"{ratio:.2f}x"
+                )
     return 0
 
 
@@ -446,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency", type=int, default=1000,
         help="messages of the Python loadgen after each C-harness run, for p50/p99 (0: none)",
+    )
+    parser.add_argument(
+        "--workers", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+        metavar="N,...", help="also run the MTA with smtp.workers = each N (e.g. 0,1,2)",
     )
     args = parser.parse_args(argv)
     args.compare_name = f"checkout {Path(args.compare).name}" if args.compare else ""

@@ -9,7 +9,6 @@ for `spool.shutdown_grace`, close connections, close the spool.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
@@ -36,13 +35,14 @@ from mta.delivery.dns import Resolver
 from mta.feedback.retention import OutboxPruner
 from mta.feedback.webhooks import Feedback
 from mta.ingress.handler import IngressHandler, Signer, server_factory
+from mta.ingress.workers import IngressWorkers, start_workers
 from mta.model import Result
 from mta.queue.scheduler import Scheduler
 from mta.queue.shared import LocalState, SharedState
 from mta.queue.spool import Spool
 from mta.smtp.limits import Listener, SmtpLimits
 from mta.smtp.process import raise_open_file_limit, return_freed_memory
-from mta.smtp.server import bound_port, start_server
+from mta.smtp.server import Listening, bound_port, start_server
 from mta.smtp.tls import server_context
 
 log = logging.getLogger("mta")
@@ -122,7 +122,7 @@ class Running:
     shared: SharedState
     delivery: Delivery
     handler: IngressHandler
-    server: asyncio.Server | None  # None only while start() fails half-way
+    server: Listening | None  # None only while start() fails half-way
     listener: Listener
     executor: ThreadPoolExecutor
     feedback: Feedback
@@ -254,8 +254,12 @@ class MtaApp:
                 if warning:
                     log.warning("%s", warning)
             try:
-                server = await start_server(
-                    server_factory(handler, tls_context, listener), host, port
+                server: Listening = (
+                    await start_workers(config, self.clock, smtp_limits(config), spool, handler)
+                    if config.smtp.workers
+                    else await start_server(
+                        server_factory(handler, tls_context, listener), host, port
+                    )
                 )
             except OSError as exc:
                 raise OSError(
@@ -310,6 +314,8 @@ class MtaApp:
         parts.handler.closing = True
         parts.listener.shut_down()
         await parts.handler.close(grace=5.0)
+        if isinstance(parts.server, IngressWorkers):
+            await parts.server.stop(grace=5.0)
         await parts.scheduler.stop(self.config.spool.shutdown_grace)
         await parts.shared.close()
         await parts.delivery.close()

@@ -63,6 +63,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clock-anchor", metavar="REAL:VIRTUAL:SCALE", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="SMTP sessions and DKIM signing in N processes (smtp.workers; 0: in this one)",
+    )
+    parser.add_argument(
         "--dns", metavar="HOST:PORT", help="the nameserver to ask (default: the system's)"
     )
     parser.add_argument(
@@ -105,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> MtaConfig:
         "log_level": "log_level",
         "cluster": "cluster.url",
         "node": "cluster.node",
+        "workers": "smtp.workers",
     }
     for attr, key in simple.items():
         value = getattr(args, attr, None)

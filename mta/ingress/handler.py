@@ -28,7 +28,8 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -41,7 +42,7 @@ from mta.core.durations import parse_duration
 from mta.core.retry import validity_end
 from mta.model import EventKind
 from mta.queue.records import NewMessage, NewRecipient
-from mta.queue.spool import Spool, SpoolError, SpoolFull
+from mta.queue.spool import SpoolError, SpoolFull
 from mta.smtp import replies
 from mta.smtp.limits import Listener
 from mta.smtp.server import FastSMTP, content_of
@@ -57,6 +58,16 @@ VALIDITY = "x-campaign-validity"
 SINGLETONS = ("From", "Sender", "To", "Subject", "Date", "Message-ID")
 DISK_RESERVE = 8 * 1024 * 1024  # bytes left free on the spool's disk beyond 2 x SIZE
 DISK_CHECK_EVERY = 1.0  # seconds a reading of the spool disk's free space is reused
+
+
+class IngestSpool(Protocol):
+    """What the handler needs of the spool: the Spool, or a worker's RemoteSpool."""
+
+    path: Path
+
+    async def ingest(self, message: NewMessage) -> None: ...
+
+    def ingest_soon(self, message: NewMessage, done: asyncio.Future[None]) -> None: ...
 
 
 def header_problem(content: bytes) -> str | None:
@@ -95,7 +106,7 @@ class IngressHandler:
     def __init__(
         self,
         config: SmtpConfig,
-        spool: Spool,
+        spool: IngestSpool,
         clock: Clock,
         signer: Signer | None = None,
         executor: Executor | None = None,

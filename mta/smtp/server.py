@@ -32,11 +32,12 @@ import collections
 import contextlib
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -695,7 +696,18 @@ async def close_server(server: asyncio.Server, timeout: float = 2.0) -> None:
         await asyncio.wait_for(server.wait_closed(), timeout)
 
 
-def bound_port(server: asyncio.Server) -> int:
+class Listening(Protocol):
+    """A listener: an asyncio server, or the ingress workers' shared socket."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]: ...
+
+    def close(self) -> None: ...
+
+    def is_serving(self) -> bool: ...
+
+
+def bound_port(server: Listening) -> int:
     sockets = server.sockets
     if not sockets:
         raise RuntimeError("server has no socket")
