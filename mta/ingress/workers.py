@@ -119,6 +119,9 @@ class IngressWorkers:
     def sockets(self) -> tuple[socket.socket, ...]:
         return (self.sock,)
 
+    def _stopped(self) -> bool:
+        return self.stopping
+
     def is_serving(self) -> bool:
         return not self.stopping and any(p.is_alive() for p in self._processes.values())
 
@@ -183,12 +186,19 @@ class IngressWorkers:
         writer.close()
         process = self._processes[index]
         await loop.run_in_executor(None, process.join, 10)
-        if not self.stopping:
-            log.error("ingress worker %d exited (%s); starting it again", index, process.exitcode)
-            self.restarts += 1
+        if self.stopping:
+            return
+        log.error("ingress worker %d exited (%s); starting it again", index, process.exitcode)
+        while True:
             await asyncio.sleep(RESTART_DELAY)
-            if not self.stopping:
+            if self._stopped():
+                return
+            self.restarts += 1
+            try:
                 await self._spawn(index)
+                return
+            except (OSError, RuntimeError) as exc:
+                log.error("ingress worker %d: %s; trying again", index, exc)
 
     async def stop(self, grace: float) -> None:
         """After close(): wait for the workers to finish the messages being stored."""
