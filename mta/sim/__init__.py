@@ -11,7 +11,7 @@ auto-replies and complaints back through the MTA.
 
 Modules: `config` (isps.toml), `scripts` (local-part grammar, seeded chance),
 `rules` (buckets, greylist, reputation, mailbox tables), `dns_server`,
-`persona`, `artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the
+`persona` (with `reply_text`, its replies' texts), `artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the
 SQLite and Maildir stores, written and read back), `http` (the /sim/v1 API),
 `simulation` (the running whole); the command is `mta.cli.sim`.
 

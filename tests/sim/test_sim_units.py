@@ -6,7 +6,7 @@ import pytest
 
 from mta.sim.config import MailboxesConfig, ReputationConfig
 from mta.sim.dns_server import Zone
-from mta.sim.persona import one_line, render
+from mta.sim.reply_text import one_line, render
 from mta.sim.rules import Greylist, IpRecord, MailboxTable, bucket_for, reputation_blocked
 from mta.sim.scripts import Script, Stage, Step, chance, parse_local_part
 
