@@ -33,7 +33,6 @@ closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -141,7 +140,8 @@ class Counters:
 
 
 class Persona:
-    """One ISP: its state, rules and aiosmtpd hooks. Serve it with `protocol_factory()`."""
+    """One ISP: its state, rules and aiosmtpd hooks. Serve it with
+    `mta.sim.persona_server.PersonaSMTP` (or `Blackhole`)."""
 
     def __init__(
         self,
@@ -407,7 +407,7 @@ class Persona:
     ) -> str:
         if self.latency.mail:
             await self.wait(self.latency.mail)
-        ip = _peer_ip(session)
+        ip = peer_ip(session)
         now = self.clock.now()
         injected = self._chaos("mail", address or "")
         if injected is not None:
@@ -444,7 +444,7 @@ class Persona:
         address: str,
         options: list[str],
     ) -> str:
-        ip = _peer_ip(session)
+        ip = peer_ip(session)
         local, _, domain = address.rpartition("@")
         if domain.lower() not in self.domains:
             return self._refuse(self.reply("relay_denied", ip, address))
@@ -530,14 +530,14 @@ class Persona:
         await self.wait(self.latency.data)
         for plan in envelope.plans:
             if plan.step is not None and plan.step.stage == "data":
-                return await self.act(server, plan.step, _peer_ip(server.session), plan.address)
+                return await self.act(server, plan.step, peer_ip(server.session), plan.address)
         return None
 
     async def handle_DATA(self, server: FastSMTP, session: Session, envelope: Envelope) -> str:
         if self.latency.dot:
             await self.wait(self.latency.dot)
         assert isinstance(envelope, PersonaEnvelope)
-        ip = _peer_ip(session)
+        ip = peer_ip(session)
         plans = envelope.plans
         injected = self._chaos("dot", envelope.rcpt_tos[0] if envelope.rcpt_tos else "")
         if injected is not None:
@@ -622,9 +622,6 @@ class Persona:
 
     # -- serving --------------------------------------------------------------
 
-    def protocol_factory(self) -> PersonaSMTP:
-        return PersonaSMTP(self)
-
     def stats(self) -> dict[str, Any]:
         c = self.counters
         return {
@@ -662,113 +659,8 @@ class Persona:
         }
 
 
-def _peer_ip(session: Session | None) -> str:
+def peer_ip(session: Session | None) -> str:
     peer: Any = session.peer if session is not None else None
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer or "")
-
-
-class PersonaSMTP(FastSMTP):
-    """FastSMTP with the persona's greeting decisions and a DATA-stage hook."""
-
-    def __init__(self, persona: Persona) -> None:
-        limits = persona.config.limits
-        super().__init__(
-            persona,
-            hostname=persona.hostname,
-            data_size_limit=limits.max_message_size,
-            max_recipients=limits.max_recipients,
-            timeout=max(300.0, persona.stall_max + 10.0),
-            ident=persona.config.banner,
-        )
-        self.persona = persona
-        self._peer_ip = ""
-        self._refusal: str | None = None
-        self._counted = False
-        self._socket_transport: asyncio.BaseTransport | None = None
-
-    def _create_envelope(self) -> Envelope:
-        return PersonaEnvelope()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        super().connection_made(transport)
-        if first and not self._counted:
-            self._counted = True
-            self._socket_transport = transport
-            self.persona.transports.add(transport)
-            self._peer_ip = _peer_ip(self.session)
-            self._refusal = self.persona.session_opened(self._peer_ip)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self.persona.session_closed(self._peer_ip)
-            if self._socket_transport is not None:
-                self.persona.transports.discard(self._socket_transport)
-        super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if self.persona.latency.connect:
-            await self.persona.wait(self.persona.latency.connect)
-        refusal = self._refusal
-        if refusal is not None:
-            with contextlib.suppress(ConnectionError):
-                await self.push(refusal)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
-
-    async def smtp_DATA(self, arg: str | None) -> None:
-        envelope = self.envelope
-        if not arg and envelope is not None and envelope.rcpt_tos:
-            injected = self.persona._chaos("data", envelope.rcpt_tos[0])
-            if injected is not None:
-                self._reset_envelope()
-                await self.push(injected)
-                return
-        if (
-            not arg
-            and isinstance(envelope, PersonaEnvelope)
-            and envelope.rcpt_tos
-            and any(p.step is not None and p.step.stage == "data" for p in envelope.plans)
-        ):
-            reply = await self.persona.before_data(self, envelope)
-            if reply is not None:
-                self._reset_envelope()
-                await self.push(reply)
-                return
-        elif self.persona.latency.data and envelope is not None and envelope.rcpt_tos:
-            await self.persona.wait(self.persona.latency.data)
-        await super().smtp_DATA(arg)
-
-
-class Blackhole(asyncio.Protocol):
-    """Accepts the TCP connection and never says a word; closes it after `stall_max`."""
-
-    def __init__(self, persona: Persona) -> None:
-        self.persona = persona
-        self.transport: asyncio.BaseTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._ip = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.persona.transports.add(transport)
-        peer = transport.get_extra_info("peername")
-        self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        self.persona.session_opened(self._ip)
-        self.persona.counters.stalls += 1
-        self._timer = asyncio.get_running_loop().call_later(self.persona.stall_max, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass  # swallowed
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.transport is not None:
-            self.persona.transports.discard(self.transport)
-        self.persona.session_closed(self._ip)

@@ -28,7 +28,8 @@ from mta.sim.config import SimConfig
 from mta.sim.dns_server import StubDns, Zone
 from mta.sim.http import HttpServer, build_app
 from mta.sim.inbox_http import Inbox
-from mta.sim.persona import Blackhole, Persona
+from mta.sim.persona import Persona
+from mta.sim.persona_server import Blackhole, PersonaSMTP
 from mta.smtp.server import close_server, start_server
 
 log = logging.getLogger("mta.sim")
@@ -177,7 +178,7 @@ class Simulation:
             return await loop.create_server(
                 lambda: Blackhole(persona), address, port, reuse_address=True, backlog=1024
             )
-        return await start_server(persona.protocol_factory, address, port)
+        return await start_server(lambda: PersonaSMTP(persona), address, port)
 
     def stats(self) -> dict[str, Any]:
         outbox = self.outbox
