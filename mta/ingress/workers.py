@@ -90,6 +90,26 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
         return None
 
 
+class _Coalescing:
+    """Frames written to a stream in one write per turn of the event loop (a commit settles
+    a whole batch of messages at once: one system call answers them all)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._frames: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, frame: bytes) -> None:
+        if not self._frames:
+            self._loop.call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(frames))
+
+
 # -- the main process's side -------------------------------------------------------------
 
 
@@ -161,6 +181,7 @@ class IngressWorkers:
     ) -> None:
         """Commit what worker `index` sends; answer each commit; restart it if it dies."""
         loop = asyncio.get_running_loop()
+        out = _Coalescing(writer)
 
         def answer(seq: int, message: NewMessage, done: asyncio.Future[None]) -> None:
             exc = done.exception()
@@ -169,8 +190,7 @@ class IngressWorkers:
                 reply: tuple[int, int, str] = (seq, OK, "")
             else:
                 reply = (seq, FULL if isinstance(exc, SpoolFull) else FAILED, str(exc))
-            if not writer.is_closing():
-                writer.write(_frame(reply))
+            out.write(_frame(reply))
 
         while True:
             item = await _read_frame(reader)
@@ -242,6 +262,7 @@ class RemoteSpool:
     def __init__(self, path: Path, writer: asyncio.StreamWriter) -> None:
         self.path = path
         self._writer = writer
+        self._out = _Coalescing(writer)
         self._loop = asyncio.get_running_loop()
         self._seq = itertools.count()
         self._pending: dict[int, asyncio.Future[None]] = {}
@@ -263,7 +284,7 @@ class RemoteSpool:
             done.set_exception(SpoolError("the main process is gone"))
             return
         self._pending[seq] = done
-        self._writer.write(frame)
+        self._out.write(frame)
 
     async def read_answers(self, reader: asyncio.StreamReader) -> None:
         """Settle each message's future as its answer comes; returns when the main has gone."""
