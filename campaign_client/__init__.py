@@ -24,11 +24,12 @@ Modules: status (the status table, pure), quarantine (the address quarantine tab
 events (event records, pure), indicators (the KPIs, pure), webhook (Standard Webhooks
 signatures, pure), inbound (the bounce mailbox's API; the reading itself is the `bounces`
 package: DSNs and plain-text bounces, ARF, auto-replies, inbound rules, pure), config (the
-client's TOML config), log (SQLite delivery log) with address_store (its quarantine, history and
-exclusion tables), mailbox (bounce mailbox), receiver (HTTP + SMTP listeners), submission (SMTP
-submission, exclusions first), pull (pull API), wait (wait_for, watch_idle), recipient_report
-(the per-recipient report), cli, cli_common, quarantine_cmd and qualify_cmd (the
-`campaign-client` command). No function or class is named like a module (the test says so).
+client's TOML config), log (SQLite delivery log) with line_events (applying events to its lines)
+and address_store (its quarantine, history and exclusion tables), mailbox (bounce mailbox),
+receiver (HTTP + SMTP listeners), submission (SMTP submission, exclusions first), pull (pull
+API), wait (wait_for, watch_idle), recipient_report (the per-recipient report), cli, cli_common,
+quarantine_cmd and qualify_cmd (the `campaign-client` command). No function or class is named
+like a module (the test says so).
 """
 
 from __future__ import annotations
