@@ -197,18 +197,18 @@ def _when(stamp: float) -> str:
 
 
 def _ls(args: argparse.Namespace, config: SimConfig) -> int:
-    from mta.sim import store
+    from mta.sim import store_reader
 
     data_dir = Path(config.sim.data_dir)
     persona = args.persona
-    if persona and persona not in store.personas_in(data_dir):
-        known = ", ".join(store.personas_in(data_dir)) or "none yet"
+    if persona and persona not in store_reader.personas_in(data_dir):
+        known = ", ".join(store_reader.personas_in(data_dir)) or "none yet"
         print(f"mta sim ls: no messages for persona {persona!r} (known: {known})", file=sys.stderr)
         return 2
     if args.limit is not None and args.limit < 1:
         print("mta sim ls: --limit must be at least 1", file=sys.stderr)
         return 2
-    found = store.list_messages(data_dir, persona, args.limit)
+    found = store_reader.list_messages(data_dir, persona, args.limit)
     if args.json:
         json.dump([s.as_dict() for s in found], sys.stdout, indent=1)
         print()
@@ -231,7 +231,7 @@ def _ls(args: argparse.Namespace, config: SimConfig) -> int:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
         )
-    counts = store.count_messages(data_dir, persona)
+    counts = store_reader.count_messages(data_dir, persona)
     total = sum(counts.values())
     detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
     print(f"{total} message{'s' if total != 1 else ''}" + (f" ({detail})" if detail else ""))
@@ -239,9 +239,9 @@ def _ls(args: argparse.Namespace, config: SimConfig) -> int:
 
 
 def _show(args: argparse.Namespace, config: SimConfig) -> int:
-    from mta.sim import store
+    from mta.sim import store_reader
 
-    body = store.message_bytes(Path(config.sim.data_dir), args.id)
+    body = store_reader.message_bytes(Path(config.sim.data_dir), args.id)
     if body is None:
         print(
             f"mta sim show: no message {args.id!r} in {config.sim.data_dir}"

@@ -12,8 +12,8 @@ auto-replies and complaints back through the MTA.
 Modules: `config` (isps.toml), `scripts` (local-part grammar, seeded chance),
 `rules` (buckets, greylist, reputation, mailbox tables), `dns_server`,
 `persona` (with `reply_text`, its replies' texts, and `persona_server`, how it is served),
-`artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the SQLite and Maildir stores,
-written and read back), `http` (the /sim/v1 API),
+`artefacts` (RFC 3464 / 3834 / 5965 and the outbox), `store` (the SQLite and Maildir stores)
+and `store_reader` (what they hold, read back), `http` (the /sim/v1 API),
 `simulation` (the running whole); the command is `mta.cli.sim`.
 
 May import `mta.model`, `mta.clock`, `mta.sqlite`, `mta.smtp` and the config engine; never

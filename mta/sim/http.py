@@ -15,7 +15,7 @@ Chaos (changing a persona at run time) is in `mta.sim.chaos_http`. The inbox pag
 `/` and its API (search, one message, delete, a live stream) are
 in `mta.sim.inbox_http`.
 
-Reading is the same for both stores (`mta.sim.store`'s readers, run in a thread);
+Reading is the same for both stores (`mta.sim.store_reader`, run in a thread);
 a store that cannot be read answers 503 with a one-line error.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mta.sim import chaos_http, store
+from mta.sim import chaos_http, store_reader
 from mta.sim.inbox_http import Inbox, add_routes
 from mta.sim.persona import Persona
 
@@ -56,7 +56,7 @@ def build_app(
             return _error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
         try:
             found = await asyncio.get_running_loop().run_in_executor(
-                None, store.list_messages, data_dir, persona, int(limit_text)
+                None, store_reader.list_messages, data_dir, persona, int(limit_text)
             )
         except OSError as exc:
             return _error(503, str(exc))
@@ -66,7 +66,7 @@ def build_app(
         message_id = f"{request.match_info['persona']}/{request.match_info['name']}"
         try:
             body = await asyncio.get_running_loop().run_in_executor(
-                None, store.message_bytes, data_dir, message_id
+                None, store_reader.message_bytes, data_dir, message_id
             )
         except OSError as exc:
             return _error(503, str(exc))

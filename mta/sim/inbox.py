@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mta.sim import store
+from mta.sim import store, store_reader
 from mta.sim.search import Term, matches
 
 MAX_PAGE = 500
@@ -128,7 +128,7 @@ def _maildir_search(
     data_dir: Path, terms: list[Term], start: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
     found = []
-    for summary in store._maildir_listing(data_dir, None, None):
+    for summary in store_reader._maildir_listing(data_dir, None, None):
         item = summary[1].as_dict()
         fields = {
             "to": [*item["recipients"], item["to"]],
@@ -166,10 +166,10 @@ def search(data_dir: Path, terms: list[Term], start: int = 0, limit: int = 50) -
 def record(data_dir: Path, message_id: str) -> dict[str, Any] | None:
     """The stored columns of one message plus its bytes as received (`content`) and the
     persona's answers (`transcript`); None if unknown."""
-    raw = store.message_bytes(data_dir, message_id)
+    raw = store_reader.message_bytes(data_dir, message_id)
     if raw is None:
         return None
-    length, _, _ = store._split_trace(raw[: store.READ_LIMIT])
+    length, _, _ = store_reader._split_trace(raw[: store.READ_LIMIT])
     found: dict[str, Any] = {"id": message_id, "content": raw[length:], "transcript": []}
     persona, _, name = message_id.partition("/")
     if name.isdigit():
@@ -188,7 +188,7 @@ def record(data_dir: Path, message_id: str) -> dict[str, Any] | None:
                 found.update(_summary(row[:-1]))
                 found["transcript"] = [list(pair) for pair in json.loads(row[-1])]
     else:
-        for item in store.list_messages(data_dir, persona):
+        for item in store_reader.list_messages(data_dir, persona):
             if item.id == message_id:
                 found.update(item.as_dict(), delivery_id="", dkim_result="")
                 break
@@ -223,7 +223,7 @@ def delete(data_dir: Path, ids: list[str] | None) -> dict[str, int]:
             raise OSError(f"cannot delete from {path}: {exc}") from None
         finally:
             conn.close()
-    for persona in store._maildir_personas(data_dir):
+    for persona in store_reader._maildir_personas(data_dir):
         for sub in ("new", "cur"):
             folder = store.maildir_root(data_dir, persona) / sub
             if not folder.is_dir():

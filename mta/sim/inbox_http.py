@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from mta.core import tokens
-from mta.sim import inbox, mailview, search, store
+from mta.sim import inbox, mailview, search, store_reader
 
 STATIC = "mta.sim"
 STATIC_FILES = {"inbox.js": "text/javascript", "inbox.css": "text/css"}
@@ -143,7 +143,7 @@ def add_routes(app: web.Application, box: Inbox) -> None:
         return web.json_response(found)
 
     async def raw(request: web.Request) -> web.Response:
-        body = await _run(store.message_bytes, box.data_dir, _id(request))
+        body = await _run(store_reader.message_bytes, box.data_dir, _id(request))
         if body is None:
             return _error(404, f"no message {_id(request)!r}")
         return web.Response(body=body, content_type="text/plain", charset="utf-8")

@@ -72,7 +72,8 @@ from mta.sim.rules import (
     reputation_blocked,
 )
 from mta.sim.scripts import Script, Step, chance, parse_local_part
-from mta.sim.store import Received, Store, StoreWriter, stored_messages
+from mta.sim.store import Received, Store, StoreWriter
+from mta.sim.store_reader import stored_messages
 from mta.smtp import replies
 from mta.smtp.server import FastSMTP, content_of
 

@@ -20,7 +20,7 @@ from mta.cli.dkim import keygen
 from mta.clock import ManualClock
 from mta.config.service import DkimKey
 from mta.ingress.dkim import public_key_record
-from mta.sim import store
+from mta.sim import store, store_reader
 from mta.sim.config import ConfigError, load_sim_config, parse_sim_config
 from mta.smtp.maildir import strip_trace
 from tests.sim.conftest import Stack
@@ -66,20 +66,20 @@ def test_both_stores_answer_alike(tmp_path: Path) -> None:
         assert kept.write(batch) == [None] * 12
         assert kept.count("isp") == 12 and kept.count("quiet") == 0
         kept.close()
-        listed = store.list_messages(data_dir)
+        listed = store_reader.list_messages(data_dir)
         assert [s.subject for s in listed] == [f"Message {n}" for n in reversed(range(12))]
-        assert [s.subject for s in store.list_messages(data_dir, "isp", 2)] == [
+        assert [s.subject for s in store_reader.list_messages(data_dir, "isp", 2)] == [
             "Message 11",
             "Message 10",
         ]
-        assert store.personas_in(data_dir) == ["isp", "quiet"]
-        assert store.count_messages(data_dir) == {"isp": 12, "quiet": 0}
-        assert store.count_messages(data_dir, "quiet") == {"quiet": 0}
+        assert store_reader.personas_in(data_dir) == ["isp", "quiet"]
+        assert store_reader.count_messages(data_dir) == {"isp": 12, "quiet": 0}
+        assert store_reader.count_messages(data_dir, "quiet") == {"quiet": 0}
         for summary, item in zip(reversed(listed), batch, strict=True):
-            raw = store.message_bytes(data_dir, summary.id)
+            raw = store_reader.message_bytes(data_dir, summary.id)
             assert raw == store.trace(item.mail_from, item.recipients) + item.content
             assert summary.size == len(item.content)
-        assert store.stored_messages(data_dir, "isp") == [
+        assert store_reader.stored_messages(data_dir, "isp") == [
             store.trace(i.mail_from, i.recipients) + i.content for i in batch
         ]
         answers[kind] = [{k: v for k, v in s.as_dict().items() if k != "id"} for s in listed]
@@ -106,13 +106,13 @@ def test_a_data_dir_with_both_stores_lists_them_merged_by_time(tmp_path: Path) -
     assert maildir.write([received(1, 10.0), received(3, 30.0)]) == [None, None]
     assert sqlite.write([received(2, 20.0)]) == [None]
     sqlite.close()
-    listed = store.list_messages(tmp_path)
+    listed = store_reader.list_messages(tmp_path)
     assert [s.subject for s in listed] == ["Message 3", "Message 2", "Message 1"]
-    assert [s.subject for s in store.list_messages(tmp_path, limit=2)] == [
+    assert [s.subject for s in store_reader.list_messages(tmp_path, limit=2)] == [
         "Message 3",
         "Message 2",
     ]
-    assert store.count_messages(tmp_path) == {"isp": 3}
+    assert store_reader.count_messages(tmp_path) == {"isp": 3}
     assert listed[1].id == "isp/1" and listed[0].id.startswith("isp/30000000000.P")
 
 
@@ -131,9 +131,9 @@ def test_ids_that_are_not_ours_are_unknown(tmp_path: Path) -> None:
     kept.open("isp")
     kept.write([received(1, 1.0)])
     kept.close()
-    assert store.message_bytes(tmp_path, "isp/1") is not None
+    assert store_reader.message_bytes(tmp_path, "isp/1") is not None
     for bad in ("other/1", "isp/2", "isp/0", "isp/" + "9" * 30, "isp", "isp/../x", "/1", "isp/"):
-        assert store.message_bytes(tmp_path, bad) is None, bad
+        assert store_reader.message_bytes(tmp_path, bad) is None, bad
 
 
 # -- SQLite: transactions, WAL, durability, readers -------------------------------------
@@ -146,10 +146,10 @@ def test_one_transaction_per_batch(tmp_path: Path) -> None:
     errors = kept.write([received(1, 1.0), broken, received(2, 2.0)])
     assert all(isinstance(e, OSError) for e in errors) and len(errors) == 3
     assert "NOT NULL" in str(errors[0])
-    assert kept.count("isp") == 0 and store.count_messages(tmp_path) == {"isp": 0}
+    assert kept.count("isp") == 0 and store_reader.count_messages(tmp_path) == {"isp": 0}
     assert kept.write([received(3, 3.0)]) == [None]  # the store goes on after a failure
     kept.close()
-    assert [s.subject for s in store.list_messages(tmp_path)] == ["Message 3"]
+    assert [s.subject for s in store_reader.list_messages(tmp_path)] == ["Message 3"]
 
 
 @pytest.mark.parametrize(("fsync", "synchronous"), [(False, 1), (True, 2)])
@@ -186,7 +186,7 @@ async def test_a_reader_in_a_transaction_does_not_block_the_writer(tmp_path: Pat
             assert reader.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 39
         finally:
             reader.close()
-        assert len(store.list_messages(tmp_path)) == 39
+        assert len(store_reader.list_messages(tmp_path)) == 39
         assert 1 <= writer.batches <= 39
     finally:
         writer.stop()
@@ -196,7 +196,7 @@ async def test_a_reader_in_a_transaction_does_not_block_the_writer(tmp_path: Pat
 def test_an_unreadable_store_is_a_one_line_error(tmp_path: Path, capsys: Any) -> None:
     (tmp_path / store.SQLITE_FILE).write_bytes(b"not a database, just bytes" * 100)
     with pytest.raises(OSError, match="cannot read"):
-        store.list_messages(tmp_path)
+        store_reader.list_messages(tmp_path)
     assert cli.run(parser().parse_args(["sim", "ls", "--data-dir", str(tmp_path)])) == 1
     err = capsys.readouterr().err
     assert err.startswith("mta sim: cannot read ") and err.count("\n") == 1
