@@ -11,12 +11,22 @@ Grants come in batches (`token_batch`): a node asks for what it may use within
 batch, not per message. When Redis is out of reach a node keeps to a conservative
 share of each limit: the limit divided by the nodes it last saw alive
 (`fallback_share`, `fallback_connections`).
+
+The adaptive rate is one level for the whole cluster, and a node's controller moves
+it by operations, not values (`rate_op`): a multiplicative cut names the rule and when
+the transaction that drew it started, so that Redis applies only the first cut of a
+congestion episode, however many nodes saw it (TCP cuts once per window); an additive
+step adds to the shared level, so N nodes' steps add up as one node's would.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+from mta.core.throttle import Change
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +75,29 @@ def fallback_share(limit: float, nodes: int) -> float:
 def fallback_connections(limit: int, nodes: int) -> int:
     """A node's part of a connection limit when cut off (at least one connection)."""
     return max(1, limit // max(nodes, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class RateOp:
+    """How a node's change of a site's rate joins the shared level: `none`; `cut` to
+    `value` by adaptive rule `rule`, drawn by a transaction started at `started`; or
+    `add` `value` (messages/s) to the shared level."""
+
+    kind: Literal["none", "cut", "add"]
+    value: float = 0.0
+    rule: str = ""
+    started: float = -math.inf
+
+
+def rate_op(changes: Sequence[Change], started: float) -> RateOp:
+    """The operation of the controller's `changes` after one transaction (started at
+    `started`): the last cut if any (its value the rate it cut to), else the sum of the
+    recovery steps."""
+    rates = [c for c in changes if c.what == "rate"]
+    cuts = [c for c in rates if c.rule != "recovery"]
+    if cuts:
+        return RateOp("cut", cuts[-1].new, cuts[-1].rule, started)
+    step = sum(c.new - c.old for c in rates if math.isfinite(c.new - c.old))
+    if step > 0:
+        return RateOp("add", step)
+    return RateOp("none")

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from mta.clock import Clock
 from mta.config.service import ClusterConfig
 from mta.core import rampup, shares
 from mta.core.rampup import VolumeLedger
+from mta.core.shares import RateOp
 from mta.core.throttle import Change, SiteThrottle
 from mta.queue import redis_scripts
 from mta.queue.shared import Grant, Key, _no_trim, _no_wake
@@ -123,6 +125,7 @@ class Entry:
     local_tat: float = -math.inf  # the fallback bucket
     rate: float = math.inf  # the rate in force, for the report
     concurrency: int = 0
+    state: SiteThrottle | None = None  # the node's view, to put back into an emptied Redis
 
 
 class ClusterLedger(VolumeLedger):
@@ -190,6 +193,7 @@ class RedisState:
         self._acquire = self.redis.register_script(redis_scripts.ACQUIRE)
         self._renew = self.redis.register_script(redis_scripts.RENEW)
         self._publish = self.redis.register_script(redis_scripts.PUBLISH)
+        self._seed_ledger = self.redis.register_script(redis_scripts.SEED_LEDGER)
         self.entries: dict[Key, Entry] = {}
         self.degraded = False
         self.problem = ""
@@ -198,9 +202,13 @@ class RedisState:
         self.node_names: list[str] = [self.node]
         self.round_trips = 0
         self.fallbacks = 0
+        self.cuts_dropped = 0  # cuts another node had made for the same episode
         self._version = -1
+        self._epoch: bytes | None = None  # names the Redis data set this node shares
+        self.reseeds = 0
         self._waiting: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- keys -------------------------------------------------------------------
@@ -223,6 +231,14 @@ class RedisState:
     def _index_key(self) -> str:
         return f"{self.config.prefix}:keys"
 
+    @property
+    def _channel(self) -> str:
+        return f"{self.config.prefix}:changes"
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.config.prefix}:epoch"
+
     def _ledger_key(self, day: int) -> str:
         return f"{self.config.prefix}:ramp:{day}"
 
@@ -237,13 +253,16 @@ class RedisState:
                 "cluster: node %s joined %s (%d nodes alive)",
                 self.node, self.config.url, self.nodes_alive,
             )
-        self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="cluster")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._poll_forever(), name="cluster")
+        self._listener = loop.create_task(self._listen_forever(), name="cluster-changes")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -324,6 +343,7 @@ class RedisState:
         entry = self._entry(key)
         entry.in_flight = in_flight
         entry.rate, entry.concurrency = state.rate, state.concurrency
+        entry.state = state
         if want <= 0:
             return Grant(0)
         if self.degraded:
@@ -468,6 +488,8 @@ class RedisState:
             changes.append(Change(state.site, state.binding, now, what, old, new, "cluster",
                                   reason))
 
+        if any(at > state.fired_at.get(rule, -math.inf) for rule, at in snap.fired.items()):
+            state.positives = 0  # a rule acted on another node: recovery counts from then
         if snap.rate != state.rate and snap.version > 0:
             change("rate", state.rate, snap.rate)
             state.rate = snap.rate
@@ -482,9 +504,11 @@ class RedisState:
             state.down_until = snap.down_until
         state.hold_until = max(state.hold_until, snap.hold_until)
         for rule, at in snap.fired.items():
-            # A rule that acted on another node counts as acted here: replies to what was
-            # sent before are about the old rate (once per round, cluster-wide).
-            state.fired_at[rule] = max(state.fired_at.get(rule, -math.inf), at)
+            # A rule that acted on another node counts as acted here when this node hears
+            # of it: replies to what it sent before are about the old rate (once per
+            # round, cluster-wide).
+            if at > state.fired_at.get(rule, -math.inf):
+                state.fired_at[rule] = max(at, now)
         if math.isfinite(snap.pushback):
             state.pushback_rate = snap.pushback
         if changes:
@@ -492,45 +516,118 @@ class RedisState:
             state.last_reason = changes[-1].describe()
         return changes
 
-    def publish(self, key: Key, state: SiteThrottle, now: float) -> None:
+    def publish(self, key: Key, state: SiteThrottle, now: float, op: RateOp) -> None:
         entry = self._entry(key)
+        if op.kind == "cut":
+            entry.tokens = 0  # taken at the old rate: not to be spent
         if self.degraded:
             entry.dirty = state
             return
-        self._spawn(self._send(entry, state))
+        self._spawn(self._send(entry, state, op))
 
-    async def _send(self, entry: Entry, state: SiteThrottle) -> None:
+    async def _send(
+        self, entry: Entry, state: SiteThrottle, op: RateOp | None, whole: str = "set"
+    ) -> None:
+        """Share the state; `op` says how its rate joins the shared one (None: the whole
+        state, `whole` saying how: "set" after Redis was out of reach, "seed" into a
+        Redis that lost it)."""
+
         def t(value: float) -> str:
             return repr(value) if math.isfinite(value) else repr(_NONE)
 
+        def r(value: float) -> str:
+            return repr(value if math.isfinite(value) else 0.0)
+
+        kind, value, rule, started = whole, state.rate, "", -math.inf
+        if op is not None:
+            kind, value, rule, started = op.kind, op.value, op.rule, op.started
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._publish(
                     keys=[self._k(entry.key, "s")],
                     args=[
                         self.node,
-                        repr(state.rate if math.isfinite(state.rate) else 0.0),
+                        r(state.rate),
                         state.concurrency,
                         t(state.suspended_until),
                         t(state.down_until),
                         t(state.hold_until),
-                        repr(state.pushback_rate if math.isfinite(state.pushback_rate) else 0.0),
+                        r(state.pushback_rate),
                         entry.applied,
-                        repr(state.rule.start_rate if math.isfinite(state.rule.rate) else 0.0),
+                        r(state.rule.start_rate if math.isfinite(state.rule.rate) else 0.0),
                         state.rule.max_connections,
                         _fired_text(state.fired_at),
+                        kind,
+                        r(value) if kind == "cut" else repr(value),
+                        repr(started) if math.isfinite(started) else "-inf",
+                        rule,
+                        r(state.rule.ceiling),
+                        self._channel,
+                        f"{entry.key.site}|{entry.key.binding}",
                     ],
                     client=pipe,
                 )
                 pipe.incr(self._version_key)
                 pipe.sadd(self._index_key, f"{entry.key.site}|{entry.key.binding}")
-                version, _, _ = await asyncio.wait_for(pipe.execute(), self.config.timeout)
+                reply, _, _ = await asyncio.wait_for(pipe.execute(), self.config.timeout)
             self.round_trips += 1
-            entry.applied = max(entry.applied, int(version))
             entry.dirty = None
+            snap = _snapshot(reply[1:])
+            if not int(reply[0]):
+                # Another node cut for this episode first: the shared level stays (this
+                # node goes by it from now on, as from its own cut).
+                self.cuts_dropped += 1
+            # The shared level after the op is what this node goes by (a dropped cut: the
+            # level the episode's cut left; a step: added to the others').
+            self._note(entry, snap)
+            entry.applied = min(entry.applied, snap.version - 1)
+            self.on_wake(entry.key.site)
         except (RedisError, OSError, TimeoutError) as exc:
             entry.dirty = state
             self._lost(exc)
+
+    # -- changes from the other nodes -------------------------------------------------
+
+    async def _listen_forever(self) -> None:
+        """Every change another node makes comes at once on the channel (the poll's
+        version check catches what a lost subscription missed)."""
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self.config.poll
+                    )
+                    if message is not None:
+                        self._changed(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError):
+                await asyncio.sleep(self.config.poll)
+            except Exception:
+                log.exception("cluster: reading the changes failed")
+                await asyncio.sleep(self.config.poll)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _changed(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        lines = text.split("\n")
+        if len(lines) != 13 or lines[0] == self.node:
+            return
+        site, _, binding = lines[1].rpartition("|")
+        entry = self.entries.get(Key(site, binding))
+        if entry is None:
+            return
+        snap = _snapshot(lines[3:])
+        before = entry.remote
+        if before is not None and snap.rate < before.rate:
+            # A cut: tokens taken at the old rate are not to be spent.
+            entry.tokens = 0
+        self._note(entry, snap)
+        self.on_wake(site)
 
     # -- the poll ------------------------------------------------------------------
 
@@ -582,6 +679,7 @@ class RedisState:
                 pipe.zremrangebyscore(self._nodes_key, "-inf", wall - 60 * self.config.lease_ttl)
                 pipe.zrangebyscore(self._nodes_key, wall - self.config.lease_ttl, "+inf")
                 pipe.get(self._version_key)
+                pipe.get(self._epoch_key)
                 for (binding, isp, day), count in pending.items():
                     pipe.hincrby(self._ledger_key(day), f"{binding}|{isp}", count)
                     pipe.expire(self._ledger_key(day), 3 * 86400)
@@ -610,8 +708,10 @@ class RedisState:
         self.nodes_alive = max(1, len(names))
         self.ledger.nodes = self.nodes_alive
         version = int(results[3] or 0)
-        position = 4 + 2 * len(pending)
-        self.ledger.load(today, _ledger(results[position]))
+        emptied = await self._check_epoch(results[4])
+        position = 5 + 2 * len(pending)
+        if not emptied:
+            self.ledger.load(today, _ledger(results[position]))
         position += 1
         for key in keys:
             entry = self.entries[key]
@@ -626,10 +726,12 @@ class RedisState:
                 entry.others_attempts += max(0, total - entry.used_seen - used[key])
             entry.used_seen = total
             position += 3
-        if was_degraded:
+        if emptied:
+            await self._reseed(today, pending)
+        elif was_degraded:
             for entry in dirty:
                 if entry.dirty is not None:
-                    self._spawn(self._send(entry, entry.dirty))
+                    self._spawn(self._send(entry, entry.dirty, None))
         if version != self._version and self.entries:
             await self._read_states()
             self._version = version
@@ -638,6 +740,60 @@ class RedisState:
                 self.on_wake(key.site)
         for site in self._waiting:  # a site that wanted more since the last poll: look again
             self.on_wake(site)
+
+    async def _check_epoch(self, epoch: bytes | None) -> bool:
+        """True when Redis lost the shared state since this node last saw it (restarted
+        empty, flushed): its epoch key is gone or another. The first node to see it
+        gone names a new one."""
+        if epoch is None:
+            await asyncio.wait_for(
+                self.redis.set(self._epoch_key, uuid.uuid4().hex, nx=True),
+                self.config.timeout,
+            )
+            named: Any = await asyncio.wait_for(
+                self.redis.get(self._epoch_key), self.config.timeout
+            )
+            epoch = named
+        known, self._epoch = self._epoch, epoch
+        return known is not None and epoch != known
+
+    async def _reseed(self, today: int, flushed: dict[tuple[str, str, int], int]) -> None:
+        """Put back what this node knew of the shared state into a Redis that lost it,
+        conservatively (every node does, and the scripts keep the most cautious): the
+        lowest rate and connections, suspensions and holds still running, the highest
+        ramp-up volume of today."""
+        self.reseeds += 1
+        log.warning(
+            "cluster: Redis %s lost the shared state: node %s puts back what it knew",
+            self.config.url, self.node,
+        )
+        self._version = -1
+        for entry in self.entries.values():
+            entry.applied = 0
+            entry.remote = None
+            entry.used_seen = None
+        volumes = {
+            f"{binding}|{isp}": count + flushed.get((binding, isp, today), 0)
+            for (binding, isp), (day, count) in self.ledger.shared.items()
+            if day == today and count > 0
+        }
+        if volumes:
+            args: list[str | int] = [3 * 86400]
+            for name, count in sorted(volumes.items()):
+                args += [name, count]
+            try:
+                await asyncio.wait_for(
+                    self._seed_ledger(keys=[self._ledger_key(today)], args=args),
+                    self.config.timeout,
+                )
+                self.round_trips += 1
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._lost(exc)
+                return
+        for entry in list(self.entries.values()):
+            state = entry.dirty or entry.state
+            if state is not None:
+                await self._send(entry, state, None, "seed")
 
     @staticmethod
     def _renewal(entry: Entry, target: int) -> int:

@@ -70,11 +70,20 @@ local function hold(ckey, node, count, ttl)
 end
 """
 
-_STATE = """
-local s = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'conc', 'susp', 'down', 'hold', 'push',
-                     'ver', 'by', 'used', 'fired')
-local rate = num(s[2], tonumber(ARGV[5]))
-local conc = num(s[3], tonumber(ARGV[7]))
+def _state(rate_arg: int, conc_arg: int) -> str:
+    """Read the state hash (`s`, `rate`, `conc`, `susp`, `down`, `snapshot()`); the
+    rule's rate and connections (ARGV[rate_arg], ARGV[conc_arg]) stand in for a key
+    never written."""
+    return (
+        "\nlocal s = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'conc', 'susp', 'down',"
+        " 'hold', 'push', 'ver', 'by', 'used', 'fired')\n"
+        f"local rate = num(s[2], tonumber(ARGV[{rate_arg}]))\n"
+        f"local conc = num(s[3], tonumber(ARGV[{conc_arg}]))\n"
+        + _SNAPSHOT
+    )
+
+
+_SNAPSHOT = """
 local susp = num(s[4], -1)
 local down = num(s[5], -1)
 local function snapshot()
@@ -83,11 +92,12 @@ local function snapshot()
 end
 """
 
+
 # KEYS: state, conn, want. ARGV: node, now, want_tokens, want_leases, rate, burst, conc,
 # ttl_ms, free (leases the node holds and is not using).
 # Returns: tokens, retry_at (-1: none), leases held, others' leases, contenders, then
 # the state's snapshot: rate, conc, susp, down, hold, push, ver, by, used, fired.
-ACQUIRE = _COMMON + _LEASES + _STATE + """
+ACQUIRE = _COMMON + _LEASES + _state(5, 7) + """
 local node = ARGV[1]
 local now = tonumber(ARGV[2])
 local want_t = tonumber(ARGV[3])
@@ -145,31 +155,105 @@ return {tostring(count), tostring(others), tostring(contenders)}
 """
 
 # KEYS: state. ARGV: node, rate, conc, susp, down, hold, push, seen_ver, default rate,
-# default conc, fired. Suspensions, "down" and holds merge by the latest end; a rate or a
-# connection count replaces the shared one, except that a node that had not seen the
-# latest version may not raise it (its recovery would undo a cut it has not heard of).
-# Returns the new version.
-PUBLISH = _COMMON + """
-local s = redis.call('HMGET', KEYS[1], 'rate', 'conc', 'susp', 'down', 'hold', 'ver')
-local ver = num(s[6], 0)
-local rate = tonumber(ARGV[2])
-local conc = tonumber(ARGV[3])
-local old_rate = num(s[1], tonumber(ARGV[9]))
-local old_conc = num(s[2], tonumber(ARGV[10]))
+# default conc, fired, op, op value, op started, op rule, ceiling, channel, key name.
+# The rate joins the shared one by the node's operation (`mta.core.shares.RateOp`):
+# - "cut" (a multiplicative decrease by adaptive rule `op rule`, to `op value`): applies
+#   only if no node's cut by that rule came after the transaction that drew it started
+#   (`op started`): one cut per congestion episode across the cluster, as TCP cuts once
+#   per window; it never raises the shared rate;
+# - "add" (an additive increase of `op value`): added to the shared rate, up to `ceiling`
+#   (so N nodes' steps add up as one node's would, whatever each had seen);
+# - "set" (the whole state after Redis was out of reach): replaces the shared rate, except
+#   that a node that had not seen the latest version may not raise it;
+# - "seed" (the node's view, put back into a Redis that lost the state): the lower rate
+#   and connection count of the node's and what is there already;
+# - "none": the rate stays.
+# The connection count replaces the shared one (a stale node may not raise it);
+# suspensions, "down", holds and each rule's last action merge by the latest.
+# Returns: 1 if the rate op applied (0: the episode was cut already), then the snapshot:
+# rate, conc, susp, down, hold, push, ver, by, used, fired. The same goes to the other
+# nodes at once on `channel` (node, key name, applied, snapshot; one per line).
+PUBLISH = _COMMON + _state(9, 10) + """
+local ver = num(s[8], 0)
 local stale = tonumber(ARGV[8]) < ver
+local op, value = ARGV[12], tonumber(ARGV[13])
+local started, rule = tonumber(ARGV[14]), ARGV[15]
+local ceiling = tonumber(ARGV[16])
 local function slower(a, b)  -- rate a below rate b (0: unlimited)
   if a <= 0 then return false end
   if b <= 0 then return true end
   return a < b
 end
-if stale and not slower(rate, old_rate) then rate = old_rate end
-if stale and conc > old_conc then conc = old_conc end
+local function parse(text)
+  local found = {}
+  for name, t in string.gmatch(text or '', '([^;]*)=([^=;]*)') do
+    found[name] = tonumber(t)
+  end
+  return found
+end
+local fired = parse(s[11])
+local theirs = parse(ARGV[11])
+local applied = 1
+local push = num(s[7], 0)
+if op == 'cut' then
+  if (fired[rule] or -math.huge) > started then
+    applied = 0
+    theirs[rule] = nil
+  else
+    if slower(value, rate) then rate = value end
+    push = tonumber(ARGV[7])
+  end
+elseif op == 'add' then
+  if rate > 0 then
+    rate = rate + value
+    if ceiling > 0 and rate > ceiling then rate = ceiling end
+  end
+elseif op == 'set' then
+  local mine = tonumber(ARGV[2])
+  if not (stale and not slower(mine, rate)) then rate = mine end
+  push = tonumber(ARGV[7])
+elseif op == 'seed' then
+  local mine = tonumber(ARGV[2])
+  if not s[2] or slower(mine, rate) then rate = mine end
+  if not s[7] or tonumber(ARGV[7]) > 0 then push = tonumber(ARGV[7]) end
+end
+local c = tonumber(ARGV[3])
+if op == 'seed' then
+  if s[3] then conc = math.min(conc, c) else conc = c end
+elseif not (stale and c > conc) then
+  conc = c
+end
+for name, t in pairs(theirs) do
+  if t ~= nil and (fired[name] == nil or t > fired[name]) then fired[name] = t end
+end
+local names = {}
+for name in pairs(fired) do table.insert(names, name) end
+table.sort(names)
+local parts = {}
+for _, name in ipairs(names) do table.insert(parts, name .. '=' .. str(fired[name])) end
 ver = ver + 1
-redis.call('HSET', KEYS[1], 'rate', str(rate), 'conc', str(conc),
-  'susp', str(math.max(num(s[3], -1), tonumber(ARGV[4]))),
-  'down', str(math.max(num(s[4], -1), tonumber(ARGV[5]))),
-  'hold', str(math.max(num(s[5], -1), tonumber(ARGV[6]))),
-  'push', ARGV[7], 'ver', ver, 'by', ARGV[1], 'fired', ARGV[11])
+susp = math.max(susp, tonumber(ARGV[4]))
+down = math.max(down, tonumber(ARGV[5]))
+redis.call('HSET', KEYS[1], 'rate', str(rate), 'conc', str(conc), 'susp', str(susp),
+  'down', str(down), 'hold', str(math.max(num(s[6], -1), tonumber(ARGV[6]))),
+  'push', str(push), 'ver', ver, 'by', ARGV[1], 'fired', table.concat(parts, ';'))
 redis.call('PEXPIRE', KEYS[1], 7 * 86400 * 1000)
-return ver
+s = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'conc', 'susp', 'down', 'hold', 'push',
+               'ver', 'by', 'used', 'fired')
+local out = {tostring(applied)}
+for _, v in ipairs(snapshot()) do table.insert(out, v) end
+redis.call('PUBLISH', ARGV[17], ARGV[1] .. '\\n' .. ARGV[18] .. '\\n' .. table.concat(out, '\\n'))
+return out
+"""
+
+# KEYS: the ramp-up ledger of a day. ARGV: expiry (s), then pairs BINDING|ISP, count.
+# Raises each count to at least the one given (a node putting back what it knew into a
+# Redis that lost it: the highest of the nodes' views stays).
+SEED_LEDGER = """
+for i = 2, #ARGV, 2 do
+  local have = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if have < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
 """

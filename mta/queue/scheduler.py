@@ -38,7 +38,7 @@ from typing import Any
 from mta import ids
 from mta.clock import Clock
 from mta.config.service import MtaConfig
-from mta.core import rampup, site_results, throttle
+from mta.core import rampup, shares, site_results, throttle
 from mta.core.limits import MxRules
 from mta.core.rampup import Binding, RampUp, VolumeLedger
 from mta.core.retry import RetryPolicy, RetrySchedule
@@ -571,6 +571,9 @@ class Scheduler(OperatorActions):
         pairs = [(s.outcome, s.verdict) for s in settlements]
         for result in site_results.job_results(pairs, started, session_failed):
             changes += throttle.on_result(state, now, result)
+        if changes:  # the other nodes hear of it before anything is written
+            op = shares.rate_op(changes, started)
+            self.shared.publish(Key(site.key, binding.name), state, now, op)
         return changes, before
 
     async def _keep(
@@ -584,8 +587,6 @@ class Scheduler(OperatorActions):
             await self.spool.site_event(
                 change.at, site.key, binding.name, json.dumps(change.as_dict())
             )
-        if changes:
-            self.shared.publish(Key(site.key, binding.name), state, self.clock.now())
         if state.concurrency < before:
             await self.delivery.limit_connections((site.key, binding.name), state.concurrency)
 

@@ -14,7 +14,9 @@ scheduler asks about those, once per admission and once per change:
 - `adopt(key, state, now)`: bring the shared adaptive state (rate, connections,
   suspension, cohort "down") into the local one; the `Change`s it made are returned
   for the log;
-- `publish(key, state, now)`: the local controller changed the state: share it;
+- `publish(key, state, now, op)`: the local controller changed the state: share it
+  (`op`, from `mta.core.shares.rate_op`, says how its rate change joins the shared
+  level: one cut per congestion episode, additive steps that add up);
 - `connection_limit(key, state)`: the most connections the node's pool may keep open
   for the key now;
 - `ledger`: the ramp-up volume per binding, ISP and virtual day.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mta.core.rampup import VolumeLedger
+from mta.core.shares import RateOp
 from mta.core.throttle import Change, SiteThrottle
 
 
@@ -72,7 +75,7 @@ class SharedState(Protocol):
 
     def adopt(self, key: Key, state: SiteThrottle, now: float) -> list[Change]: ...
 
-    def publish(self, key: Key, state: SiteThrottle, now: float) -> None: ...
+    def publish(self, key: Key, state: SiteThrottle, now: float, op: RateOp) -> None: ...
 
     def connection_limit(self, key: Key, state: SiteThrottle) -> int: ...
 
@@ -116,7 +119,7 @@ class LocalState:
     def adopt(self, key: Key, state: SiteThrottle, now: float) -> list[Change]:
         return []
 
-    def publish(self, key: Key, state: SiteThrottle, now: float) -> None:
+    def publish(self, key: Key, state: SiteThrottle, now: float, op: RateOp) -> None:
         return None
 
     def connection_limit(self, key: Key, state: SiteThrottle) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from mta.core import shares
+from mta.core.throttle import Change
 
 NOW = 1_800_000_000.0  # virtual times this large lose digits in now + T - now
 
@@ -46,3 +49,17 @@ def test_fallback_shares() -> None:
     assert shares.fallback_share(90.0, 0) == 90.0
     assert shares.fallback_connections(20, 3) == 6
     assert shares.fallback_connections(2, 6) == 1
+
+
+def _change(rule: str, old: float, new: float, what: str = "rate") -> Change:
+    return Change("s", "b", NOW, what, old, new, rule, "why")  # type: ignore[arg-type]
+
+
+def test_a_cut_is_shared_as_a_cut_of_its_episode_and_steps_as_their_sum() -> None:
+    cut = shares.rate_op([_change("recovery", 1.0, 1.1), _change("throttle-backoff", 1.1, 0.77)],
+                         started=NOW - 3)
+    assert cut == shares.RateOp("cut", 0.77, "throttle-backoff", NOW - 3)
+    steps = shares.rate_op([_change("recovery", 1.0, 1.1), _change("recovery", 1.1, 1.2)], NOW)
+    assert steps.kind == "add" and steps.value == pytest.approx(0.2)
+    assert shares.rate_op([_change("recovery", 4, 5, "concurrency")], NOW).kind == "none"
+    assert shares.rate_op([_change("recovery", math.inf, math.inf)], NOW).kind == "none"
