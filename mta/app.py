@@ -430,6 +430,8 @@ class MtaApp:
             "mta_cluster_fallbacks_total": health["fallbacks"],
             "mta_cluster_nodes_alive": health["nodes_alive"],
             "mta_cluster_redis_round_trips_total": health["round_trips"],
+            "mta_cluster_reseeds_total": health["reseeds"],
+            "mta_cluster_cuts_dropped_total": health["cuts_dropped"],
         }
 
     async def status(self) -> dict[str, Any]:

@@ -205,6 +205,7 @@ class RedisState:
         self.cuts_dropped = 0  # cuts another node had made for the same episode
         self._version = -1
         self._epoch: bytes | None = None  # names the Redis data set this node shares
+        self._lost_epoch: bytes | None = None
         self.reseeds = 0
         self._waiting: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -335,6 +336,8 @@ class RedisState:
             "since": self.degraded_since,
             "round_trips": self.round_trips,
             "fallbacks": self.fallbacks,
+            "reseeds": self.reseeds,
+            "cuts_dropped": self.cuts_dropped,
         }
 
     # -- admission ----------------------------------------------------------------
@@ -701,6 +704,11 @@ class RedisState:
                 self.entries[key].own_used += used[key]
             self._lost(exc)
             return
+        try:
+            emptied = await self._check_epoch(results[4])
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return
         was_degraded = self.degraded
         self._back()
         names = sorted(n.decode() for n in results[2])
@@ -708,7 +716,6 @@ class RedisState:
         self.nodes_alive = max(1, len(names))
         self.ledger.nodes = self.nodes_alive
         version = int(results[3] or 0)
-        emptied = await self._check_epoch(results[4])
         position = 5 + 2 * len(pending)
         if not emptied:
             self.ledger.load(today, _ledger(results[position]))
@@ -755,14 +762,16 @@ class RedisState:
             )
             epoch = named
         known, self._epoch = self._epoch, epoch
-        return known is not None and epoch != known
+        emptied = known is not None and epoch != known
+        if emptied:
+            self._lost_epoch = known
+        return emptied
 
     async def _reseed(self, today: int, flushed: dict[tuple[str, str, int], int]) -> None:
         """Put back what this node knew of the shared state into a Redis that lost it,
         conservatively (every node does, and the scripts keep the most cautious): the
         lowest rate and connections, suspensions and holds still running, the highest
         ramp-up volume of today."""
-        self.reseeds += 1
         log.warning(
             "cluster: Redis %s lost the shared state: node %s puts back what it knew",
             self.config.url, self.node,
@@ -789,11 +798,16 @@ class RedisState:
                 self.round_trips += 1
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost(exc)
+                self._epoch = self._lost_epoch
                 return
         for entry in list(self.entries.values()):
             state = entry.dirty or entry.state
             if state is not None:
                 await self._send(entry, state, None, "seed")
+        if self.degraded:  # cut off again midway: seed again when Redis is back
+            self._epoch = self._lost_epoch
+            return
+        self.reseeds += 1
 
     @staticmethod
     def _renewal(entry: Entry, target: int) -> int:
