@@ -11,11 +11,19 @@ lease renewals (a lease not renewed within `lease_ttl` expires: a dead node's
 connections free themselves), lease releases the node no longer needs, and the
 ramp-up ledger (its increments flushed, today's totals read).
 
+A change of the adaptive state goes to Redis as an operation (`redis_scripts.PUBLISH`,
+`mta.core.shares.rate_op`): a cut applies once per congestion episode across the
+cluster, an additive step adds to the shared level. The script publishes the state it
+left on a channel, so the other nodes adopt it at once; a node counts another's cut as
+acted from when it hears of it.
+
 Redis unreachable or slower than `timeout`: the node says so in its log, its health
 (`/readyz`) and a metric, and goes on alone on a conservative share of every limit
 (the limit divided by the nodes it last saw alive); the poll keeps trying, and when
 Redis answers again the node re-registers its leases, shares what it changed while
-cut off and takes the shared limits back.
+cut off and takes the shared limits back. A Redis that lost the shared state
+(restarted empty: the epoch key is gone) gets each node's view back, conservatively
+(`_reseed`).
 """
 
 from __future__ import annotations
