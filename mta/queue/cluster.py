@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from mta.clock import Clock
@@ -197,6 +199,9 @@ class RedisState:
             socket_timeout=config.timeout,
             socket_connect_timeout=config.timeout,
             retry_on_timeout=False,
+            # A pooled connection left from before a Redis restart fails once: try again
+            # at once on a new one (no backoff: `timeout` bounds each call).
+            retry=Retry(NoBackoff(), 1),
         )
         self._acquire = self.redis.register_script(redis_scripts.ACQUIRE)
         self._renew = self.redis.register_script(redis_scripts.RENEW)
