@@ -184,13 +184,7 @@ class MtaApp:
         raise_open_file_limit(config.smtp.max_connections + 100)
         return_freed_memory()
         spool = await Spool.open(config.data_path / SPOOL_FILE, config.spool.batch_max)
-        resolver = self._resolver or Resolver(
-            self.clock,
-            config.dns.nameservers,
-            config.dns.port,
-            config.dns.timeout,
-            config.dns.cache_size,
-        )
+        resolver = self._resolver or Resolver(self.clock, config.dns)
         delivery = Delivery(
             config.delivery, resolver, self.clock, self.rng, hostname=config.smtp.hostname
         )

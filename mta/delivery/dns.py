@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -22,6 +21,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mta.clock import Clock
+from mta.config.service import DnsConfig
 from mta.core.routing import MxRecord, is_null_mx, normalise_host
 
 log = logging.getLogger("mta.dns")
@@ -88,25 +88,20 @@ def is_ip_literal(host: str) -> bool:
 class Resolver:
     """MX and A/AAAA lookups for delivery. See the module docstring."""
 
-    def __init__(
-        self,
-        clock: Clock,
-        nameservers: Sequence[str] = (),
-        port: int = 53,
-        timeout: float = 5.0,
-        cache_size: int = 10000,
-    ) -> None:
+    def __init__(self, clock: Clock, config: DnsConfig | None = None) -> None:
+        """`config` is the `[dns]` section (default: the system's resolv.conf, port 53)."""
+        config = config or DnsConfig()
         self.clock = clock
-        if nameservers:
+        if config.nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = list(nameservers)
+            self._resolver.nameservers = list(config.nameservers)
         else:
             self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.port = port
-        self._resolver.timeout = timeout
-        self._resolver.lifetime = timeout
+        self._resolver.port = config.port
+        self._resolver.timeout = config.timeout
+        self._resolver.lifetime = config.timeout
         self._resolver.cache = None
-        self._cache = _TtlCache(clock, cache_size)
+        self._cache = _TtlCache(clock, config.cache_size)
         self._inflight: dict[tuple[str, str], asyncio.Future[object]] = {}
         self.queries = 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from mta.cli.sink import Sink
 from mta.cli.topology import free_common_port
 from mta.clock import ManualClock
+from mta.config.service import DnsConfig
 from mta.delivery.dns import Resolver
 from mta.sim.dns_server import StubDns, Zone
 from tests.helpers import events_of, mta_config, send_message, started, wait_for
@@ -71,7 +72,7 @@ async def test_answers_are_cached_for_their_ttl_on_the_mtas_clock() -> None:
     dns = await stub_dns(net)
     clock = ManualClock()
     host, port = dns.address
-    resolver = Resolver(clock, [host], port, timeout=2.0)
+    resolver = Resolver(clock, DnsConfig(nameservers=(host,), port=port, timeout=2.0))
     try:
         first = await resolver.mx("fallback.test")
         assert [r.host for r in first.records] == ["mx1.fallback.test", "mx2.fallback.test"]

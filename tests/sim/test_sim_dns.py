@@ -16,6 +16,7 @@ import dns.resolver
 import pytest
 
 from mta.clock import ManualClock
+from mta.config.service import DnsConfig
 from mta.delivery.dns import Resolver
 from mta.sim.config import SimConfig
 from mta.sim.simulation import Simulation
@@ -88,7 +89,7 @@ async def test_records_over_udp_and_tcp(sim: Any, net: str) -> None:
 
 async def test_the_mta_resolver_sees_each_kind(sim: Any, net: str) -> None:
     host, port = sim.dns_address
-    resolver = Resolver(ManualClock(), (host,), port, timeout=0.5)
+    resolver = Resolver(ManualClock(), DnsConfig(nameservers=(host,), port=port, timeout=0.5))
     answers = await asyncio.gather(
         *(
             resolver.mx(d)
