@@ -290,7 +290,6 @@ async def main_async(args: argparse.Namespace) -> int:
     has_postfix, has_opendkim, note = available()
     if note:
         print(note, flush=True)
-    rows: list[tuple[str, Figure]] = []
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # Postfix's processes (user postfix) read their queue below it
@@ -388,13 +387,19 @@ async def main_async(args: argparse.Namespace) -> int:
                     )
                     results.setdefault(label, []).append(f)
             rows = [(label, _median(figures)) for label, figures in results.items()]
+            report(rows, args, harness.name)
             if args.soak:
-                await soak(harness, work, key, args.soak)
+                await soak(harness, work, harness.sink_port, key, args.soak)
         finally:
             await harness.stop()
+    return 0
+
+
+def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: str) -> None:
+    """The table of medians and the ratios."""
     print(
         f"\npeer benchmark: {args.messages} messages x {args.sessions} sessions, "
-        f"median of {args.repeat}; {CORES} cores; end to end; harness: {harness.name}"
+        f"median of {args.repeat}; {CORES} cores; end to end; harness: {harness}"
     )
     print(
         f"{'server':<52} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
@@ -445,7 +450,6 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"ratio at {args.wide} sessions: mta serve with {n} workers / Postfix = "
                     f"{ratio:.2f}x"
                 )
-    return 0
 
 
 async def soak(harness: Harness, work: Path, sink: int, key: Path, total: int) -> None:
