@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from mta.app import MtaApp
-from tests.helpers import mta_config, send_message, started, wait_for
+from tests.helpers import mta_config, send_message, spool_rows, started, wait_for
 
 BODY = b"From: a@sender.test\r\nSubject: s\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40
 FULL = "database or disk is full"
@@ -71,6 +71,9 @@ async def test_not_ready_while_writes_fail_ready_after_a_success(mta: MtaApp) ->
 
 async def test_an_idle_mta_notices_room_again_through_its_probe(mta: MtaApp) -> None:
     assert (await submit(mta)).startswith("250 ")
+    # Idle means idle: the message's first attempt (the relay refuses) is on record before
+    # the disk fills, so no outcome written meanwhile competes with the probes.
+    await wait_for(lambda: spool_rows(mta, "SELECT COUNT(*) FROM attempts") == [(1,)], timeout=15)
     await fill_disk(mta)
     assert (await submit(mta)).startswith("452 4.3.1")
     spool = mta.running.spool
