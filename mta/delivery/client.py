@@ -25,6 +25,7 @@ import random
 import socket
 import ssl
 from collections.abc import Hashable
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib import (
@@ -45,6 +46,7 @@ from mta.core.reply import from_parts
 from mta.core.routing import order_hosts
 from mta.delivery.deliverer import FailureScope, Job, JobResult
 from mta.delivery.dns import Resolver
+from mta.delivery.pipeline import Replies
 from mta.delivery.pool import Connection, Key, Pool
 from mta.model import Condition, Outcome, Phase, Reply
 from mta.smtp.tls import opportunistic_client_context
@@ -421,30 +423,79 @@ class Delivery:
                 return for_the_rest(Outcome(reply, Phase.MAIL, host)), True
             params += b" SMTPUTF8"
         phase = Phase.MAIL
+        mail = b"MAIL FROM:<" + job.mail_from.encode() + b">" + params
+        rcpts = [b"RCPT TO:<" + r.encode() + b">" for r in job.recipients]
+        pipelined = smtp.supports_extension("pipelining") and not any(
+            b"\r" in c or b"\n" in c for c in (mail, *rcpts)
+        )
+        accepted: list[int] = []
         try:
-            reply = await self._command(
-                conn, t.mail, b"MAIL", b"FROM:<" + job.mail_from.encode() + b">" + params
-            )
-            if not reply.is_success:
-                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
-            phase = Phase.RCPT
-            accepted: list[int] = []
-            for index, recipient in enumerate(job.recipients):
-                reply = await self._command(
-                    conn, t.rcpt, b"RCPT", b"TO:<" + recipient.encode() + b">"
-                )
-                if reply.code == 421:  # the server is closing: the rest waits for another session
-                    return for_the_rest(Outcome(reply, phase, host)), False
-                if reply.is_success:
-                    accepted.append(index)
-                else:
-                    results[index] = Outcome(reply, phase, host)
-            if not accepted:
-                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
-            phase = Phase.DATA
-            reply = await self._command(conn, t.data, b"DATA")
-            if reply.code != 354:
-                return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
+            if pipelined:
+                # RFC 2920: MAIL, every RCPT and DATA in one write; the replies in order.
+                protocol = smtp.protocol
+                if protocol is None or protocol.transport is None:
+                    raise SMTPServerDisconnected("Connection lost")
+                transport = cast(asyncio.Transport, protocol.transport)
+                if transport.is_closing():
+                    raise SMTPServerDisconnected("Connection lost")
+                replies = Replies(transport, protocol)
+                refused: tuple[Reply, Phase] | None = None  # the envelope's refusal, if any
+                try:
+                    transport.write(b"\r\n".join((mail, *rcpts, b"DATA\r\n")))
+                    reply = from_parts(*await replies.reply(t.mail))
+                    if reply.code == 421:
+                        return for_the_rest(Outcome(reply, phase, host)), False
+                    if not reply.is_success:
+                        refused = (reply, phase)
+                    phase = Phase.RCPT
+                    try:
+                        for index in range(count):
+                            reply = from_parts(*await replies.reply(t.rcpt))
+                            if reply.code == 421:  # closing: the rest waits for another session
+                                first, at = refused or (reply, phase)
+                                return for_the_rest(Outcome(first, at, host)), False
+                            if refused is not None:
+                                continue  # the server's answers to RCPT after a refused MAIL
+                            if reply.is_success:
+                                accepted.append(index)
+                            else:
+                                results[index] = Outcome(reply, phase, host)
+                        if refused is None and not accepted:
+                            refused = (reply, phase)
+                        phase = Phase.DATA
+                        data_reply = from_parts(*await replies.reply(t.data))
+                    except (SMTPServerDisconnected, OSError, SMTPResponseException):
+                        if refused is None:
+                            raise
+                        smtp.close()  # the refusal stands; the session is not reused
+                        return for_the_rest(Outcome(refused[0], refused[1], host)), False
+                finally:
+                    replies.restore()
+                if refused is not None:
+                    reusable = await self._after_refusal(conn, refused[0], data_reply)
+                    return for_the_rest(Outcome(refused[0], refused[1], host)), reusable
+                if data_reply.code != 354:
+                    outcome = Outcome(data_reply, phase, host)
+                    return for_the_rest(outcome), await self._reset(conn, data_reply)
+            else:
+                reply = await self._command(conn, t.mail, b"MAIL", mail[5:])
+                if not reply.is_success:
+                    return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
+                phase = Phase.RCPT
+                for index in range(count):
+                    reply = await self._command(conn, t.rcpt, b"RCPT", rcpts[index][5:])
+                    if reply.code == 421:  # closing: the rest waits for another session
+                        return for_the_rest(Outcome(reply, phase, host)), False
+                    if reply.is_success:
+                        accepted.append(index)
+                    else:
+                        results[index] = Outcome(reply, phase, host)
+                if not accepted:
+                    return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
+                phase = Phase.DATA
+                reply = await self._command(conn, t.data, b"DATA")
+                if reply.code != 354:
+                    return for_the_rest(Outcome(reply, phase, host)), await self._reset(conn, reply)
             phase = Phase.DOT
             protocol = smtp.protocol
             assert protocol is not None
@@ -467,6 +518,14 @@ class Delivery:
         except SMTPResponseException as exc:  # the reply was not SMTP: never reuse the session
             smtp.close()
             return for_the_rest(protocol_error(exc, phase, host, phase is Phase.DOT)), False
+
+    async def _after_refusal(self, conn: Connection, reply: Reply, data_reply: Reply) -> bool:
+        """After a pipelined envelope was refused: RSET, unless the server took the DATA
+        anyway (it waits for content we will not send): then the connection is closed."""
+        if data_reply.code == 354:
+            conn.smtp.close()
+            return False
+        return await self._reset(conn, reply)
 
     async def _reset(self, conn: Connection, reply: Reply) -> bool:
         """RSET after a failed transaction; whether the connection stays usable."""
