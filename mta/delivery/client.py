@@ -3,7 +3,10 @@ with its scope (the session, the message or the recipient: `mta.delivery.deliver
 
 aiosmtplib carries the bytes; this module drives it command by command with
 the per-stage timeouts of RFC 5321 4.5.3.2 (configurable, in real seconds),
-using our own canonical addresses (the library never rewrites them). It reuses
+pipelines the envelope when the server offers PIPELINING (RFC 2920: the first
+reply may wait for the whole group, the sum of its commands' timeouts; a stall
+there is reported at MAIL, the stage whose reply did not come), using our own
+canonical addresses (the library never rewrites them). It reuses
 connections per (address, port, source) up to a per-connection message limit,
 falls back to the next MX address when a connection or greeting fails, upgrades
 to TLS when offered (opportunistic: on a failed handshake the host is retried
@@ -37,6 +40,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.errors import SMTPReadTimeoutError
 
 from mta.clock import Clock
 from mta.config.engine import parse_hostport
@@ -67,6 +71,10 @@ class _Failure(Exception):
 
 class _Disconnected(Exception):
     """A reused connection turned out dead before the first reply."""
+
+
+class _GroupTimeout(SMTPReadTimeoutError):
+    """No first reply to a pipelined envelope within the sum of its commands' timeouts."""
 
 
 def local(
@@ -440,9 +448,24 @@ class Delivery:
                     raise SMTPServerDisconnected("Connection lost")
                 replies = Replies(transport, protocol)
                 refused: tuple[Reply, Phase] | None = None  # the envelope's refusal, if any
+                # A server may hold the group's replies until it has answered all of it
+                # (RFC 2920 3.2), so the first reply may wait for every command of the group:
+                # it gets the sum of their timeouts (RFC 5321 4.5.3.2). Each later reply gets
+                # its own command's timeout, and no reply waits past that sum from the write:
+                # the group never holds the session longer than one command at a time could.
+                group = t.mail + count * t.rcpt + t.data
+                deadline = asyncio.get_running_loop().time() + group
+
+                def bounded(timeout: float) -> float:
+                    left = deadline - asyncio.get_running_loop().time()
+                    return max(0.0, min(timeout, left))
+
                 try:
                     transport.write(b"\r\n".join((mail, *rcpts, b"DATA\r\n")))
-                    reply = from_parts(*await replies.reply(t.mail))
+                    try:
+                        reply = from_parts(*await replies.reply(group))
+                    except SMTPTimeoutError:
+                        raise _GroupTimeout("Timed out waiting for server response") from None
                     if reply.code == 421:
                         return for_the_rest(Outcome(reply, phase, host)), False
                     if not reply.is_success:
@@ -450,7 +473,7 @@ class Delivery:
                     phase = Phase.RCPT
                     try:
                         for index in range(count):
-                            reply = from_parts(*await replies.reply(t.rcpt))
+                            reply = from_parts(*await replies.reply(bounded(t.rcpt)))
                             if reply.code == 421:  # closing: the rest waits for another session
                                 first, at = refused or (reply, phase)
                                 return for_the_rest(Outcome(first, at, host)), False
@@ -463,7 +486,7 @@ class Delivery:
                         if refused is None and not accepted:
                             refused = (reply, phase)
                         phase = Phase.DATA
-                        data_reply = from_parts(*await replies.reply(t.data))
+                        data_reply = from_parts(*await replies.reply(bounded(t.data)))
                     except (SMTPServerDisconnected, OSError, SMTPResponseException):
                         if refused is None:
                             raise
@@ -509,6 +532,8 @@ class Delivery:
                 raise _Disconnected() from None
             unknown = phase is Phase.DOT
             text = f"at {phase.value.upper()} with {host}"
+            if isinstance(exc, _GroupTimeout):
+                text += f" (no reply to the pipelined MAIL, RCPT x{count}, DATA)"
             if unknown:
                 text += ", after the final dot: the outcome is unknown"
             smtp.close()

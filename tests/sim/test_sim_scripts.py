@@ -49,12 +49,18 @@ async def test_drop_after_dot_marks_possible_duplicate(stack: Any) -> None:
 
 
 async def test_stall_is_bounded_by_the_mta_timeout(stack: Any) -> None:
-    await stack.start(mta_flags={"delivery.timeouts.rcpt": 0.3})
+    # The persona offers PIPELINING and holds the group's replies until it has answered all
+    # of it (as Postfix does), so a stalled RCPT leaves the MAIL reply unsent: the envelope's
+    # first reply is bounded by the sum of the group's timeouts, and the stall is reported at
+    # MAIL, the stage whose reply did not come.
+    timeouts = {f"delivery.timeouts.{stage}": 0.1 for stage in ("mail", "rcpt", "data")}
+    await stack.start(mta_flags=timeouts)
     await stack.submit(["frank+rcpt=stall-250@isp.test"])
     rows = await stack.run_until(stack.all_final)
     frank = rows["frank+rcpt=stall-250@isp.test"]
-    assert codes(frank) == [(421, "rcpt"), (250, "dot")]
-    assert "timed out: at RCPT" in frank.history[0][2]
+    assert codes(frank) == [(421, "mail"), (250, "dot")]
+    assert "timed out: at MAIL" in frank.history[0][2]
+    assert "pipelined MAIL, RCPT x1, DATA" in frank.history[0][2]
     assert stack.sim.stats()["personas"]["isp"]["stalls"] == 1
 
 
