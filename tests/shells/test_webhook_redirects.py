@@ -60,8 +60,8 @@ async def test_a_redirect_is_a_failure_that_is_retried_and_never_followed(
     tmp_path: Path, sink: Sink, hook: Hook, elsewhere: Elsewhere, code: int
 ) -> None:
     location = f"http://127.0.0.1:{elsewhere.port}/steal"
-    # Two redirects, then the endpoint takes the batch.
-    hook.answers[:] = [(code, {"Location": location})] * 2
+    # Redirects until the test has looked, then the endpoint takes the batch.
+    hook.answers[:] = [(code, {"Location": location})] * 1000
     config = mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{sink.port}")
     config = dataclasses.replace(
         config, feedback=FeedbackConfig(webhooks=(WebhookConfig(url=hook.url, secret=SECRET),))
@@ -72,7 +72,12 @@ async def test_a_redirect_is_a_failure_that_is_retried_and_never_followed(
     try:
         await send_message(*app.smtp_address, "b@sender.test", ["r@d.test"], MESSAGE)
         status = app.running.feedback.status()[0]
-        await wait_for(lambda: status.last_status == code)
+        # Redirected twice (so retried), and the failure recorded in full.
+        await wait_for(
+            lambda: hook.requests >= 2
+            and status.last_status == code
+            and status.failing_since is not None
+        )
         async with aiohttp.ClientSession() as http:
             url = f"http://{address[0]}:{address[1]}/api/v1/webhooks"
             async with http.get(url) as resp:
@@ -81,6 +86,7 @@ async def test_a_redirect_is_a_failure_that_is_retried_and_never_followed(
         assert f"HTTP {code} redirect to {location}: not followed" == shown["last_error"]
         assert shown["delivered"] == 0 and shown["failing_since"] is not None
         # Retried with the usual backoff until the endpoint itself answers 2xx.
+        hook.answers.clear()
         await wait_for(lambda: {e["kind"] for e in hook.events} == {"relayed", "delivered"}, 30)
         assert hook.requests >= 3 and hook.bad_signatures == 0
         assert elsewhere.requests == []  # neither a GET (302) nor the signed POST (307)
