@@ -275,8 +275,8 @@ class RedisState:
         for task in (self._task, self._listener):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Bounded: a Redis client stuck in a read must not hold up the stop.
+                await asyncio.wait({task}, timeout=2 * self.config.timeout)
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -626,7 +626,10 @@ class RedisState:
                 await asyncio.sleep(self.config.poll)
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(
+                        pubsub.aclose(),  # type: ignore[no-untyped-call]
+                        self.config.timeout,
+                    )
 
     def _changed(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else str(data)
