@@ -2,6 +2,9 @@
 per (address, port, source), per group (a site and a source binding, as the scheduler
 limits them) and in all. Idle connections are reused until the
 per-connection message limit or the idle timeout; trimming a group closes idle ones.
+A connection being closed (its QUIT under way) still counts until it is closed: the
+receiving server counts it until then, so its slot (and a cluster's connection lease)
+is not handed to a new connection before.
 """
 
 from __future__ import annotations
@@ -53,11 +56,27 @@ class Pool:
         self.opened = 0
         self.reused = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self.closing_counts: dict[Hashable, int] = {}  # per group: QUITs under way
 
     def _quit_later(self, conn: Connection) -> None:
-        task = asyncio.get_running_loop().create_task(_quit(conn.smtp))
+        """Close `conn` in the background; its slot is free once it is closed."""
+        self.closing_counts[conn.group] = self.closing_counts.get(conn.group, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._quit_then_forget(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _quit_then_forget(self, conn: Connection) -> None:
+        try:
+            await _quit(conn.smtp)
+        finally:
+            async with self._changed:
+                self.closing_counts[conn.group] -= 1
+                self._forget(conn)
+                self._changed.notify_all()
+
+    def _open_in(self, group: Hashable) -> int:
+        """Open connections of `group` that stay open (those being closed left out)."""
+        return self.group_counts.get(group, 0) - self.closing_counts.get(group, 0)
 
     def take_idle(self, key: Key) -> Connection | None:
         idle = self.idle.get(key)
@@ -89,10 +108,18 @@ class Pool:
                     self.group_counts[group] = self.group_counts.get(group, 0) + 1
                     self.open_total += 1
                     return None
+                # Make room by closing one idle connection, unless one is closing already
+                # (its slot comes free when it is closed).
                 if group_full:
-                    if self._close_idle(lambda c: c.group == group and c.key != key):
+                    if not self.closing_counts.get(group) and self._close_idle(
+                        lambda c: c.group == group and c.key != key
+                    ):
                         continue
-                elif not key_full and self._close_idle(lambda c: c.key != key):
+                elif (
+                    not key_full
+                    and not any(self.closing_counts.values())
+                    and self._close_idle(lambda c: c.key != key)
+                ):
                     continue
                 await self._changed.wait()
 
@@ -102,17 +129,19 @@ class Pool:
             for conn in conns:
                 if which(conn):
                     conns.remove(conn)
-                    self._forget(conn)
                     self._quit_later(conn)
                     return True
         return False
 
     async def trim(self, group: Hashable, limit: int) -> None:
-        """Close idle connections of a group while it has more open than `limit`."""
+        """Close idle connections of a group while it has more open than `limit`; returns
+        once those are closed (so their slots may go to another node)."""
         async with self._changed:
-            while self.group_counts.get(group, 0) > limit:
+            while self._open_in(group) > limit:
                 if not self._close_idle(lambda c: c.group == group):
                     break
+            while self.closing_counts.get(group):
+                await self._changed.wait()
 
     def _forget(self, conn: Connection) -> None:
         self.counts[conn.key] = self.counts.get(conn.key, 1) - 1
@@ -133,7 +162,6 @@ class Pool:
             if reusable and conn.usable and conn.messages < limit:
                 self.idle.setdefault(conn.key, []).append(conn)
             else:
-                self._forget(conn)
                 self._quit_later(conn)
             self._changed.notify_all()
 
