@@ -214,6 +214,9 @@ class RedisState:
         self.nodes_alive = 1
         self.node_names: list[str] = [self.node]
         self.round_trips = 0
+        # A poll's lease renewal and an acquire never overlap: a renewal computed before an
+        # acquire's grant and applied after it would give back leases the node now uses.
+        self._leases = asyncio.Lock()
         self.fallbacks = 0
         self.cuts_dropped = 0  # cuts another node had made for the same episode
         self._version = -1
@@ -403,53 +406,55 @@ class RedisState:
         key = entry.key
         wake_later = False
         try:
-            free = max(0, entry.held - entry.in_flight)
-            limited = math.isfinite(state.rate)
-            burst = state.rule.burst if state.rule.burst > 0 else 0.0
-            want_tokens = (
-                shares.token_batch(state.rate, burst or max(1.0, state.rate), want,
-                                   self.config.batch, self.nodes_alive)
-                if limited else 0
-            )
-            want_leases = max(0, max(want, want_tokens) - free)
-            want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
-            if limited and entry.tokens >= want:
-                want_tokens = 0
-            reply = await asyncio.wait_for(
-                self._acquire(
-                    keys=[self._k(key, "s"), self._k(key, "c"), self._k(key, "w")],
-                    args=[
-                        self.node,
-                        repr(now),
-                        want_tokens,
-                        want_leases,
-                        repr(state.rate if limited else 0.0),
-                        repr(burst),
-                        state.concurrency,
-                        self._ttl_ms,
-                        free,
-                    ],
-                ),
-                self.config.timeout,
-            )
-            self.round_trips += 1
-            if self.degraded:
-                return
-            tokens, retry_at = int(reply[0]), float(reply[1])
-            entry.held = int(reply[2])
-            entry.cap = None
-            entry.others_leases, entry.contenders = int(reply[3]), int(reply[4])
-            snap = _snapshot(reply[5:])
-            if limited:
-                if now >= entry.tokens_until:
-                    entry.tokens = 0
-                entry.tokens += tokens
-                entry.tokens_until = now + self.config.batch
-            entry.retry_at = retry_at if retry_at >= 0 and (tokens == 0 or not limited) else None
-            self._note(entry, snap)
-            if want_leases and entry.held - entry.in_flight <= 0:
-                entry.lease_wait_until = time.monotonic() + self.config.poll
-                wake_later = True
+            async with self._leases:
+                free = max(0, entry.held - entry.in_flight)
+                limited = math.isfinite(state.rate)
+                burst = state.rule.burst if state.rule.burst > 0 else 0.0
+                want_tokens = (
+                    shares.token_batch(state.rate, burst or max(1.0, state.rate), want,
+                                       self.config.batch, self.nodes_alive)
+                    if limited else 0
+                )
+                want_leases = max(0, max(want, want_tokens) - free)
+                want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
+                if limited and entry.tokens >= want:
+                    want_tokens = 0
+                reply = await asyncio.wait_for(
+                    self._acquire(
+                        keys=[self._k(key, "s"), self._k(key, "c"), self._k(key, "w")],
+                        args=[
+                            self.node,
+                            repr(now),
+                            want_tokens,
+                            want_leases,
+                            repr(state.rate if limited else 0.0),
+                            repr(burst),
+                            state.concurrency,
+                            self._ttl_ms,
+                            free,
+                        ],
+                    ),
+                    self.config.timeout,
+                )
+                self.round_trips += 1
+                if self.degraded:
+                    return
+                tokens, retry_at = int(reply[0]), float(reply[1])
+                entry.held = int(reply[2])
+                entry.cap = None
+                entry.others_leases, entry.contenders = int(reply[3]), int(reply[4])
+                snap = _snapshot(reply[5:])
+                if limited:
+                    if now >= entry.tokens_until:
+                        entry.tokens = 0
+                    entry.tokens += tokens
+                    entry.tokens_until = now + self.config.batch
+                waiting = retry_at >= 0 and (tokens == 0 or not limited)
+                entry.retry_at = retry_at if waiting else None
+                self._note(entry, snap)
+                if want_leases and entry.held - entry.in_flight <= 0:
+                    entry.lease_wait_until = time.monotonic() + self.config.poll
+                    wake_later = True
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
         except Exception:
@@ -683,6 +688,11 @@ class RedisState:
             # Close idle pooled connections first, then give the leases back.
             self.entries[key].cap = targets[key]
             await self.trim(key, targets[key])
+        async with self._leases:
+            await self._exchange(targets)
+
+    async def _exchange(self, targets: dict[Key, int]) -> None:
+        """The poll's round trip: liveness, the ledger, lease renewals, shared state."""
         now = self.clock.now()
         today = rampup.day_index(now)
         pending = self.ledger.take_pending()
