@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -37,6 +38,21 @@ def check_time_scale(value: float | None, flag: str = "--time-scale") -> None:
     """A clock speed-up must be a positive finite number (nan, inf, 0, -1 are not)."""
     if value is not None and not (math.isfinite(value) and value > 0):
         raise CliError(f"{flag}: expected a positive number, got {value:g}")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_log_level(
+    parser: argparse.ArgumentParser,
+    default: str | None = "info",
+    help: str = "what to log on stderr (default info)",
+) -> None:
+    """The `--log-level` flag, with the same choices on every command.
+
+    `default` None leaves the choice to the config (`mta serve`'s log_level key).
+    """
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS, help=help)
 
 
 def setup_logging(level: str = "info") -> None:

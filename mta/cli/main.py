@@ -19,6 +19,7 @@ from typing import Any
 
 from mta.cli.common import (
     CliError,
+    add_log_level,
     check_time_scale,
     run_async,
     setup_logging,
@@ -81,11 +82,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="HTTP API address (default 127.0.0.1:8080; '' disables it)",
     )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="what to log on stderr (default info)",
-    )
+    add_log_level(parser, default=None)  # None: the config's log_level decides
     parser.add_argument(
         "--cluster",
         metavar="redis://HOST:PORT/DB",
@@ -313,12 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument(
         "--hostname", default="sink.localhost", help="the name in the greeting and Received"
     )
-    sink.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="what to log on stderr (default info)",
-    )
+    add_log_level(sink)
     sink.set_defaults(func=cmd_sink)
 
     tls = sub.add_parser("tls-cert", help="write a self-signed certificate and key for STARTTLS")
@@ -423,12 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where the client's receiver listens (with --client)",
     )
-    up.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="of the processes' logs in DIR (default info)",
-    )
+    add_log_level(up, help="of the processes' logs in DIR (default info)")
     up.set_defaults(func=cmd_up)
 
     for register in _plugins():

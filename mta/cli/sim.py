@@ -26,6 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mta.cli.common import (
+    add_log_level,
+    check_time_scale,
+    install_uvloop,
+    setup_logging,
+    until_signalled,
+)
 from mta.config.engine import ConfigError, parse_hostport
 from mta.core.tokens import TOKEN_ENV
 from mta.sim.config import SimConfig, load_sim_config
@@ -74,12 +81,7 @@ def add_parser(subparsers: Any) -> None:
     sim.add_argument(
         "--mta-admin", metavar="URL", help="the MTA's admin URL, linked from the inbox"
     )
-    sim.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="what to log on stderr (default info)",
-    )
+    add_log_level(sim)
     sim.set_defaults(func=run, sim_command=None)
     sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND")
     ls = sub.add_parser("ls", help="list the messages the personas received")
@@ -338,7 +340,6 @@ def _describe(sim: Any) -> str:
 
 
 def _serve(args: argparse.Namespace, config: SimConfig) -> int:
-    from mta.cli.common import check_time_scale, install_uvloop, setup_logging, until_signalled
     from mta.clock import make_clock
     from mta.sim.simulation import Simulation
 
