@@ -21,11 +21,17 @@ _QUEUE_BLOCK = 1 << 16
 
 
 class _Ids:
+    _lock: threading.Lock
+    _event_prefix: str
+    _events: itertools.count[int]
+    _block: tuple[str, itertools.count[int]]
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.reseed()
 
     def reseed(self) -> None:
+        """New prefixes, counters and lock: at start and in a forked child (which must not
+        share its parent's ids, nor inherit a lock another thread of the parent held)."""
         self._lock = threading.Lock()
         self._event_prefix = os.urandom(8).hex()
         self._events = itertools.count()
