@@ -139,9 +139,6 @@ class IngressWorkers:
     def sockets(self) -> tuple[socket.socket, ...]:
         return (self.sock,)
 
-    def _stopped(self) -> bool:
-        return self.stopping
-
     def is_serving(self) -> bool:
         return not self.stopping and any(p.is_alive() for p in self._processes.values())
 
@@ -209,9 +206,13 @@ class IngressWorkers:
         if self.stopping:
             return
         log.error("ingress worker %d exited (%s); starting it again", index, process.exitcode)
+        await self._restart(index)
+
+    async def _restart(self, index: int) -> None:
+        """Start worker `index` again, every RESTART_DELAY until it starts or the workers stop."""
         while True:
             await asyncio.sleep(RESTART_DELAY)
-            if self._stopped():
+            if self.stopping:
                 return
             self.restarts += 1
             try:
@@ -237,7 +238,13 @@ class IngressWorkers:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """The SMTP listening socket the workers share (port 0: any free port)."""
+    """The SMTP listening socket the workers share (port 0: any free port).
+
+    The single-process path does not use this: it lets asyncio's create_server bind every
+    address the host resolves to (127.0.0.1 and ::1 for "localhost", IPv6 sockets made
+    IPv6-only), where the workers need one socket object to hand to their processes; one
+    function for both would change what one of them listens on.
+    """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
