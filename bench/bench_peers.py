@@ -181,7 +181,8 @@ class MtaServer:
         assert self.proc is not None
         return tree_cpu_seconds(self.proc.process.pid)
 
-    async def settle(self, expected: int, deadline: float) -> int:
+    async def wait_delivered(self, expected: int, deadline: float) -> int:
+        """How many messages are delivered once `expected` are, or at the deadline."""
         while delivered(self.spool) < expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.02)
         return delivered(self.spool)
@@ -196,7 +197,7 @@ async def _measure(
     latency: int,
     port: int,
     cpu: Callable[[], float],
-    settle: Callable[[int, float], Awaitable[int]],
+    wait_delivered: Callable[[int, float], Awaitable[int]],
     already: int,
     messages: int,
     sessions: int,
@@ -208,14 +209,14 @@ async def _measure(
     busy0, total0 = machine_ticks()
     started = time.perf_counter()
     load = await harness.send(port, messages, sessions, message)
-    done = await settle(already + load.sent, time.perf_counter() + 300) - already
+    done = await wait_delivered(already + load.sent, time.perf_counter() + 300) - already
     seconds = time.perf_counter() - started
     busy1, total1 = machine_ticks()
     machine = (busy1 - busy0) / max(total1 - total0, 1)
     figure = _figure(load, done, seconds, cpu() - cpu0, machine)
     if harness.c and latency:
         timed = await run_load("127.0.0.1", port, min(latency, messages), sessions, message)
-        await settle(already + load.sent + timed.sent, time.perf_counter() + 300)
+        await wait_delivered(already + load.sent + timed.sent, time.perf_counter() + 300)
         figure.p50, figure.p99 = timed.percentile(0.50) * 1000, timed.percentile(0.99) * 1000
         figure.lost += timed.failed
     return figure
@@ -237,10 +238,10 @@ async def run_mta(
     port = await server.start(sessions)
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
-        await server.settle(200, time.perf_counter() + 60)
+        await server.wait_delivered(200, time.perf_counter() + 60)
         count = args.single if sessions == 1 else args.messages
         return await _measure(
-            harness, args.latency, port, server.cpu, server.settle, 200, count, sessions,
+            harness, args.latency, port, server.cpu, server.wait_delivered, 200, count, sessions,
             message,
         )
     finally:
@@ -260,16 +261,16 @@ async def run_postfix(
     peer = Postfix(directory, free_port(), ("127.0.0.1", harness.sink_port))
     await peer.start(sessions, (DOMAIN, SELECTOR, key) if key else None)
 
-    async def settle(expected: int, deadline: float) -> int:
+    async def wait_delivered(expected: int, deadline: float) -> int:
         while peer.queued() and time.perf_counter() < deadline:
             await asyncio.sleep(0.02)
         return expected - peer.queued() - peer.deferred()
 
     try:
         await run_load("127.0.0.1", peer.port, 200, min(sessions, 20), message)  # warm-up
-        await settle(200, time.perf_counter() + 60)
+        await wait_delivered(200, time.perf_counter() + 60)
         return await _measure(
-            harness, args.latency, peer.port, peer.cpu_seconds, settle, 0, args.messages,
+            harness, args.latency, peer.port, peer.cpu_seconds, wait_delivered, 0, args.messages,
             sessions, message,
         )
     finally:
@@ -468,7 +469,7 @@ async def soak(harness: Harness, work: Path, sink: int, key: Path, total: int) -
             batch = min(10_000, total - sent)
             load = await harness.send(port, batch, 20, message)
             sent += load.sent
-            await server.settle(sent, time.perf_counter() + 300)
+            await server.wait_delivered(sent, time.perf_counter() + 300)
             print(f"  soak: {sent} relayed, RSS {rss_kib(pid) / 1024:.0f} MiB", flush=True)
         done = delivered(server.spool)
         print(
