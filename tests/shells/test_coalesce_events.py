@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from mta.clock import ManualClock
 from mta.core.coalesce import should_report, verdict_key
 from mta.model import BounceClass, EventKind, Reply, Verdict
 from mta.queue.schema import SCHEMA, SCHEMA_VERSION
 from tests.helpers import (
-    ScriptedHandler,
     ScriptedServer,
     events_of,
     mta_config,
@@ -37,20 +33,15 @@ MESSAGE = (
 )
 
 
-@pytest.fixture
-async def hop() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer.start(ScriptedHandler())
-    yield server
-    await server.close()
-
-
-async def run_until_expired(tmp_path: Path, hop: ScriptedServer, every: str) -> dict[str, Any]:
+async def run_until_expired(
+    tmp_path: Path, receiver: ScriptedServer, every: str
+) -> dict[str, Any]:
     """Submit one recipient and step the clock to each next attempt until it expires."""
-    hop.handler.rcpt[:] = [TOO_MANY] * 10 + [GREYLISTED] * 3 + [TOO_MANY] * 200
+    receiver.handler.rcpt[:] = [TOO_MANY] * 10 + [GREYLISTED] * 3 + [TOO_MANY] * 200
     clock = ManualClock()
     config = mta_config(
         tmp_path / every,
-        delivery__relayhost=f"127.0.0.1:{hop.port}",
+        delivery__relayhost=f"127.0.0.1:{receiver.port}",
         feedback__coalesce_repeats=every,
     )
     app = await started(config, clock=clock, rng=random.Random(5))
@@ -79,10 +70,10 @@ async def run_until_expired(tmp_path: Path, hop: ScriptedServer, every: str) -> 
 
 
 async def test_a_452_loop_reports_changes_and_hourly_repeats(
-    tmp_path: Path, hop: ScriptedServer
+    tmp_path: Path, receiver: ScriptedServer
 ) -> None:
-    every = await run_until_expired(tmp_path, hop, "0s")
-    coalesced = await run_until_expired(tmp_path, hop, "1h")
+    every = await run_until_expired(tmp_path, receiver, "0s")
+    coalesced = await run_until_expired(tmp_path, receiver, "1h")
     # Without coalescing: one soft bounce per attempt but the last (the validity ends there).
     assert len(coalesced["attempts"]) == len(every["attempts"]) > 20
     kinds = [e["kind"] for e in every["events"]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dkim
@@ -35,13 +34,6 @@ MESSAGE = (
     b"From: Sender <news@sender.test>\r\nTo: <rcpt@dest.test>\r\nSubject: Hello\r\n"
     b"X-Campaign-Delivery-Id: DLV1\r\nX-Campaign-Log-Id: LOG1\r\n\r\nHi there.\r\n"
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer.start(ScriptedHandler())
-    yield server
-    await server.close()
 
 
 async def relay_to(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +14,6 @@ import pytest
 from mta.clock import ManualClock
 from mta.config.service import load_config
 from tests.helpers import (
-    ScriptedHandler,
     ScriptedServer,
     events_of,
     send_message,
@@ -33,13 +31,6 @@ CASES = [
     ("452 4.2.2 The email account that you tried to reach is over quota.", 3600.0,
      "retry after 1h, 2h, 4h, 8h"),
 ]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer.start(ScriptedHandler())
-    yield server
-    await server.close()
 
 
 def config_file(tmp_path: Path, relay_port: int) -> Path:

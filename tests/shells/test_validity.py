@@ -8,7 +8,6 @@ the recipient with exactly one `expired` event that carries the last reply and i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from mta.app import MtaApp
 from mta.clock import ManualClock
 from mta.core.retry import MAX_VALIDITY
 from tests.helpers import (
-    ScriptedHandler,
     ScriptedServer,
     events_of,
     mta_config,
@@ -33,14 +31,6 @@ MESSAGE = (
 )
 REPLY = "451 4.3.0 Temporary local problem"
 FIRST, FACTOR, CAP = 600.0, 2.0, 4 * 3600.0
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer.start(ScriptedHandler())
-    server.handler.rcpt[:] = [REPLY] * 1000
-    yield server
-    await server.close()
 
 
 def expected_attempts(validity: float) -> list[float]:
@@ -81,6 +71,7 @@ async def run_to_the_end(app: MtaApp, clock: ManualClock) -> None:
 async def test_soft_bounces_are_retried_until_the_validity_end(
     tmp_path: Path, receiver: ScriptedServer, header: str, validity: float
 ) -> None:
+    receiver.handler.rcpt[:] = [REPLY] * 1000
     clock = ManualClock()
     app = await started(
         mta_config(
