@@ -6,16 +6,19 @@ import ast
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
 import sqlite3
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 from aiohttp import web
 from aiosmtpd.smtp import Envelope, Session
 
@@ -23,6 +26,7 @@ from mta.app import MtaApp
 from mta.clock import Clock
 from mta.config.service import MtaConfig, load_config
 from mta.smtp.server import FastSMTP, bound_port, close_server, content_of, start_server
+from mta.smtp.tls import write_self_signed
 
 
 async def read_reply(reader: asyncio.StreamReader) -> str:
@@ -175,6 +179,58 @@ def mta_config(tmp_path: Path, **flags: Any) -> MtaConfig:
     }
     base.update({key.replace("__", "."): value for key, value in flags.items()})
     return load_config(None, flags=base, environ={})
+
+
+def auth_config(tmp_path: Path, **flags: Any) -> tuple[MtaConfig, Path]:
+    """An MTA for which loopback is outside the relay networks: a client must STARTTLS (a
+    self-signed certificate for mta.test), then AUTH as campaign / s3cret. Delivery goes
+    nowhere. Returns the config and the certificate a client trusts."""
+    cert, key = write_self_signed(tmp_path / "tls", "mta.test")
+    config = mta_config(
+        tmp_path,
+        smtp__relay_networks=("10.0.0.0/8",),
+        smtp__tls_cert=str(cert),
+        smtp__tls_key=str(key),
+        delivery__relayhost="127.0.0.1:9",
+        **flags,
+    )
+    smtp = dataclasses.replace(config.smtp, auth_users={"campaign": "s3cret"})
+    return dataclasses.replace(config, smtp=smtp), cert
+
+
+async def tls_session(app: MtaApp, cert: Path) -> aiosmtplib.SMTP:
+    """A client of `app` past EHLO, STARTTLS (trusting `cert`) and EHLO again."""
+    host, port = app.smtp_address
+    smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False)
+    await smtp.connect()
+    await smtp.ehlo()
+    await smtp.starttls(
+        tls_context=ssl.create_default_context(cafile=str(cert)), server_hostname="mta.test"
+    )
+    await smtp.ehlo()
+    return smtp
+
+
+async def serve_until_listening(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> list[str]:
+    """Run a server command (`mta serve ...`) until it says "mta: listening on", then stop it
+    with SIGTERM; it must exit 0. Returns its stderr lines up to there, without newlines."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("mta: listening on") for line in lines):
+            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            assert line, "\n".join(lines)
+            lines.append(line.rstrip("\n"))
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    return lines
 
 
 async def wait_for(

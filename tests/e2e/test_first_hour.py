@@ -5,13 +5,11 @@ closed pipe ends quietly, `--version` and every flag's help exist, AUTH logs no 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 
 from mta.cli.main import build_parser
 from mta.cli.topology import PERSONA_HOSTS_DEFAULT, free_common_port, free_port
-from tests.helpers import mta_config, started
+from tests.helpers import auth_config, serve_until_listening, started, tls_session
 
 MTA = str(Path(sys.executable).with_name("mta"))
 CLIENT = str(Path(sys.executable).with_name("campaign-client"))
@@ -63,29 +61,8 @@ async def test_kubernetes_service_variables_warn_and_the_mta_starts(tmp_path: Pa
         "MTA_SERVICE_PORT": "2525",
         "MTA_SMTP_HOSTNAM": "mx.test",
     }
-    process = await asyncio.create_subprocess_exec(
-        MTA,
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "",
-        "--data-dir",
-        str(tmp_path / "mta"),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
-        while not any(line.startswith("mta: listening on") for line in lines):
-            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
-            assert line, "\n".join(lines)
-            lines.append(line)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0
+    argv = [MTA, "serve", "--listen", "127.0.0.1:0", "--admin", ""]
+    lines = await serve_until_listening([*argv, "--data-dir", str(tmp_path / "mta")], env=env)
     warnings = [line for line in lines if line.startswith("mta: warning: ")]
     assert len(warnings) == 3, lines
     assert any("MTA_SMTP_HOSTNAM ignored (did you mean MTA_SMTP_HOSTNAME?)" in w for w in warnings)
@@ -144,34 +121,11 @@ def test_every_flag_of_every_command_has_help() -> None:
 async def test_a_successful_auth_logs_no_deprecation_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import aiosmtplib
-
-    from mta.smtp.tls import write_self_signed
-
-    cert, key = write_self_signed(tmp_path / "tls", "mta.test")
-    config = mta_config(
-        tmp_path,
-        smtp__relay_networks=("10.0.0.0/8",),
-        smtp__tls_cert=str(cert),
-        smtp__tls_key=str(key),
-        delivery__relayhost="127.0.0.1:9",
-    )
-    import dataclasses
-
-    config = dataclasses.replace(
-        config, smtp=dataclasses.replace(config.smtp, auth_users={"campaign": "s3cret"})
-    )
+    config, cert = auth_config(tmp_path)
     app = await started(config)
     caplog.set_level(logging.DEBUG)
     try:
-        host, port = app.smtp_address
-        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False)
-        await smtp.connect()
-        await smtp.ehlo()
-        await smtp.starttls(
-            tls_context=ssl.create_default_context(cafile=str(cert)), server_hostname="mta.test"
-        )
-        await smtp.ehlo()
+        smtp = await tls_session(app, cert)
         assert (await smtp.login("campaign", "s3cret")).code == 235
         errors, response = await smtp.sendmail(
             "a@b.test", ["c@d.test"], b"From: a@b.test\r\nSubject: x\r\n\r\nhi\r\n"

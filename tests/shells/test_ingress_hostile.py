@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import logging
 import resource
 import shutil
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,16 @@ import aiosmtplib
 import pytest
 
 from mta.app import MtaApp
-from mta.smtp.tls import write_self_signed
-from tests.helpers import Conversation, mta_config, read_reply, send_message, spool_rows, started
+from tests.helpers import (
+    Conversation,
+    auth_config,
+    mta_config,
+    read_reply,
+    send_message,
+    spool_rows,
+    started,
+    tls_session,
+)
 
 MESSAGE = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -133,32 +139,12 @@ def plain(login: str, password: str) -> bytes:
     return base64.b64encode(f"\0{login}\0{password}".encode())
 
 
-async def tls_session(app: MtaApp, cert: Path) -> aiosmtplib.SMTP:
-    host, port = app.smtp_address
-    smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False)
-    await smtp.connect()
-    await smtp.ehlo()
-    await smtp.starttls(
-        tls_context=ssl.create_default_context(cafile=str(cert)), server_hostname="mta.test"
-    )
-    await smtp.ehlo()
-    return smtp
-
-
 async def test_auth_guessing_is_cut_off_per_session_then_per_address(tmp_path: Path) -> None:
-    cert, key = write_self_signed(tmp_path / "tls", "mta.test")
-    config = mta_config(
+    config, cert = auth_config(
         tmp_path,
-        smtp__relay_networks=("10.0.0.0/8",),
-        smtp__tls_cert=str(cert),
-        smtp__tls_key=str(key),
         smtp__auth_failures_per_session=3,
         smtp__auth_failures_per_ip=4,
         smtp__auth_failure_delay="0s",
-        delivery__relayhost="127.0.0.1:9",
-    )
-    config = dataclasses.replace(
-        config, smtp=dataclasses.replace(config.smtp, auth_users={"campaign": "s3cret"})
     )
     app = await started(config)
     try:

@@ -25,11 +25,11 @@ from mta.clock import ManualClock
 from mta.queue.queries import digest
 from mta.queue.spool import Spool
 from tests.helpers import (
-    ScriptedHandler,
     ScriptedServer,
     events_of,
     mta_config,
     send_message,
+    serve_until_listening,
     spool_rows,
     started,
     wait_for,
@@ -99,32 +99,10 @@ def serve_refuses(data: Path) -> str:
 
 async def serve_says(data: Path, *extra: str) -> list[str]:
     """Start `mta serve` on `data`, collect its start lines, stop it; it exits 0."""
-    process = await asyncio.create_subprocess_exec(
-        MTA,
-        "serve",
-        "--data-dir",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "",
-        "--relayhost",
-        f"127.0.0.1:{free_port()}",
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
+    return await serve_until_listening(
+        [MTA, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--admin", "",
+         "--relayhost", f"127.0.0.1:{free_port()}", *extra]
     )
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
-        while not any(line.startswith("mta: listening on") for line in lines):
-            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
-            assert line, "".join(lines)
-            lines.append(line.rstrip("\n"))
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0
-    return lines
 
 
 def salvage(
@@ -173,7 +151,7 @@ def leaf_pages(path: Path, table: str) -> list[int]:
 
 
 async def test_flipped_content_bytes_are_held_never_sent(
-    pristine: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pristine: Path, tmp_path: Path, receiver: ScriptedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = copy_of(pristine, tmp_path)
     path = data / "spool.sqlite3"
@@ -188,7 +166,6 @@ async def test_flipped_content_bytes_are_held_never_sent(
     assert check.returncode == 1
     assert "message contents: 49 intact, 1 damaged" in check.stdout
 
-    receiver = await ScriptedServer.start(ScriptedHandler())
     config = mta_config(
         tmp_path, data_dir=str(data), delivery__relayhost=f"127.0.0.1:{receiver.port}"
     )
@@ -204,7 +181,6 @@ async def test_flipped_content_bytes_are_held_never_sent(
         await wait_for(lambda: len(held_events(app.config.data_path)) == RECIPIENTS, timeout=10)
     finally:
         await app.stop()
-        await receiver.close()
     received = [content for _, _, content in receiver.handler.received]
     assert not any(b"BODY-0007-" in content for content in received)
     assert all(b"Subject: message 7\r\n" not in content for content in received)
@@ -227,14 +203,13 @@ def held_events(data: Path) -> list[dict[str, object]]:
 
 
 async def test_a_held_recipient_expires_with_the_damage_as_its_reason(
-    pristine: Path, tmp_path: Path
+    pristine: Path, tmp_path: Path, receiver: ScriptedServer
 ) -> None:
     data = copy_of(pristine, tmp_path)
     path = data / "spool.sqlite3"
     raw = bytearray(path.read_bytes())
     raw[raw.index(b"BODY-0003-") + 100] ^= 0x01
     path.write_bytes(bytes(raw))
-    receiver = await ScriptedServer.start(ScriptedHandler())
     config = mta_config(
         tmp_path, data_dir=str(data), delivery__relayhost=f"127.0.0.1:{receiver.port}"
     )
@@ -252,7 +227,6 @@ async def test_a_held_recipient_expires_with_the_damage_as_its_reason(
         await wait_for(expired, timeout=30)
     finally:
         await app.stop()
-        await receiver.close()
     last = [e for e in events_of(data) if e["kind"] == "expired"]
     assert len(last) == RECIPIENTS
     assert all("damaged in the spool" in str(e["smtp"]) for e in last)
