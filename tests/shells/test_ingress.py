@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mta.app import MtaApp
-from tests.helpers import Conversation, mta_config, spool_rows, started
+from tests.helpers import Conversation, auth_config, mta_config, spool_rows, started
 
 
 @pytest.fixture
@@ -29,6 +29,25 @@ async def mta(tmp_path: Path) -> AsyncIterator[MtaApp]:
 
 async def open_conv(app: MtaApp) -> Conversation:
     return await Conversation.open(*app.smtp_address)
+
+
+async def at_data(app: MtaApp) -> Conversation:
+    """A conversation past MAIL FROM:<a@b.test>, RCPT TO:<c@d.test> and DATA: what it sends
+    next is the message."""
+    conv = await open_conv(app)
+    await conv.command("MAIL FROM:<a@b.test>")
+    await conv.command("RCPT TO:<c@d.test>")
+    await conv.command("DATA")
+    return conv
+
+
+async def data_reply(app: MtaApp, raw: bytes) -> str:
+    """The reply to one message's `raw` data (stuffed, ending in CRLF.CRLF)."""
+    conv = await at_data(app)
+    try:
+        return await conv.send_data(raw)
+    finally:
+        await conv.close()
 
 
 async def test_ehlo_offers_the_extensions(mta: MtaApp) -> None:
@@ -86,10 +105,7 @@ async def test_too_many_recipients_is_452_and_keeps_the_first(mta: MtaApp) -> No
 
 
 async def test_nul_in_data_is_refused_and_nothing_is_stored(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
+    conv = await at_data(mta)
     reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbad\x00byte\r\n.\r\n")
     assert reply.startswith("554 5.6.0")
     # The session goes on: the next transaction works.
@@ -99,10 +115,7 @@ async def test_nul_in_data_is_refused_and_nothing_is_stored(mta: MtaApp) -> None
 
 
 async def test_oversize_data_is_read_to_the_end_then_refused(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
+    conv = await at_data(mta)
     reply = await conv.send_data(
         b"From: a@b.test\r\nSubject: x\r\n\r\n" + (b"y" * 80 + b"\r\n") * 100 + b".\r\n"
     )
@@ -112,35 +125,24 @@ async def test_oversize_data_is_read_to_the_end_then_refused(mta: MtaApp) -> Non
 
 
 async def test_bare_newlines_are_normalised_and_only_crlf_dot_crlf_ends_data(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
     # "\n.\n" must not end the data (SMTP smuggling); bare CR and LF become CRLF.
     raw = (
         b"From: a@b.test\r\nSubject: x\r\n\r\n"
         b"line1\nline2\rline3\n.\nMAIL FROM:<evil@x.test>\r\n.\r\n"
     )
-    reply = await conv.send_data(raw)
+    reply = await data_reply(mta, raw)
     assert reply.startswith("250 2.0.0"), reply
     (content,) = spool_rows(mta, "SELECT content FROM messages")[0]
     body = content.split(b"\r\n\r\n", 1)[1]
     assert body == b"line1\r\nline2\r\nline3\r\n\r\nMAIL FROM:<evil@x.test>\r\n"
     assert b"\n" not in body.replace(b"\r\n", b"")
-    await conv.close()
 
 
 async def test_dot_stuffing_is_removed(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
-    assert (
-        await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\n..leading dot\r\n.\r\n")
-    ).startswith("250")
+    reply = await data_reply(mta, b"From: a@b.test\r\nSubject: x\r\n\r\n..leading dot\r\n.\r\n")
+    assert reply.startswith("250")
     (content,) = spool_rows(mta, "SELECT content FROM messages")[0]
     assert content.endswith(b"\r\n\r\n.leading dot\r\n")
-    await conv.close()
 
 
 async def test_pipelined_transaction(mta: MtaApp) -> None:
@@ -159,13 +161,10 @@ async def test_pipelined_transaction(mta: MtaApp) -> None:
 
 
 async def test_campaign_headers_are_read_and_stripped(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
-    reply = await conv.send_data(
+    reply = await data_reply(
+        mta,
         b"From: a@b.test\r\nX-Campaign-Delivery-Id: DLV-7\r\nX-Campaign-Log-Id: LOG-9\r\n"
-        b"X-Campaign-Validity: 2h\r\nSubject: s\r\n\r\nbody\r\n.\r\n"
+        b"X-Campaign-Validity: 2h\r\nSubject: s\r\n\r\nbody\r\n.\r\n",
     )
     queue_id = reply.split()[2]
     (row,) = spool_rows(
@@ -177,17 +176,11 @@ async def test_campaign_headers_are_read_and_stripped(mta: MtaApp) -> None:
     assert row[:3] == ("DLV-7", "LOG-9", 7200.0)
     assert b"X-Campaign" not in row[3] and b"Received: from client.test" in row[3]
     assert b"Message-ID: <" in row[3] and b"Date: " in row[3]
-    await conv.close()
 
 
 async def test_bad_validity_header_is_refused(mta: MtaApp) -> None:
-    conv = await open_conv(mta)
-    await conv.command("MAIL FROM:<a@b.test>")
-    await conv.command("RCPT TO:<c@d.test>")
-    await conv.command("DATA")
-    reply = await conv.send_data(b"From: a@b.test\r\nX-Campaign-Validity: soon\r\n\r\nx\r\n.\r\n")
+    reply = await data_reply(mta, b"From: a@b.test\r\nX-Campaign-Validity: soon\r\n\r\nx\r\n.\r\n")
     assert reply.startswith("554 5.6.0") and "X-Campaign-Validity" in reply
-    await conv.close()
 
 
 async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
@@ -218,14 +211,7 @@ async def store_with_failing_disk(mta: MtaApp, error: str) -> str:
     )
     conn.commit()
     conn.close()
-    conv = await open_conv(mta)
-    try:
-        await conv.command("MAIL FROM:<a@b.test>")
-        await conv.command("RCPT TO:<c@d.test>")
-        await conv.command("DATA")
-        return await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
-    finally:
-        await conv.close()
+    return await data_reply(mta, b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
 
 
 async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> None:
@@ -237,24 +223,11 @@ async def test_storage_failure_answers_451_without_internals(mta: MtaApp) -> Non
 
 async def test_starttls_then_auth_lets_an_outside_client_relay(tmp_path: Path) -> None:
     """Loopback is not a relay network here: the client must STARTTLS, then AUTH."""
-    import dataclasses
     import ssl
 
     import aiosmtplib
 
-    from mta.smtp.tls import write_self_signed
-
-    cert, key = write_self_signed(tmp_path / "tls", "mta.test")
-    config = mta_config(
-        tmp_path,
-        smtp__relay_networks=("10.0.0.0/8",),
-        smtp__tls_cert=str(cert),
-        smtp__tls_key=str(key),
-        delivery__relayhost="127.0.0.1:9",
-    )
-    config = dataclasses.replace(
-        config, smtp=dataclasses.replace(config.smtp, auth_users={"campaign": "s3cret"})
-    )
+    config, cert = auth_config(tmp_path)
     app = await started(config)
     try:
         host, port = app.smtp_address
@@ -321,19 +294,9 @@ async def test_a_full_spool_answers_452_insufficient_storage(mta: MtaApp) -> Non
 
     body = b"From: a@b.test\r\nSubject: x\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40 + b".\r\n"
 
-    async def submit() -> str:
-        conv = await open_conv(mta)
-        try:
-            await conv.command("MAIL FROM:<a@b.test>")
-            await conv.command("RCPT TO:<c@d.test>")
-            await conv.command("DATA")
-            return await conv.send_data(body)
-        finally:
-            await conv.close()
-
-    assert (await submit()).startswith("250")  # fills the messages table's first page
+    assert (await data_reply(mta, body)).startswith("250")  # fills the messages table's first page
     await spool._submit(cap)  # the writer thread's own connection
-    reply = await submit()  # needs a new page
+    reply = await data_reply(mta, body)  # needs a new page
     assert reply.startswith("452 4.3.1 Insufficient system storage")
 
 
@@ -361,14 +324,7 @@ async def signing_mta(tmp_path: Path) -> AsyncIterator[MtaApp]:
 
 
 async def test_a_signed_message_is_stored_signed_before_the_250(signing_mta: MtaApp) -> None:
-    conv = await open_conv(signing_mta)
-    try:
-        await conv.command("MAIL FROM:<a@b.test>")
-        await conv.command("RCPT TO:<c@d.test>")
-        await conv.command("DATA")
-        reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
-    finally:
-        await conv.close()
+    reply = await data_reply(signing_mta, b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
     assert reply.startswith("250 2.0.0")
     queue_id = reply.split()[2]
     [(content, kinds)] = spool_rows(
@@ -392,13 +348,6 @@ async def test_a_signing_failure_answers_451_and_stores_nothing(signing_mta: Mta
         raise ValueError("key material at /secret/key unusable")
 
     signing_mta.running.handler.signer = broken
-    conv = await open_conv(signing_mta)
-    try:
-        await conv.command("MAIL FROM:<a@b.test>")
-        await conv.command("RCPT TO:<c@d.test>")
-        await conv.command("DATA")
-        reply = await conv.send_data(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
-    finally:
-        await conv.close()
+    reply = await data_reply(signing_mta, b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
     assert reply.startswith("451 4.3.0") and "secret" not in reply
     assert spool_rows(signing_mta, "SELECT COUNT(*) FROM messages") == [(0,)]
