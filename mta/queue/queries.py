@@ -63,49 +63,91 @@ def probe_write(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM site_events WHERE id = ?", (cursor.lastrowid,))
 
 
-def ingest(conn: sqlite3.Connection, m: NewMessage) -> None:
-    cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, delivery_id, received_at, expires_at, size,"
-        " smtputf8, pending, content, content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            m.queue_id,
-            m.mail_from,
-            m.delivery_id,
-            m.received_at,
-            m.expires_at,
-            len(m.content),
-            int(m.smtputf8),
-            len(m.recipients),
-            m.content,
-            digest(m.content),
-        ),
-    )
-    message_id = cursor.lastrowid
-    recipient_ids: list[int] = []
-    for r in m.recipients:
-        cursor = conn.execute(
-            "INSERT INTO recipients (message_id, address, domain, log_id, next_attempt_at,"
-            " expires_at, seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+def ingest(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> None:
+    """Store messages, their recipients and their "relayed" events: one statement per table
+    for them all (each statement costs the writer thread a GIL hand-over). The ids are given
+    here, as SQLite would: the next after the largest."""
+    message_id = _next_id(conn, "messages")
+    recipient_id = _next_id(conn, "recipients")
+    message_rows: list[tuple[Any, ...]] = []
+    recipient_rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
+    for m in messages:
+        message_rows.append(
             (
                 message_id,
-                r.address,
-                r.domain,
-                r.log_id,
+                m.queue_id,
+                m.mail_from,
+                m.delivery_id,
                 m.received_at,
                 m.expires_at,
-                1 if m.events else 0,
-                m.received_at,
-            ),
+                len(m.content),
+                int(m.smtputf8),
+                len(m.recipients),
+                m.content,
+                m.content_sha256 or digest(m.content),
+            )
         )
-        recipient_ids.append(int(cursor.lastrowid or 0))
-    if m.events:
-        conn.executemany(
-            "INSERT INTO events (event_id, recipient_id, seq, kind, at, body)"
-            " VALUES (?, ?, 1, 'relayed', ?, ?)",
-            [
-                (event_id, recipient_id, m.received_at, body)
-                for recipient_id, (event_id, body) in zip(recipient_ids, m.events, strict=True)
-            ],
+        seq = 1 if m.events else 0
+        for index, r in enumerate(m.recipients):
+            recipient_rows.append(
+                (
+                    recipient_id,
+                    message_id,
+                    r.address,
+                    r.domain,
+                    r.log_id,
+                    m.received_at,
+                    m.expires_at,
+                    seq,
+                    m.received_at,
+                )
+            )
+            if m.events:
+                event_id, body = m.events[index]
+                event_rows.append((event_id, recipient_id, m.received_at, body))
+            recipient_id += 1
+        message_id += 1
+    _insert_rows(
+        conn,
+        "messages (id, queue_id, mail_from, delivery_id, received_at, expires_at, size,"
+        " smtputf8, pending, content, content_sha256)",
+        message_rows,
+    )
+    _insert_rows(
+        conn,
+        "recipients (id, message_id, address, domain, log_id, next_attempt_at, expires_at, seq,"
+        " updated_at)",
+        recipient_rows,
+    )
+    _insert_rows(
+        conn,
+        "events (event_id, recipient_id, at, body, seq, kind)",
+        event_rows,
+        extra="1, 'relayed'",
+    )
+
+
+ROWS_PER_INSERT = 256  # rows of one INSERT (SQLite allows 32,766 parameters a statement)
+
+
+def _next_id(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0])
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, into: str, rows: Sequence[tuple[Any, ...]], extra: str = ""
+) -> None:
+    """INSERT INTO `into` VALUES (...), (...), ...: one statement for up to ROWS_PER_INSERT
+    rows; `extra` is SQL for the columns after the parameters, the same in every row."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("?" * len(rows[0])) + (f", {extra}" if extra else "") + ")"
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        conn.execute(
+            f"INSERT INTO {into} VALUES {', '.join([marks] * len(chunk))}",
+            [value for row in chunk for value in row],
         )
 
 

@@ -26,6 +26,7 @@ class NewMessage:
     recipients: tuple[NewRecipient, ...]
     # One "relayed" event per recipient, in recipient order: (event_id, body).
     events: tuple[tuple[str, str], ...] = ()
+    content_sha256: str = ""  # of `content`, when its maker computed it (else the spool does)
 
 
 @dataclass(frozen=True, slots=True)
