@@ -41,6 +41,7 @@ from mta.core.address import ascii_domain
 from mta.core.durations import parse_duration
 from mta.core.retry import validity_end
 from mta.model import EventKind
+from mta.queue.queries import digest
 from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.spool import SpoolError, SpoolFull
 from mta.smtp import replies
@@ -273,27 +274,38 @@ class IngressHandler:
         return f"250 2.0.0 {queue_id} queued"
 
     async def _sign_and_store(self, message: NewMessage, now: float) -> NewMessage:
-        """Sign in a worker thread (RSA in OpenSSL, without the GIL) and hand the signed
-        message from that thread straight to the spool's writer: the commit starts without
-        a hop back through the event loop. Returns the signed message after the commit."""
+        """Sign in a worker thread (RSA in OpenSSL, without the GIL), which also takes the
+        content's checksum and hands the signed message straight to the spool's writer: the
+        commit starts without a hop back through the event loop, and the loop hears only of
+        the commit. Returns the signed message after the commit."""
         signer = self.signer
         assert signer is not None
         # t= only on a real clock: verifiers refuse signing times in their future.
         signed_at = now if self.clock.is_real else None
         loop = asyncio.get_running_loop()
         stored: asyncio.Future[None] = loop.create_future()
+        signed: list[NewMessage] = []
 
-        def sign_and_queue() -> NewMessage:
+        def sign_and_queue() -> None:
             try:
-                signed = dataclasses.replace(message, content=signer(message.content, signed_at))
+                content = signer(message.content, signed_at)
             except Exception as exc:
-                raise _SigningFailed() from exc
-            self.spool.ingest_soon(signed, stored)
-            return signed
+                loop.call_soon_threadsafe(_fail, stored, _SigningFailed(), exc)
+                return
+            signed.append(
+                dataclasses.replace(message, content=content, content_sha256=digest(content))
+            )
+            try:
+                self.spool.ingest_soon(signed[0], stored)
+            except Exception as exc:
+                loop.call_soon_threadsafe(_fail, stored, exc, None)
 
-        signed = await loop.run_in_executor(self.executor, sign_and_queue)
+        if self.executor is None:
+            loop.run_in_executor(None, sign_and_queue)
+        else:
+            self.executor.submit(sign_and_queue)
         await stored
-        return signed
+        return signed[0]
 
     def _relayed_event(
         self, queue_id: str, delivery_id: str | None, log_id: str | None, address: str, now: float
@@ -348,6 +360,13 @@ class IngressHandler:
 
 class _SigningFailed(Exception):
     """The signer raised (logged with its traceback; the client gets 451 4.3.0)."""
+
+
+def _fail(future: asyncio.Future[None], error: Exception, cause: Exception | None) -> None:
+    if cause is not None:
+        error.__cause__ = cause
+    if not future.done():
+        future.set_exception(error)
 
 
 def _peer_ip(session: Session) -> str:

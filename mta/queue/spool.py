@@ -112,7 +112,9 @@ def unreadable(path: Path, reason: str) -> SpoolUnreadable:
 class _Op:
     run: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    message: NewMessage | None = None  # an ingest: stored with the batch's others at once
+    # Ingests and attempt results are stored with the batch's others of their kind at once.
+    message: NewMessage | None = None
+    updates: Sequence[Update] | None = None
 
 
 _STOP = object()
@@ -276,11 +278,12 @@ class Spool:
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[_Op]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        """One transaction for the batch. First all at once: the ingests in one statement
-        per table, then the other operations in order, no savepoints (each statement hands
-        the GIL over and may wait for it back, so fewer is faster). If any operation fails,
-        the transaction is rolled back and the batch run again one operation at a time,
-        each in its own savepoint, so the failing one does not sink the others."""
+        """One transaction for the batch. First all at once: the attempt results together,
+        the ingests in one statement per table, then the other operations in order, no
+        savepoints (each statement hands the GIL over and may wait for it back, so fewer is
+        faster). If any operation fails, the transaction is rolled back and the batch run
+        again one operation at a time, each in its own savepoint, so the failing one does
+        not sink the others."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -288,11 +291,14 @@ class Spool:
             self.write_failure = _one_line(exc)
             return [(op.future, None, error) for op in batch]
         try:
+            updates = [u for op in batch if op.updates is not None for u in op.updates]
+            if updates:
+                queries.record(conn, updates)
             messages = [op.message for op in batch if op.message is not None]
             if messages:
                 queries.ingest(conn, messages)
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
-                (op.future, None if op.message is not None else op.run(conn), None) for op in batch
+                (op.future, _run_unless_merged(op, conn), None) for op in batch
             ]
         except Exception:
             if conn.in_transaction:
@@ -353,11 +359,13 @@ class Spool:
         self.ops += ops
         return outcomes
 
-    def _submit(self, run: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _submit(
+        self, run: Callable[[sqlite3.Connection], T], updates: Sequence[Update] | None = None
+    ) -> asyncio.Future[T]:
         if self._thread is None:
             raise SpoolError("spool is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(run, future))
+        self._queue.put(_Op(run, future, updates=updates))
         return future
 
     # -- operations -----------------------------------------------------------
@@ -406,7 +414,7 @@ class Spool:
     async def record(self, updates: Sequence[Update]) -> None:
         """Apply attempt results: recipient state, attempt history and events, in one commit."""
         if updates:
-            await self._submit(lambda conn: queries.record(conn, updates))
+            await self._submit(lambda conn: queries.record(conn, updates), updates=updates)
 
     async def prune_events(self, cutoff: float, bound: int | None, limit: int) -> int:
         """Delete up to `limit` outbox events older than `cutoff` with id <= `bound`."""
@@ -500,6 +508,13 @@ def _file_kind(path: Path) -> str:
         return "empty" if path.stat().st_size == 0 else "existing"
     wal = path.with_name(path.name + "-wal")
     return "missing" if wal.exists() and wal.stat().st_size > 0 else "new"
+
+
+def _run_unless_merged(op: _Op, conn: sqlite3.Connection) -> Any:
+    """Run `op`, unless it is an ingest or attempt results, stored with the others."""
+    if op.message is not None or op.updates is not None:
+        return None
+    return op.run(conn)
 
 
 def _storage_error(exc: BaseException) -> SpoolError:

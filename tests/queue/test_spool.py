@@ -1,18 +1,21 @@
 """The spool's typed operations for the webhook cursors and its schema version, on a real
 SQLite file: cursors persist across a reopen, a version-2 spool is upgraded in place, another
-version is refused; a batch of ingests is stored together and one failing sinks no other."""
+version is refused; a batch of ingests and attempt results is stored together, one failing
+sinks no other."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from mta.model import Result
 from mta.queue import queries
-from mta.queue.records import NewMessage, NewRecipient, WebhookCursor
+from mta.queue.records import DueRecipient, NewMessage, NewRecipient, Update, WebhookCursor
 from mta.queue.schema import SCHEMA_VERSION
 from mta.queue.spool import Spool, SpoolError
 
@@ -74,6 +77,21 @@ async def test_another_version_is_refused_with_what_to_do(tmp_path: Path) -> Non
         await Spool.open(path)
 
 
+def delivered(r: DueRecipient, event_id: str) -> Update:
+    return Update(
+        r.recipient_id,
+        r.message_id,
+        "delivered",
+        attempts=1,
+        next_attempt_at=None,
+        seq=2,
+        at=1600.0,
+        code=250,
+        result=Result.DELIVERED,
+        event=(event_id, "delivered", "{}"),
+    )
+
+
 def _message(queue_id: str, recipients: int) -> NewMessage:
     return NewMessage(
         queue_id=queue_id,
@@ -94,48 +112,78 @@ def _message(queue_id: str, recipients: int) -> NewMessage:
 async def test_a_batch_stores_its_messages_together_and_one_failure_sinks_no_other(
     tmp_path: Path,
 ) -> None:
-    """Ingests queued together are one batch (stored with one INSERT per table); one that
-    breaks a constraint fails alone, and every recipient and event points at its own row."""
+    """Ingests and attempt results queued together are one batch (stored with one statement
+    per table); in a batch where an ingest breaks a constraint, it fails alone. Every
+    recipient and event points at its own row."""
     path = tmp_path / "spool.sqlite3"
     spool = await Spool.open(path)
-    started, release = threading.Event(), threading.Event()
-
-    def hold(conn: sqlite3.Connection) -> None:  # keeps the writer busy while the batch queues
-        started.set()
-        release.wait(10)
-
     loop = asyncio.get_running_loop()
-    try:
+
+    async def one_batch(queue: Callable[[], list[asyncio.Future[None]]]) -> list[object]:
+        """What `queue` queues runs as one batch: the writer is held meanwhile."""
+        started, release = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            started.set()
+            release.wait(10)
+
         held = spool._submit(hold)
         await loop.run_in_executor(None, started.wait, 10)
-        done = [loop.create_future() for _ in range(4)]
-        spool.ingest_soon(_message("Q1", 2), done[0])
-        spool.ingest_soon(_message("Q1", 1), done[1])  # the same queue id: refused
-        spool.ingest_soon(_message("Q3", 3), done[2])
-        spool.ingest_soon(_message("Q4", 1), done[3])
-        site = spool._submit(lambda conn: queries.site_event(conn, 5.0, "site", "binding", "{}"))
+        futures = queue()
+        await asyncio.sleep(0)  # coroutines among them reach the queue
         commits = spool.commits  # the held batch's commit is still to come
         release.set()
         await held
-        results = await asyncio.gather(*done, site, return_exceptions=True)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert spool.commits == commits + 2  # the held batch, then this one
+        return results
+
+    def ingests(*messages: NewMessage) -> list[asyncio.Future[None]]:
+        futures = [loop.create_future() for _ in messages]
+        for message, future in zip(messages, futures, strict=True):
+            spool.ingest_soon(message, future)
+        return futures
+
+    try:
+        await spool.ingest(_message("Q0", 2))
+        picked = (await spool.pick([("example.test", 2)], 1500.0)).recipients
+        first = await one_batch(
+            lambda: [
+                *ingests(_message("Q1", 2), _message("Q2", 3)),
+                spool._submit(lambda conn: queries.site_event(conn, 5.0, "site", "b", "{}")),
+                *(
+                    asyncio.ensure_future(spool.record([delivered(r, f"ev-done-{r.address}")]))
+                    for r in picked
+                ),
+            ]
+        )
+        second = await one_batch(lambda: ingests(_message("Q1", 1), _message("Q4", 1)))
     finally:
         await spool.close()
-    assert results[0] is None and results[2] is None and results[3] is None and results[4] is None
-    assert isinstance(results[1], SpoolError) and "UNIQUE" in str(results[1])
-    assert spool.commits == commits + 2  # the held batch, then the four ingests and the event
+    assert first == [None] * 5
+    assert isinstance(second[0], SpoolError) and "UNIQUE" in str(second[0])  # Q1 again
+    assert second[1] is None
     check = sqlite3.connect(path)
     rows = check.execute(
         "SELECT m.queue_id, r.address, e.event_id, e.seq, e.kind FROM events e"
         " JOIN recipients r ON r.id = e.recipient_id JOIN messages m ON m.id = r.message_id"
         " ORDER BY e.id"
     ).fetchall()
-    pending = check.execute("SELECT queue_id, pending FROM messages ORDER BY id").fetchall()
+    pending = check.execute(
+        "SELECT queue_id, pending, content IS NULL FROM messages ORDER BY id"
+    ).fetchall()
+    states = check.execute("SELECT state, leased FROM recipients WHERE message_id = 1").fetchall()
     sites = check.execute("SELECT COUNT(*) FROM site_events").fetchone()[0]
     check.close()
-    assert rows == [
-        (q, f"{q}.{i}@example.test", f"ev-{q}-{i}", 1, "relayed")
-        for q, n in (("Q1", 2), ("Q3", 3), ("Q4", 1))
-        for i in range(n)
+    def relayed(q: str, n: int) -> list[tuple[str, str, str, int, str]]:
+        return [(q, f"{q}.{i}@example.test", f"ev-{q}-{i}", 1, "relayed") for i in range(n)]
+
+    done = [
+        ("Q0", f"Q0.{i}@example.test", f"ev-done-Q0.{i}@example.test", 2, "delivered")
+        for i in range(2)
     ]
-    assert pending == [("Q1", 2), ("Q3", 3), ("Q4", 1)]
+    # the attempt results first in their batch, then its ingests
+    assert rows == relayed("Q0", 2) + done + relayed("Q1", 2) + relayed("Q2", 3) + relayed("Q4", 1)
+    assert pending == [("Q0", 0, 1), ("Q1", 2, 0), ("Q2", 3, 0), ("Q4", 1, 0)]
+    assert states == [("delivered", 0), ("delivered", 0)]
     assert sites == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -327,12 +328,13 @@ async def test_a_signed_message_is_stored_signed_before_the_250(signing_mta: Mta
     reply = await data_reply(signing_mta, b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
     assert reply.startswith("250 2.0.0")
     queue_id = reply.split()[2]
-    [(content, kinds)] = spool_rows(
+    [(content, checksum, kinds)] = spool_rows(
         signing_mta,
-        "SELECT m.content, (SELECT GROUP_CONCAT(kind) FROM events) FROM messages m "
-        f"WHERE m.queue_id = '{queue_id}'",
+        "SELECT m.content, m.content_sha256, (SELECT GROUP_CONCAT(kind) FROM events)"
+        f" FROM messages m WHERE m.queue_id = '{queue_id}'",
     )
     assert content.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert checksum == hashlib.sha256(content).hexdigest()  # taken by the signing thread
     assert kinds == "relayed"
 
 
