@@ -72,9 +72,13 @@ def fallback_share(limit: float, nodes: int) -> float:
     return limit / max(nodes, 1)
 
 
-def fallback_connections(limit: int, nodes: int) -> int:
-    """A node's part of a connection limit when cut off (at least one connection)."""
-    return max(1, limit // max(nodes, 1))
+def fallback_connections(limit: int, nodes: int, leases: int | None = None) -> int:
+    """A node's part of a connection limit when cut off: limit / nodes alive (at least
+    one connection). `leases`: the leases the node held, while they may still count in
+    Redis (until their TTL runs out): the others, if they still reach Redis, may use all
+    the rest, so the node keeps within those meanwhile (None: lapsed)."""
+    share = max(1, limit // max(nodes, 1))
+    return share if leases is None else min(share, leases)
 
 
 @dataclass(frozen=True, slots=True)

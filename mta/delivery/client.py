@@ -155,6 +155,10 @@ class Delivery:
         """See `mta.delivery.deliverer.Deliverer`."""
         await self.pool.trim(group, limit)
 
+    def open_connections(self, group: Hashable) -> int:
+        """See `mta.delivery.deliverer.Deliverer`."""
+        return self.pool.connections_in(group)
+
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(max(self.config.timeouts.idle / 2, 0.5))

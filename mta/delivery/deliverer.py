@@ -29,7 +29,7 @@ class Job:
     smtputf8: bool = False
     source: str | None = None  # source address to bind, None: the configured default
     group: Hashable = None  # connections limited together (site, binding); None: per key
-    group_limit: int | None = None  # open connections allowed in the group
+    group_limit: Callable[[], int] | None = None  # open connections the group may have now
     max_messages_per_connection: int | None = None  # None: the configured default
 
 
@@ -81,6 +81,10 @@ class Deliverer(Protocol):
         close idle ones above it (busy ones close when their transaction ends)."""
         ...
 
+    def open_connections(self, group: Hashable) -> int:
+        """Connections of the group open now (busy, idle, being opened or closed)."""
+        ...
+
 
 class FunctionDeliverer:
     """A `Deliverer` backed by a function (for tests and tools): `deliver` awaits
@@ -97,3 +101,6 @@ class FunctionDeliverer:
 
     async def limit_connections(self, group: Hashable, limit: int) -> None:
         self.limits.append((group, limit))
+
+    def open_connections(self, group: Hashable) -> int:
+        return 0

@@ -18,6 +18,7 @@ import aiosmtplib
 from aiosmtplib import SMTPException
 
 Key = tuple[str, int, str | None]  # (address, port, source address)
+GroupLimit = Callable[[], int]  # the most connections a group may keep open, now
 
 
 @dataclass(eq=False)
@@ -74,7 +75,12 @@ class Pool:
                 self._forget(conn)
                 self._changed.notify_all()
 
-    def _open_in(self, group: Hashable) -> int:
+    def connections_in(self, group: Hashable) -> int:
+        """Connections of `group` open, being opened or being closed: what the receiving
+        server may count."""
+        return self.group_counts.get(group, 0)
+
+    def _staying_open_in(self, group: Hashable) -> int:
         """Open connections of `group` that stay open (those being closed left out)."""
         return self.group_counts.get(group, 0) - self.closing_counts.get(group, 0)
 
@@ -91,16 +97,18 @@ class Pool:
         return None
 
     async def reserve(
-        self, key: Key, group: Hashable, group_limit: int | None = None
+        self, key: Key, group: Hashable, group_limit: GroupLimit | None = None
     ) -> Connection | None:
-        """An idle connection, or None once a slot for a new one is reserved (waits at limits)."""
+        """An idle connection, or None once a slot for a new one is reserved (waits at limits).
+        `group_limit` is read each time a slot is looked for: a cluster node's connection
+        leases may have shrunk since the job was started."""
         async with self._changed:
             while True:
                 conn = self.take_idle(key)
                 if conn is not None:
                     return conn
                 group_full = group_limit is not None and (
-                    self.group_counts.get(group, 0) >= group_limit
+                    self.group_counts.get(group, 0) >= group_limit()
                 )
                 key_full = self.counts.get(key, 0) >= self.per_key
                 if not group_full and not key_full and self.open_total < self.total:
@@ -137,7 +145,7 @@ class Pool:
         """Close idle connections of a group while it has more open than `limit`; returns
         once those are closed (so their slots may go to another node)."""
         async with self._changed:
-            while self._open_in(group) > limit:
+            while self._staying_open_in(group) > limit:
                 if not self._close_idle(lambda c: c.group == group):
                     break
             while self.closing_counts.get(group):

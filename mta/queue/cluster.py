@@ -19,9 +19,10 @@ acted from when it hears of it.
 
 Redis unreachable or slower than `timeout`: the node says so in its log, its health
 (`/readyz`) and a metric, and goes on alone on a conservative share of every limit
-(the limit divided by the nodes it last saw alive); the poll keeps trying, and when
-Redis answers again the node re-registers its leases, shares what it changed while
-cut off and takes the shared limits back. A Redis that lost the shared state
+(the limit divided by the nodes it last saw alive; for connections, no more than the
+leases it held until they lapse, as others may still count them); the poll keeps
+trying, and when Redis answers again the node re-registers its leases, shares what
+it changed while cut off and takes the shared limits back. A Redis that lost the shared state
 (restarted empty: the epoch key is gone) gets each node's view back, conservatively
 (`_reseed`).
 """
@@ -50,7 +51,7 @@ from mta.core.rampup import VolumeLedger
 from mta.core.shares import RateOp
 from mta.core.throttle import Change, SiteThrottle
 from mta.queue import redis_scripts
-from mta.queue.shared import Grant, Key, _no_trim, _no_wake
+from mta.queue.shared import Grant, Key, _no_connections, _no_trim, _no_wake
 
 log = logging.getLogger("mta.cluster")
 
@@ -118,6 +119,7 @@ class Entry:
     tokens_until: float = -math.inf  # virtual: unused tokens lapse (no bursts saved up)
     retry_at: float | None = None  # virtual: the bucket is empty (or suspended) until then
     held: int = 0  # connection leases
+    renewed_at: float = -math.inf  # monotonic: when Redis last confirmed `held` (call sent)
     cap: int | None = None  # leases being given back: use no more than this
     in_flight: int = 0
     asked: bool = False  # wanted more leases since the last poll
@@ -194,6 +196,7 @@ class RedisState:
         self.ledger = ClusterLedger()
         self.on_wake: Callable[[str], None] = _no_wake
         self.trim: Callable[[Key, int], Any] = _no_trim
+        self.connections: Callable[[Key], int] = _no_connections
         self.redis = aioredis.Redis.from_url(
             config.url,
             socket_timeout=config.timeout,
@@ -323,11 +326,20 @@ class RedisState:
             for entry in self.entries.values():
                 entry.tokens = 0
                 entry.pending = False
+            self._spawn(self._wake_when_leases_lapse())
             log.warning(
                 "cluster: Redis %s unreachable (%s): node %s falls back to 1/%d of every limit",
                 self.config.url, problem, self.node, self.nodes_alive,
             )
         self.problem = problem
+
+    async def _wake_when_leases_lapse(self) -> None:
+        """Cut off, a node keeps within the leases it held until they lapse in Redis;
+        then its sites may use the whole fallback share: look at them again."""
+        await asyncio.sleep(self.config.lease_ttl)
+        if self.degraded:
+            for key in list(self.entries):
+                self.on_wake(key.site)
 
     def _back(self) -> None:
         if self.degraded:
@@ -390,7 +402,7 @@ class RedisState:
         self, entry: Entry, state: SiteThrottle, want: int, in_flight: int, now: float
     ) -> Grant:
         nodes = max(self.nodes_alive, 1)
-        limit = shares.fallback_connections(state.concurrency, nodes)
+        limit = self._fallback_connections(entry, state)
         room = max(0, min(want, limit - in_flight))
         if room <= 0:
             return Grant(0)
@@ -399,6 +411,11 @@ class RedisState:
         step = shares.gcra(entry.local_tat, now, rate, shares.fallback_share(burst, nodes), room)
         entry.local_tat = step.tat
         return Grant(step.granted, step.retry_at if step.granted == 0 else None)
+
+    def _fallback_connections(self, entry: Entry, state: SiteThrottle) -> int:
+        lapsed = time.monotonic() >= entry.renewed_at + self.config.lease_ttl
+        leases = None if lapsed else entry.held
+        return shares.fallback_connections(state.concurrency, self.nodes_alive, leases)
 
     async def _refill(
         self, entry: Entry, state: SiteThrottle, want: int, in_flight: int, now: float
@@ -419,6 +436,7 @@ class RedisState:
                 want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
                 if limited and entry.tokens >= want:
                     want_tokens = 0
+                sent = time.monotonic()
                 reply = await asyncio.wait_for(
                     self._acquire(
                         keys=[self._k(key, "s"), self._k(key, "c"), self._k(key, "w")],
@@ -441,6 +459,7 @@ class RedisState:
                     return
                 tokens, retry_at = int(reply[0]), float(reply[1])
                 entry.held = int(reply[2])
+                entry.renewed_at = sent
                 entry.cap = None
                 entry.others_leases, entry.contenders = int(reply[3]), int(reply[4])
                 snap = _snapshot(reply[5:])
@@ -479,9 +498,11 @@ class RedisState:
         entry.in_flight = max(0, entry.in_flight - 1)
 
     def connection_limit(self, key: Key, state: SiteThrottle) -> int:
-        if self.degraded:
-            return shares.fallback_connections(state.concurrency, self.nodes_alive)
+        # At least one: a transaction already started may always have a connection
+        # (shared, the node holds a lease for each transaction in flight).
         entry = self._entry(key)
+        if self.degraded:
+            return max(1, self._fallback_connections(entry, state))
         held = entry.held if entry.cap is None else min(entry.held, entry.cap)
         return max(1, min(state.concurrency, held))
 
@@ -665,10 +686,11 @@ class RedisState:
             except Exception:
                 log.exception("cluster: poll failed")
 
-    def _targets(self) -> dict[Key, int]:
+    def _targets(self) -> dict[Key, tuple[int, int]]:
         """Per key, the leases to hold from now on (what is in use, plus what the
-        scheduler still wants unless others wait for their fair share)."""
-        targets: dict[Key, int] = {}
+        scheduler still wants unless others wait for their fair share), and the leases
+        held when that was decided."""
+        targets: dict[Key, tuple[int, int]] = {}
         self._waiting = {key.site for key, entry in self.entries.items() if entry.asked}
         for key, entry in self.entries.items():
             target = entry.held
@@ -678,20 +700,20 @@ class RedisState:
                 fair = math.ceil(max(entry.concurrency, 1) / entry.contenders)
                 target = min(target, max(fair, entry.in_flight))
             entry.asked = False
-            targets[key] = target
+            targets[key] = (target, entry.held)
         return targets
 
     async def _poll_once(self) -> None:
         targets = self._targets()
-        lowered = [k for k, n in targets.items() if n < self.entries[k].held]
-        for key in lowered:
+        lowered = [(k, n) for k, (n, held) in targets.items() if n < held]
+        for key, target in lowered:
             # Close idle pooled connections first, then give the leases back.
-            self.entries[key].cap = targets[key]
-            await self.trim(key, targets[key])
+            self.entries[key].cap = target
+            await self.trim(key, target)
         async with self._leases:
             await self._exchange(targets)
 
-    async def _exchange(self, targets: dict[Key, int]) -> None:
+    async def _exchange(self, targets: dict[Key, tuple[int, int]]) -> None:
         """The poll's round trip: liveness, the ledger, lease renewals, shared state."""
         now = self.clock.now()
         today = rampup.day_index(now)
@@ -699,8 +721,16 @@ class RedisState:
         dirty = [e for e in self.entries.values() if e.dirty is not None]
         keys = list(self.entries)
         used = {key: self.entries[key].own_used for key in keys}
+        renewals: dict[Key, int] = {}
         for key in keys:
-            self.entries[key].own_used = 0
+            entry = self.entries[key]
+            entry.own_used = 0
+            target, held = targets.get(key, (0, -1))
+            count = renewals[key] = self._renewal(entry, target, held, self.connections(key))
+            if 0 <= count < entry.held:
+                # Use no more from now on than Redis is about to count.
+                entry.cap = count if entry.cap is None else min(entry.cap, count)
+        sent = time.monotonic()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 wall = time.time()
@@ -717,7 +747,7 @@ class RedisState:
                     entry = self.entries[key]
                     await self._renew(
                         keys=[self._k(key, "c"), self._k(key, "w")],
-                        args=[self.node, self._renewal(entry, targets[key]), self._ttl_ms],
+                        args=[self.node, renewals[key], self._ttl_ms],
                         client=pipe,
                     )
                     pipe.hgetall(self._k(key, "c"))
@@ -749,8 +779,9 @@ class RedisState:
         for key in keys:
             entry = self.entries[key]
             held, others, contenders = (int(v) for v in results[position])
-            if entry.held and not entry.pending:
+            if not entry.pending:  # else an acquire waits for the lock: its count wins
                 entry.held = held
+                entry.renewed_at = sent
                 entry.cap = None
             entry.others_leases, entry.contenders = others, contenders
             entry.shares = _shares(results[position + 1])
@@ -836,12 +867,15 @@ class RedisState:
         self.reseeds += 1
 
     @staticmethod
-    def _renewal(entry: Entry, target: int) -> int:
-        """What to tell Redis the node holds (-1: keep what Redis has, an acquire is
-        under way and its count wins)."""
-        if entry.pending:
+    def _renewal(entry: Entry, target: int, held_then: int, connections: int) -> int:
+        """What to tell Redis the node holds: the target, but never fewer than the
+        transactions in flight and the connections open now (the receiving server counts
+        those, whatever the target said when it was set). -1: keep what Redis has, as an
+        acquire is under way or landed since the target was set (`held_then`): its count
+        wins."""
+        if entry.pending or entry.held != held_then:
             return -1
-        return target if entry.held else 0
+        return max(target, entry.in_flight, connections)
 
     async def _read_states(self) -> None:
         entries = list(self.entries.values())

@@ -115,6 +115,7 @@ class Scheduler(OperatorActions):
         self.shared: SharedState = shared or LocalState()
         self.shared.on_wake = self._site_wake
         self.shared.trim = self._trim
+        self.shared.connections = self._connections
         self.ledger: VolumeLedger = self.shared.ledger
         self.domains: dict[str, DomainWork] = {}
         self.sites: dict[str, Site] = {}
@@ -199,6 +200,9 @@ class Scheduler(OperatorActions):
 
     async def _trim(self, key: Key, count: int) -> None:
         await self.delivery.limit_connections((key.site, key.binding), count)
+
+    def _connections(self, key: Key) -> int:
+        return self.delivery.open_connections((key.site, key.binding))
 
     def _work(self, domain: str) -> DomainWork:
         work = self.domains.get(domain)
@@ -440,7 +444,7 @@ class Scheduler(OperatorActions):
             smtputf8=job.smtputf8,
             source=binding.address or None,
             group=(site.key, binding.name),
-            group_limit=self.shared.connection_limit(key, state),
+            group_limit=lambda: self.shared.connection_limit(key, state),
             max_messages_per_connection=site.rule.max_messages_per_connection,
         )
         site.in_flight[binding.name] = site.in_flight.get(binding.name, 0) + 1

@@ -58,6 +58,7 @@ class SharedState(Protocol):
     node: str  # "" for a node alone
     on_wake: Callable[[str], None]
     trim: Callable[[Key, int], Any]  # async: close idle pooled connections down to a count
+    connections: Callable[[Key], int]  # the pool's connections open for the key now
 
     @property
     def ledger(self) -> VolumeLedger: ...
@@ -92,6 +93,10 @@ async def _no_trim(key: Key, count: int) -> None:
     return None
 
 
+def _no_connections(key: Key) -> int:
+    return 0
+
+
 class LocalState:
     """A node alone: every limit is the node's own (the throttle state decides)."""
 
@@ -100,6 +105,7 @@ class LocalState:
         self.ledger = VolumeLedger()
         self.on_wake: Callable[[str], None] = _no_wake
         self.trim: Callable[[Key, int], Any] = _no_trim
+        self.connections: Callable[[Key], int] = _no_connections
 
     async def start(self) -> None:
         return None

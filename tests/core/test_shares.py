@@ -49,6 +49,10 @@ def test_fallback_shares() -> None:
     assert shares.fallback_share(90.0, 0) == 90.0
     assert shares.fallback_connections(20, 3) == 6
     assert shares.fallback_connections(2, 6) == 1
+    # While its leases may still count in Redis, a node keeps within them.
+    assert shares.fallback_connections(20, 3, leases=2) == 2
+    assert shares.fallback_connections(20, 3, leases=0) == 0
+    assert shares.fallback_connections(20, 3, leases=15) == 6
 
 
 def _change(rule: str, old: float, new: float, what: str = "rate") -> Change:

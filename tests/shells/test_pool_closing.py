@@ -49,7 +49,7 @@ class SlowQuitServer:
 
 async def connect(pool: Pool, port: int, group: str) -> Connection:
     key = ("127.0.0.1", port, None)
-    assert await pool.reserve(key, group, group_limit=1) is None
+    assert await pool.reserve(key, group, group_limit=lambda: 1) is None
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5)
     await smtp.connect()
     await smtp.ehlo()

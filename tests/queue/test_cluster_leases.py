@@ -1,0 +1,173 @@
+"""A node's connection leases against a real redis-server (on a free port): Redis never
+counts fewer leases for a node than the transactions it has in flight and the
+connections its pool holds open, whatever happens while a poll lowers them; cut off from
+Redis, a node keeps within the leases it held until they lapse, then takes its fallback
+share."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from mta.clock import ManualClock
+from mta.config.mx_rules import load_mx_data
+from mta.config.service import ClusterConfig
+from mta.core import throttle
+from mta.core.throttle import SiteThrottle
+from mta.queue.cluster import RedisState
+from mta.queue.shared import Key
+from tests.cluster_helpers import RedisServer
+from tests.helpers import wait_for
+
+KEY = Key("google.test", "default")
+OTHER = Key("yahoo.test", "default")
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = await RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+def open_state(clock: ManualClock, key: Key = KEY) -> SiteThrottle:
+    """Gmail's rule (20 connections) with no rate limit: only the leases limit."""
+    state = throttle.new_state(
+        key.site, key.binding, load_mx_data().rules.by_name("gmail"), clock.now()
+    )
+    state.rate = math.inf
+    assert state.concurrency == 20
+    return state
+
+
+async def leases_in_redis(server: RedisServer, node: str, key: Key = KEY) -> int:
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        value = await client.hget(f"{{mta:{key.site}|{key.binding}}}:c", node)
+    finally:
+        await client.aclose()
+    return 0 if value is None else int(value)
+
+
+async def test_a_lease_renewal_never_counts_less_than_the_node_uses(
+    redis: RedisServer,
+) -> None:
+    """A poll sets out to give back leases the node no longer uses and, while it closes
+    the idle connections, the node acquires more and starts transactions on them: the
+    renewal that follows must count those, not the target set before (else other nodes
+    take the leases while the connections are open). A key first used meanwhile does not
+    upset the poll."""
+    clock = ManualClock()
+    config = ClusterConfig(url=redis.url, node="n0", poll=60, lease_ttl=120)
+    node = RedisState(config, clock, "n0")
+    connections = {KEY: 0, OTHER: 0}
+    closing = asyncio.Event()
+
+    async def trim(key: Key, count: int) -> None:
+        await closing.wait()  # the QUITs of idle connections take their time
+
+    node.trim = trim
+    node.connections = connections.__getitem__
+    await node.start()  # polls every minute: the test runs the polls itself
+    try:
+        state = open_state(clock)
+        now = clock.now()
+        assert node.grant(KEY, state, 2, 0, now).allowed == 0  # asks Redis
+        await wait_for(lambda: node.entries[KEY].held == 2)
+        assert node.grant(KEY, state, 2, 0, now).allowed == 2
+        node.started(KEY, 2, now)
+        connections[KEY] = 2
+        node.ended(KEY)
+        node.ended(KEY)
+        await node._poll_once()  # wanted more lately: keeps its 2
+        assert await leases_in_redis(redis, "n0") == 2
+
+        poll = asyncio.create_task(node._poll_once())  # none in flight: gives them back
+        await wait_for(lambda: node.entries[KEY].cap == 0)
+        assert node.grant(KEY, state, 5, 0, now).allowed == 0  # asks Redis again
+        await wait_for(lambda: node.entries[KEY].held == 5 and not node.entries[KEY].pending)
+        assert node.grant(KEY, state, 5, 0, now).allowed == 5
+        node.started(KEY, 5, now)
+        connections[KEY] = 5
+        node.grant(OTHER, open_state(clock, OTHER), 1, 0, now)  # a key new to the poll
+        closing.set()
+        await poll
+
+        assert await leases_in_redis(redis, "n0") >= 5
+        assert node.connection_limit(KEY, state) >= 5
+    finally:
+        closing.set()
+        await node.close()
+
+
+async def test_a_renewal_keeps_the_connections_still_open(redis: RedisServer) -> None:
+    """No transaction in flight, but a connection still open that the trim could not
+    close (its transaction just ended): the node keeps a lease for it, and its pool may
+    open no more than that."""
+    clock = ManualClock()
+    config = ClusterConfig(url=redis.url, node="n0", poll=60, lease_ttl=120)
+    node = RedisState(config, clock, "n0")
+    connections = {KEY: 0}
+    node.connections = connections.__getitem__
+    await node.start()
+    try:
+        state = open_state(clock)
+        now = clock.now()
+        node.grant(KEY, state, 4, 0, now)
+        await wait_for(lambda: node.entries[KEY].held == 4)
+        node.started(KEY, 4, now)
+        connections[KEY] = 4
+        await node._poll_once()
+        for _ in range(4):
+            node.ended(KEY)
+        connections[KEY] = 3
+        await node._poll_once()
+        assert await leases_in_redis(redis, "n0") == 3
+        assert node.connection_limit(KEY, state) == 3
+        connections[KEY] = 0
+        await node._poll_once()
+        assert await leases_in_redis(redis, "n0") == 0
+    finally:
+        await node.close()
+
+
+async def test_cut_off_a_node_keeps_within_its_leases_until_they_lapse(
+    redis: RedisServer,
+) -> None:
+    """Three nodes alive, a 20-connection site: n0 holds 2 leases when Redis goes away.
+    Until those lapse (lease_ttl after their last renewal) the others, if they still
+    reached Redis, could hold the other 18: n0 keeps to 2; then it takes its fallback
+    share, 20 // 3 = 6, and looks at the site again."""
+    clock = ManualClock()
+    nodes = [
+        RedisState(ClusterConfig(url=redis.url, node=f"n{i}", poll=0.05, lease_ttl=3), clock,
+                   f"n{i}")
+        for i in range(3)
+    ]
+    woken: list[str] = []
+    nodes[0].on_wake = woken.append
+    for node in nodes:
+        await node.start()
+    try:
+        state = open_state(clock)
+        now = clock.now()
+        nodes[0].grant(KEY, state, 2, 0, now)
+        await wait_for(lambda: nodes[0].entries[KEY].held == 2)
+        await wait_for(lambda: all(n.nodes_alive == 3 for n in nodes))
+
+        redis.kill()
+        await wait_for(lambda: nodes[0].degraded)
+        assert nodes[0].connection_limit(KEY, state) == 2
+        assert nodes[0].grant(KEY, state, 10, 0, now).allowed <= 2
+        woken.clear()
+        await wait_for(lambda: nodes[0].connection_limit(KEY, state) == 6, timeout=10)
+        await wait_for(lambda: KEY.site in woken)
+        assert nodes[0].grant(KEY, state, 10, 0, now).allowed == 6
+    finally:
+        for node in nodes:
+            await node.close()
