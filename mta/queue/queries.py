@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from mta.queue.records import (
@@ -200,7 +200,14 @@ def _next_due(conn: sqlite3.Connection, domain: str) -> float | None:
     return row[0] if row else None
 
 
-def pick(conn: sqlite3.Connection, requests: Sequence[tuple[str, int]], now: float) -> Pick:
+def pick(
+    conn: sqlite3.Connection,
+    requests: Sequence[tuple[str, int]],
+    now: float,
+    have: Collection[str] = (),
+) -> Pick:
+    """Lease per (domain, limit); read (and check) the contents of the messages picked but
+    those whose queue ids are in `have` (the caller has their content)."""
     recipients: list[DueRecipient] = []
     next_due: dict[str, float | None] = {}
     for domain, limit in requests:
@@ -215,7 +222,8 @@ def pick(conn: sqlite3.Connection, requests: Sequence[tuple[str, int]], now: flo
         _lease(conn, picked)
         recipients.extend(picked)
         next_due[domain] = _next_due(conn, domain)
-    contents, damaged = verified_contents(conn, sorted({r.message_id for r in recipients}))
+    wanted = sorted({r.message_id for r in recipients if r.queue_id not in have})
+    contents, damaged = verified_contents(conn, wanted)
     return Pick(recipients, contents, next_due, frozenset(damaged))
 
 

@@ -9,7 +9,9 @@ domain with due work whose site admits more now (token bucket, connection
 limit, suspension, cohort "down") from a binding under its ramp-up cap for
 that ISP (`mta.core.rampup`), it leases just that many recipients (an index
 seek per domain, whatever the size of the queue) and starts one job per
-message. Outcomes are settled by the pure `mta.core.settle`, recorded in one
+message; a message the ingress has just committed goes out with the content it
+handed over in memory, older ones are read from the spool and their checksum
+checked. Outcomes are settled by the pure `mta.core.settle`, recorded in one
 group commit, and fed back to the site's throttle; every change of a site's
 limits is logged, kept in the spool and shown by `mta queue sites`. Validity
 ends are swept from their own index, so recipients waiting behind a suspended
@@ -65,6 +67,7 @@ from mta.queue.spool import Spool, SpoolError
 log = logging.getLogger("mta.scheduler")
 
 RECORD_RETRIES = 5
+FRESH_BYTES = 16 * 1024 * 1024  # contents of newly committed messages kept for their pick
 SITE_REFRESH = 60.0  # real seconds before a domain's MX hosts are looked up again
 EXPIRY_BATCH = 500
 # What a recipient of a message whose content failed its checksum records (and its
@@ -131,6 +134,11 @@ class Scheduler(OperatorActions):
         # Recipients per result: DELIVERED, RETRY, THROTTLED, BOUNCE, EXPIRE.
         self.counts: Counter[Result] = Counter()
         self.coalesced = 0  # soft bounces not reported: repeats (mta.core.coalesce)
+        # Queue id -> content of messages just committed, oldest first, until picked (then
+        # the spool's writer need not read and check them again: these bytes never left
+        # memory); the oldest go past FRESH_BYTES, and are read from the spool instead.
+        self._fresh: dict[str, bytes] = {}
+        self._fresh_bytes = 0
 
     # -- control --------------------------------------------------------------
 
@@ -145,6 +153,10 @@ class Scheduler(OperatorActions):
             if work.next_due is None or message.received_at < work.next_due:
                 work.next_due = message.received_at
         self._next_expiry = min(self._next_expiry, message.expires_at)
+        self._fresh[message.queue_id] = message.content
+        self._fresh_bytes += len(message.content)
+        while self._fresh_bytes > FRESH_BYTES:
+            self._fresh_bytes -= len(self._fresh.pop(next(iter(self._fresh))))
         self._wake.set()
 
     async def start(self) -> None:
@@ -379,7 +391,15 @@ class Scheduler(OperatorActions):
         plans: dict[str, Plan],
         now: float,
     ) -> None:
-        pick = await self.spool.pick(requests, now)
+        fresh = dict(self._fresh)  # what the pick need not read, as it was when asked
+        pick = await self.spool.pick(requests, now, fresh.keys())
+        contents = dict(pick.contents)
+        for r in pick.recipients:
+            content = fresh.get(r.queue_id)
+            if content is not None:
+                contents[r.message_id] = content
+                if self._fresh.pop(r.queue_id, None) is not None:
+                    self._fresh_bytes -= len(content)
         for domain, next_due in pick.next_due.items():
             self._work(domain).next_due = next_due
         by_domain: dict[str, list[DueRecipient]] = {}
@@ -395,7 +415,7 @@ class Scheduler(OperatorActions):
         for domain, due in by_domain.items():
             site, shares = plans[domain]
             slots = [binding for binding, count in shares for _ in range(count)]
-            for index, (job, members) in enumerate(group_jobs(due, pick.contents, per_transaction)):
+            for index, (job, members) in enumerate(group_jobs(due, contents, per_transaction)):
                 binding = slots[min(index, len(slots) - 1)]
                 self._start_job(job, members, site, binding, now)
 

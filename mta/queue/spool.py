@@ -32,7 +32,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,13 +383,16 @@ class Spool:
             raise SpoolError("spool is closed")
         self._queue.put(_Op(lambda conn: queries.ingest(conn, [message]), done, message))
 
-    async def pick(self, requests: Sequence[tuple[str, int]], now: float) -> Pick:
-        """Lease, per (domain, limit), up to `limit` recipients due by `now`, earliest first.
+    async def pick(
+        self, requests: Sequence[tuple[str, int]], now: float, have: Collection[str] = ()
+    ) -> Pick:
+        """Lease, per (domain, limit), up to `limit` recipients due by `now`, earliest first,
+        with the contents of their messages but those whose queue ids are in `have`.
 
         Each domain costs index seeks: the size of the queue does not matter. The
         answer also says when each domain's next remaining recipient is due.
         """
-        return await self._submit(lambda conn: queries.pick(conn, requests, now))
+        return await self._submit(lambda conn: queries.pick(conn, requests, now, have))
 
     async def pick_expired(self, now: float, limit: int) -> tuple[list[DueRecipient], float | None]:
         """Lease waiting recipients whose validity ended, and the next expiry after them."""

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import random
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -346,3 +347,31 @@ async def test_a_failed_session_is_one_signal_for_the_site_whatever_its_recipien
         await h.until(lambda: state.counts[Result.CONNECT_FAILED] == 3, "the site learned")
         assert state.connect_failures == 1  # one session, one failure in the cohort's streak
         assert len(h.deliverer.jobs) == 1
+
+
+async def test_a_message_just_committed_goes_out_from_memory_older_ones_are_read_and_checked(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    """The content of a message the ingress just committed is handed to its delivery from
+    memory (those bytes never left it); an older one is read from the spool and checked.
+    Both stored contents are spoiled on disk: only the older one is held as damaged."""
+    async with harness_for(answering(OK)) as h:
+        now = h.clock.now()
+        recipient = NewRecipient("old@a.test", "a.test", None)
+        content = b"Subject: old\r\n\r\nx\r\n"
+        old = NewMessage("QOLD", "s@x.test", None, now, now + 86400, content, False, (recipient,))
+        await h.spool.ingest(old)  # as if from before a restart: the scheduler never saw it
+        await h.submit("a.test")  # Q0001, through the scheduler's `queued`
+        conn = sqlite3.connect(h.spool.path)
+        conn.execute("UPDATE messages SET content = CAST('spoiled' AS BLOB)")
+        conn.commit()
+        conn.close()
+        await h.scheduler.start()
+        await h.until(lambda: h.n(Result.DELIVERED) == 1, "the fresh one delivered")
+        await h.until(lambda: h.n(Result.RETRY) == 1, "the old one held")
+        [job] = h.deliverer.jobs
+        assert (job.queue_id, job.content) == ("Q0001", b"Subject: test\r\n\r\nhello\r\n")
+        conn = sqlite3.connect(h.spool.path)
+        damaged = conn.execute("SELECT queue_id, damaged FROM messages ORDER BY id").fetchall()
+        conn.close()
+        assert damaged == [("QOLD", 1), ("Q0001", 0)]
