@@ -186,9 +186,7 @@ def _due(row: Sequence[Any]) -> DueRecipient:
 
 
 def _lease(conn: sqlite3.Connection, recipients: Sequence[DueRecipient]) -> None:
-    conn.executemany(
-        "UPDATE recipients SET leased = 1 WHERE id = ?", [(r.recipient_id,) for r in recipients]
-    )
+    _where_ids(conn, "UPDATE recipients SET leased = 1 WHERE", [r.recipient_id for r in recipients])
 
 
 def _next_due(conn: sqlite3.Connection, domain: str) -> float | None:
@@ -331,22 +329,29 @@ def volume_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, str,
 
 
 def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
-    conn.executemany(
-        "UPDATE recipients SET state = ?, attempts = ?, next_attempt_at = ?, leased = 0, seq = ?,"
-        " possible_duplicate = ?, last_code = COALESCE(?, last_code),"
-        " last_enhanced = CASE WHEN ? IS NULL THEN last_enhanced ELSE ? END,"
-        " last_text = COALESCE(?, last_text), last_phase = COALESCE(?, last_phase),"
-        " last_mx = COALESCE(?, last_mx), updated_at = ?,"
-        " reported_at = CASE WHEN ? IS NULL THEN reported_at ELSE ? END,"
-        " reported_key = COALESCE(?, reported_key) WHERE id = ?",
+    """Attempt results: one statement per table for them all (each row of an executemany
+    would cost the writer thread a GIL hand-over). Each recipient gets its state and, where
+    the attempt had one, its last reply (a reply's enhanced code goes with its code)."""
+    _update_rows(
+        conn,
+        "recipients SET state = v.column2, attempts = v.column3, next_attempt_at = v.column4,"
+        " leased = 0, seq = v.column5, possible_duplicate = v.column6,"
+        " last_code = COALESCE(v.column7, last_code),"
+        " last_enhanced = CASE WHEN v.column7 IS NULL THEN last_enhanced ELSE v.column8 END,"
+        " last_text = COALESCE(v.column9, last_text),"
+        " last_phase = COALESCE(v.column10, last_phase),"
+        " last_mx = COALESCE(v.column11, last_mx), updated_at = v.column12,"
+        " reported_at = CASE WHEN v.column13 IS NULL THEN reported_at ELSE v.column12 END,"
+        " reported_key = COALESCE(v.column13, reported_key)",
+        "recipients.id",
         [
             (
+                u.recipient_id,
                 u.state,
                 u.attempts,
                 u.next_attempt_at,
                 u.seq,
                 int(u.possible_duplicate),
-                u.code,
                 u.code,
                 u.enhanced,
                 u.text,
@@ -354,16 +359,13 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
                 u.mx,
                 u.at,
                 u.reported_key,
-                u.at,
-                u.reported_key,
-                u.recipient_id,
             )
             for u in updates
         ],
     )
-    conn.executemany(
-        "INSERT INTO attempts (recipient_id, at, code, enhanced, text, phase, mx, result, site,"
-        " binding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    _insert_rows(
+        conn,
+        "attempts (recipient_id, at, code, enhanced, text, phase, mx, result, site, binding)",
         [
             (
                 u.recipient_id,
@@ -381,13 +383,12 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
             if u.attempted
         ],
     )
-    events = [u for u in updates if u.event is not None]
-    conn.executemany(
-        "INSERT INTO events (event_id, recipient_id, seq, kind, at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+    _insert_rows(
+        conn,
+        "events (event_id, recipient_id, seq, kind, at, body)",
         [
             (u.event[0], u.recipient_id, u.seq, u.event[1], u.at, u.event[2])
-            for u in events
+            for u in updates
             if u.event is not None
         ],
     )
@@ -396,15 +397,40 @@ def record(conn: sqlite3.Connection, updates: Sequence[Update]) -> None:
         if u.state != "queued":
             finished[u.message_id] = finished.get(u.message_id, 0) + 1
     if finished:
-        conn.executemany(
-            "UPDATE messages SET pending = pending - ? WHERE id = ?",
-            [(count, message_id) for message_id, count in finished.items()],
+        _update_rows(
+            conn,
+            "messages SET pending = pending - v.column2",
+            "messages.id",
+            list(finished.items()),
         )
         # Content is kept only while some recipient may still need it.
-        conn.executemany(
-            "UPDATE messages SET content = NULL WHERE id = ? AND pending <= 0",
-            [(message_id,) for message_id in finished],
+        _where_ids(conn, "UPDATE messages SET content = NULL WHERE pending <= 0 AND", finished)
+
+
+def _update_rows(
+    conn: sqlite3.Connection, table_set: str, key: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """UPDATE `table_set` FROM (VALUES ...) AS v WHERE `key` = v.column1: one statement for
+    up to ROWS_PER_INSERT rows, each row's values as v.column1, v.column2, ..."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        conn.execute(
+            f"UPDATE {table_set} FROM (VALUES {', '.join([marks] * len(chunk))}) AS v"
+            f" WHERE {key} = v.column1",
+            [value for row in chunk for value in row],
         )
+
+
+def _where_ids(conn: sqlite3.Connection, statement: str, ids: Collection[int]) -> None:
+    """`statement` (ending in WHERE ... or AND) for the rows with these ids, one statement
+    for up to ROWS_PER_INSERT of them."""
+    every = list(ids)
+    for start in range(0, len(every), ROWS_PER_INSERT):
+        chunk = every[start : start + ROWS_PER_INSERT]
+        conn.execute(f"{statement} id IN ({', '.join('?' * len(chunk))})", chunk)
 
 
 def release(conn: sqlite3.Connection, releases: Sequence[Release]) -> None:

@@ -175,6 +175,7 @@ async def test_a_batch_stores_its_messages_together_and_one_failure_sinks_no_oth
     states = check.execute("SELECT state, leased FROM recipients WHERE message_id = 1").fetchall()
     sites = check.execute("SELECT COUNT(*) FROM site_events").fetchone()[0]
     check.close()
+
     def relayed(q: str, n: int) -> list[tuple[str, str, str, int, str]]:
         return [(q, f"{q}.{i}@example.test", f"ev-{q}-{i}", 1, "relayed") for i in range(n)]
 
@@ -187,3 +188,101 @@ async def test_a_batch_stores_its_messages_together_and_one_failure_sinks_no_oth
     assert pending == [("Q0", 0, 1), ("Q1", 2, 0), ("Q2", 3, 0), ("Q4", 1, 0)]
     assert states == [("delivered", 0), ("delivered", 0)]
     assert sites == 1
+
+
+async def test_attempt_results_keep_the_last_reply_and_report_unless_replaced(
+    tmp_path: Path,
+) -> None:
+    """Recording results (several recipients in one statement per table): a result with a
+    reply replaces the last reply (its enhanced code with its code, even when it has none);
+    one without keeps it, and a soft bounce reported stays until another is."""
+    path = tmp_path / "spool.sqlite3"
+    spool = await Spool.open(path)
+    try:
+        await spool.ingest(_message("Q0", 2))
+        first, second = (await spool.pick([("example.test", 2)], 1500.0)).recipients
+
+        await spool.record(
+            [
+                Update(
+                    first.recipient_id,
+                    first.message_id,
+                    attempts=1,
+                    seq=2,
+                    at=1600.0,
+                    state="queued",
+                    next_attempt_at=1600.0,
+                    code=451,
+                    enhanced="4.3.0",
+                    text="later",
+                    phase="rcpt",
+                    mx="mx1",
+                    reported_key="k1",
+                ),
+                Update(
+                    second.recipient_id,
+                    second.message_id,
+                    attempts=1,
+                    seq=2,
+                    at=1600.0,
+                    state="queued",
+                    next_attempt_at=1600.0,
+                    code=451,
+                    text="no enhanced code",
+                    phase="rcpt",
+                    mx="mx1",
+                ),
+            ]
+        )
+        again = (await spool.pick([("example.test", 2)], 1700.0)).recipients
+        assert [r.recipient_id for r in again] == [first.recipient_id, second.recipient_id]
+        assert (again[0].last_enhanced, again[1].last_enhanced) == ("4.3.0", None)
+        await spool.record(
+            [
+                Update(
+                    first.recipient_id,
+                    first.message_id,
+                    attempts=1,
+                    seq=2,
+                    at=1800.0,
+                    state="queued",
+                    next_attempt_at=9000.0,
+                    attempted=False,
+                ),
+                Update(
+                    second.recipient_id,
+                    second.message_id,
+                    attempts=1,
+                    seq=2,
+                    at=1800.0,
+                    state="bounced",
+                    next_attempt_at=None,
+                    code=550,
+                    enhanced="5.1.1",
+                    text="no such user",
+                    phase="rcpt",
+                    mx="mx2",
+                    result=Result.BOUNCE,
+                ),
+            ]
+        )
+    finally:
+        await spool.close()
+    check = sqlite3.connect(path)
+    rows = check.execute(
+        "SELECT state, leased, next_attempt_at, last_code, last_enhanced, last_text, last_mx,"
+        " updated_at, reported_key, reported_at FROM recipients ORDER BY id"
+    ).fetchall()
+    attempts = check.execute("SELECT recipient_id, code FROM attempts ORDER BY id").fetchall()
+    message = check.execute("SELECT pending, content IS NULL FROM messages").fetchone()
+    check.close()
+    assert rows == [
+        ("queued", 0, 9000.0, 451, "4.3.0", "later", "mx1", 1800.0, "k1", 1600.0),
+        ("bounced", 0, None, 550, "5.1.1", "no such user", "mx2", 1800.0, None, None),
+    ]
+    assert attempts == [
+        (first.recipient_id, 451),
+        (second.recipient_id, 451),
+        (second.recipient_id, 550),
+    ]
+    assert message == (1, 0)  # one recipient still queued: the content is kept
