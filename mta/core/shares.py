@@ -6,11 +6,12 @@ room for `burst` cells, n cells may go at `now` when max(tat, now) + n*T - now <
 burst*T, and then tat becomes max(tat, now) + n*T. The same step runs as a Lua
 script in Redis (`mta.queue.cluster`) and, for a node cut off from Redis, here.
 
-Grants come in batches (`token_batch`): a node asks for what it may use within
-`window` seconds at the current rate, so a busy site costs one round trip per
-batch, not per message. When Redis is out of reach a node keeps to a conservative
-share of each limit: the limit divided by the nodes it last saw alive
-(`fallback_share`, `fallback_connections`).
+Grants come in batches (`reservation`): a node asks for its part of what the bucket
+holds and of the cells that conform within a horizon, each reserved cell to be used at
+its due time (`due_times`), so a site costs one round trip per batch, not per message,
+even one so slow that its bucket holds a single cell. When Redis is out of reach a
+node keeps to a conservative share of each limit: the limit divided by the nodes it
+last saw alive (`fallback_share`, `fallback_connections`).
 
 The adaptive rate is one level for the whole cluster, and a node's controller moves
 it by operations, not values (`rate_op`): a multiplicative cut names the rule and when
@@ -57,14 +58,25 @@ def gcra(tat: float, now: float, rate: float, burst: float, want: int) -> GcraSt
     return GcraStep(granted, new_tat, retry)
 
 
-def token_batch(rate: float, burst: float, want: int, window: float, nodes: int = 1) -> int:
-    """How many tokens to ask for at once: what `window` seconds at `rate` use, at least
-    `want`, at most the node's part of the bucket (its size / `nodes`: one node must not
-    take a burst the others could use)."""
-    if not math.isfinite(rate):
-        return want
-    batch = max(want, math.ceil(rate * window))
-    return max(1, min(batch, math.floor(max(burst, 1.0) / max(nodes, 1))))
+def reservation(
+    rate: float, burst: float, want: int, window: float, nodes: int
+) -> tuple[int, float]:
+    """(tokens to ask for, horizon): a node may reserve cells of the bucket that conform
+    within `horizon` seconds, each used at its due time, so that a slow site too costs
+    well under one round trip per message: the horizon lets each of the `nodes` hold
+    about four cells (at least `window`, at most 60 s); the tokens are the node's part of
+    what the bucket and the horizon hold, at least `want`."""
+    if not math.isfinite(rate) or rate <= 0:
+        return want, 0.0
+    horizon = min(max(window, 4.0 * max(nodes, 1) / rate), 60.0)
+    part = math.floor((max(burst, 1.0) + rate * horizon) / max(nodes, 1))
+    return max(1, min(max(want, math.ceil(rate * horizon / max(nodes, 1))), part)), horizon
+
+
+def due_times(first: float, interval: float, count: int, now: float) -> list[float]:
+    """When each of `count` reserved cells may go: the first conforms at `first`, the
+    next one `interval` later, none before `now`."""
+    return [max(now, first + k * interval) for k in range(count)]
 
 
 def fallback_share(limit: float, nodes: int) -> float:

@@ -35,6 +35,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,7 @@ class Entry:
     key: Key
     tokens: int = 0
     tokens_until: float = -math.inf  # virtual: unused tokens lapse (no bursts saved up)
+    future: deque[float] = field(default_factory=deque)  # virtual: reserved tokens' due times
     retry_at: float | None = None  # virtual: the bucket is empty (or suspended) until then
     held: int = 0  # connection leases
     renewed_at: float = -math.inf  # monotonic: when Redis last confirmed `held` (call sent)
@@ -325,6 +327,7 @@ class RedisState:
             self.ledger.nodes = self.nodes_alive
             for entry in self.entries.values():
                 entry.tokens = 0
+                entry.future.clear()
                 entry.pending = False
             self._spawn(self._wake_when_leases_lapse())
             log.warning(
@@ -380,6 +383,8 @@ class RedisState:
         if self.degraded:
             return self._fallback(entry, state, want, in_flight, now)
         limited = math.isfinite(state.rate)
+        if limited:
+            self._ripen(entry, now)
         if limited and now >= entry.tokens_until:
             entry.tokens = 0
         tokens = entry.tokens if limited else want
@@ -387,6 +392,9 @@ class RedisState:
         allowed = max(0, min(want, tokens, held - in_flight))
         if allowed >= want:
             return Grant(allowed)
+        if limited and entry.future and tokens <= allowed:
+            # Tokens reserved come due later: no round trip before then.
+            return Grant(allowed, None if allowed else entry.future[0])
         if entry.retry_at is not None and now < entry.retry_at and (not limited or tokens <= 0):
             return Grant(allowed, None if allowed else entry.retry_at)
         if held - in_flight <= allowed and time.monotonic() < entry.lease_wait_until:
@@ -397,6 +405,17 @@ class RedisState:
             entry.asked = True
             self._spawn(self._refill(entry, state, want - allowed, in_flight, now))
         return Grant(allowed)
+
+    def _ripen(self, entry: Entry, now: float) -> None:
+        """Reserved tokens now due become usable (for `batch`; then they lapse)."""
+        while entry.future and entry.future[0] <= now:
+            due = entry.future.popleft()
+            if now >= due + self.config.batch:
+                continue
+            if now >= entry.tokens_until:
+                entry.tokens = 0
+            entry.tokens += 1
+            entry.tokens_until = max(entry.tokens_until, due + self.config.batch)
 
     def _fallback(
         self, entry: Entry, state: SiteThrottle, want: int, in_flight: int, now: float
@@ -427,10 +446,10 @@ class RedisState:
                 free = max(0, entry.held - entry.in_flight)
                 limited = math.isfinite(state.rate)
                 burst = state.rule.burst if state.rule.burst > 0 else 0.0
-                want_tokens = (
-                    shares.token_batch(state.rate, burst or max(1.0, state.rate), want,
+                want_tokens, horizon = (
+                    shares.reservation(state.rate, burst or max(1.0, state.rate), want,
                                        self.config.batch, self.nodes_alive)
-                    if limited else 0
+                    if limited else (0, 0.0)
                 )
                 want_leases = max(0, max(want, want_tokens) - free)
                 want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
@@ -450,6 +469,7 @@ class RedisState:
                             state.concurrency,
                             self._ttl_ms,
                             free,
+                            repr(horizon),
                         ],
                     ),
                     self.config.timeout,
@@ -463,14 +483,15 @@ class RedisState:
                 entry.cap = None
                 entry.others_leases, entry.contenders = int(reply[3]), int(reply[4])
                 snap = _snapshot(reply[5:])
-                if limited:
-                    if now >= entry.tokens_until:
-                        entry.tokens = 0
-                    entry.tokens += tokens
-                    entry.tokens_until = now + self.config.batch
+                self._note(entry, snap)  # first: a cut it shows drops the old rate's tokens
+                if limited and tokens:
+                    interval = 1.0 / snap.rate if math.isfinite(snap.rate) else 0.0
+                    entry.future.extend(
+                        shares.due_times(now + float(reply[15]), interval, tokens, now)
+                    )
+                    self._ripen(entry, self.clock.now())
                 waiting = retry_at >= 0 and (tokens == 0 or not limited)
                 entry.retry_at = retry_at if waiting else None
-                self._note(entry, snap)
                 if want_leases and entry.held - entry.in_flight <= 0:
                     entry.lease_wait_until = time.monotonic() + self.config.poll
                     wake_later = True
@@ -509,8 +530,13 @@ class RedisState:
     # -- adaptive state -------------------------------------------------------------
 
     def _note(self, entry: Entry, snap: Snapshot) -> None:
-        """A snapshot from Redis: keep it for `adopt`."""
-        if entry.remote is None or snap.version >= entry.remote.version:
+        """A snapshot from Redis: keep it for `adopt`. A newer one with a lower rate is a
+        cut: tokens taken (or reserved) at the old rate are not to be spent."""
+        before = entry.remote
+        if before is None or snap.version >= before.version:
+            if before is not None and snap.rate < before.rate:
+                entry.tokens = 0
+                entry.future.clear()
             entry.remote = snap
 
     def adopt(self, key: Key, state: SiteThrottle, now: float) -> list[Change]:
@@ -562,6 +588,7 @@ class RedisState:
         entry = self._entry(key)
         if op.kind == "cut":
             entry.tokens = 0  # taken at the old rate: not to be spent
+            entry.future.clear()
         if self.degraded:
             entry.dirty = state
             return
@@ -666,12 +693,7 @@ class RedisState:
         entry = self.entries.get(Key(site, binding))
         if entry is None:
             return
-        snap = _snapshot(lines[3:])
-        before = entry.remote
-        if before is not None and snap.rate < before.rate:
-            # A cut: tokens taken at the old rate are not to be spent.
-            entry.tokens = 0
-        self._note(entry, snap)
+        self._note(entry, _snapshot(lines[3:]))
         self.on_wake(site)
 
     # -- the poll ------------------------------------------------------------------

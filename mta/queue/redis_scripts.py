@@ -94,9 +94,12 @@ end
 
 
 # KEYS: state, conn, want. ARGV: node, now, want_tokens, want_leases, rate, burst, conc,
-# ttl_ms, free (leases the node holds and is not using).
+# ttl_ms, free (leases the node holds and is not using), horizon (virtual s: cells that
+# conform by now + horizon may be reserved, each to be used at its due time).
 # Returns: tokens, retry_at (-1: none), leases held, others' leases, contenders, then
-# the state's snapshot: rate, conc, susp, down, hold, push, ver, by, used, fired.
+# the state's snapshot: rate, conc, susp, down, hold, push, ver, by, used, fired, then
+# when the first token granted is due, from now (<= 0: at once; the next ones follow
+# one interval apart).
 ACQUIRE = _COMMON + _LEASES + _state(5, 7) + """
 local node = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -105,6 +108,7 @@ local want_l = tonumber(ARGV[4])
 local burst_rule = tonumber(ARGV[6])
 local ttl = tonumber(ARGV[8])
 local free = tonumber(ARGV[9])
+local horizon = tonumber(ARGV[10] or '0')
 local mine, others, contenders = leases(KEYS[2], KEYS[3], node, ttl, want_l > 0)
 local got_l = 0
 if want_l > 0 then
@@ -114,7 +118,7 @@ if want_l > 0 then
 end
 mine = mine + got_l
 hold(KEYS[2], node, mine, ttl)
-local tokens, retry = 0, -1
+local tokens, retry, due = 0, -1, 0
 local blocked = math.max(susp, down)
 if now < blocked then
   retry = blocked
@@ -128,16 +132,18 @@ elseif free + got_l > 0 and want_t > 0 then
     burst = math.max(burst, 1)
     local tat = math.max(num(s[1], now), now)
     -- differences first: virtual times near 1.8e9 leave too few digits for now + T - now
-    local room = math.floor((burst * interval - (tat - now)) / interval + 1e-6)
+    local room = math.floor((burst * interval + horizon - (tat - now)) / interval + 1e-6)
     tokens = math.max(0, math.min(want_t, room))
+    due = (tat - now) + interval - burst * interval
     tat = tat + tokens * interval
-    if tokens < want_t then retry = tat - burst * interval + interval end
+    if tokens < want_t then retry = tat - burst * interval + interval - horizon end
     redis.call('HSET', KEYS[1], 'tat', str(tat))
   end
 end
 redis.call('PEXPIRE', KEYS[1], 7 * 86400 * 1000)
 local out = {tostring(tokens), str(retry), tostring(mine), tostring(others), tostring(contenders)}
 for _, v in ipairs(snapshot()) do table.insert(out, v) end
+table.insert(out, str(due))
 return out
 """
 

@@ -37,11 +37,20 @@ def test_gcra_unlimited_and_nothing_wanted() -> None:
     assert shares.gcra(0.0, NOW, 1.0, 1, 0).granted == 0
 
 
-def test_token_batches_are_a_window_of_the_rate_within_the_nodes_part() -> None:
-    assert shares.token_batch(100.0, 100.0, 1, window=0.25) == 25
-    assert shares.token_batch(100.0, 100.0, 1, window=1.0, nodes=4) == 25
-    assert shares.token_batch(100 / 60, 1.0, 1, window=1.0) == 1
-    assert shares.token_batch(math.inf, 1.0, 5, window=1.0) == 5
+def test_reservations_are_the_nodes_part_of_the_bucket_and_a_horizon() -> None:
+    # Fast: the horizon is the window; each node asks for its part of a window's cells.
+    assert shares.reservation(100.0, 100.0, 1, window=1.0, nodes=4) == (25, 1.0)
+    assert shares.reservation(100.0, 100.0, 40, window=1.0, nodes=4) == (40, 1.0)
+    # 100/minute over 3 nodes: the bucket holds 1 cell; the horizon lets each node hold 4.
+    tokens, horizon = shares.reservation(100 / 60, 1.0, 1, window=1.0, nodes=3)
+    assert (tokens, horizon) == (4, pytest.approx(7.2))
+    assert shares.reservation(math.inf, 1.0, 5, window=1.0, nodes=3) == (5, 0.0)
+    assert shares.reservation(1 / 3600, 1.0, 1, window=1.0, nodes=3)[1] == 60.0
+
+
+def test_reserved_cells_are_due_one_interval_apart_never_before_now() -> None:
+    assert shares.due_times(NOW - 1.0, 0.6, 3, NOW) == [NOW, NOW, pytest.approx(NOW + 0.2)]
+    assert shares.due_times(NOW + 0.5, 0.5, 2, NOW) == [NOW + 0.5, NOW + 1.0]
 
 
 def test_fallback_shares() -> None:
