@@ -10,6 +10,7 @@ is not handed to a new connection before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from aiosmtplib import SMTPException
 
 Key = tuple[str, int, str | None]  # (address, port, source address)
 GroupLimit = Callable[[], int]  # the most connections a group may keep open, now
+LIMIT_RECHECK = 0.25  # seconds: a job waiting at its group's limit reads it again
 
 
 @dataclass(eq=False)
@@ -129,7 +131,13 @@ class Pool:
                     and self._close_idle(lambda c: c.key != key)
                 ):
                     continue
-                await self._changed.wait()
+                if group_limit is None:
+                    await self._changed.wait()
+                else:
+                    # A rise of the group's limit (leases granted) sends no notice: look
+                    # again now and then.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), LIMIT_RECHECK)
 
     def _close_idle(self, which: Callable[[Connection], bool]) -> bool:
         """Close the oldest idle connection that `which` accepts; False if there is none."""
