@@ -411,7 +411,9 @@ def _update_rows(
     conn: sqlite3.Connection, table_set: str, key: str, rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """UPDATE `table_set` FROM (VALUES ...) AS v WHERE `key` = v.column1: one statement for
-    up to ROWS_PER_INSERT rows, each row's values as v.column1, v.column2, ..."""
+    up to ROWS_PER_INSERT rows, each row's values as v.column1, v.column2, ... A key given
+    twice: its last row wins, as with one UPDATE per row (SQLite would pick either)."""
+    rows = list({row[0]: row for row in rows}.values())
     if not rows:
         return
     marks = "(" + ", ".join("?" * len(rows[0])) + ")"
