@@ -44,6 +44,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from mta.clock import Clock
 from mta.config.service import ClusterConfig
@@ -451,10 +452,11 @@ class RedisState:
                                        self.config.batch, self.nodes_alive)
                     if limited else (0, 0.0)
                 )
-                want_leases = max(0, max(want, want_tokens) - free)
+                want_leases = max(0, want - free)
                 want_leases = min(want_leases, max(state.concurrency - entry.held, 0))
-                if limited and entry.tokens >= want:
-                    want_tokens = 0
+                have = entry.tokens + len(entry.future)  # taken or reserved already
+                if limited:
+                    want_tokens = 0 if have >= want else max(0, want_tokens - have)
                 sent = time.monotonic()
                 reply = await asyncio.wait_for(
                     self._acquire(
@@ -470,6 +472,7 @@ class RedisState:
                             self._ttl_ms,
                             free,
                             repr(horizon),
+                            max(entry.in_flight, self.connections(key)),
                         ],
                     ),
                     self.config.timeout,
@@ -779,7 +782,15 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self.ledger.put_back(pending)
             for key in keys:
-                self.entries[key].own_used += used[key]
+                entry = self.entries[key]
+                entry.own_used += used[key]
+                if renewals[key] >= 0:
+                    # The renewal may have run in Redis though no reply came: count no
+                    # more than it said, and (a reply late, not a connection refused)
+                    # as long as it would keep them.
+                    entry.held = min(entry.held, renewals[key])
+                    if isinstance(exc, (TimeoutError, RedisTimeout)):
+                        entry.renewed_at = sent
             self._lost(exc)
             return
         try:

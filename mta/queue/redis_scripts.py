@@ -95,7 +95,9 @@ end
 
 # KEYS: state, conn, want. ARGV: node, now, want_tokens, want_leases, rate, burst, conc,
 # ttl_ms, free (leases the node holds and is not using), horizon (virtual s: cells that
-# conform by now + horizon may be reserved, each to be used at its due time).
+# conform by now + horizon may be reserved, each to be used at its due time), in_use
+# (transactions in flight or connections open on the node: it holds no fewer leases,
+# whatever Redis had, e.g. emptied or expired while the node was slow).
 # Returns: tokens, retry_at (-1: none), leases held, others' leases, contenders, then
 # the state's snapshot: rate, conc, susp, down, hold, push, ver, by, used, fired, then
 # when the first token granted is due, from now (<= 0: at once; the next ones follow
@@ -110,6 +112,7 @@ local ttl = tonumber(ARGV[8])
 local free = tonumber(ARGV[9])
 local horizon = tonumber(ARGV[10] or '0')
 local mine, others, contenders = leases(KEYS[2], KEYS[3], node, ttl, want_l > 0)
+mine = math.max(mine, tonumber(ARGV[11] or '0'))
 local got_l = 0
 if want_l > 0 then
   local cap = conc

@@ -7,6 +7,7 @@ share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -136,6 +137,109 @@ async def test_a_renewal_keeps_the_connections_still_open(redis: RedisServer) ->
         await node.close()
 
 
+class LossyProxy:
+    """A TCP relay to Redis that can stop passing Redis' replies on (a network losing
+    them): what the node sent still runs in Redis, the node hears nothing back.
+    `lose_replies_after(n)`: n more replies pass, then none."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.passing: int | None = None  # replies still to pass; None: all
+        self.server: asyncio.Server | None = None
+
+    def lose_replies_after(self, count: int) -> None:
+        self.passing = count
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            while data := await src.read(65536):
+                if replies and self.passing is not None:
+                    if self.passing <= 0:
+                        continue
+                    self.passing -= 1
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        writer.close()
+        up_writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_renewal_whose_reply_is_lost_still_bounds_the_node(redis: RedisServer) -> None:
+    """The node lowers its leases from 4 to the 1 connection still open; Redis runs the
+    renewal but its reply is lost, so the node falls back: it must keep within the 1
+    lease Redis now counts for it, not the 4 it held before."""
+    clock = ManualClock()
+    proxy = LossyProxy(redis.port)
+    url = await proxy.start()
+    node = RedisState(ClusterConfig(url=url, node="n0", poll=60, lease_ttl=120, timeout=0.5),
+                      clock, "n0")
+    connections = {KEY: 0}
+    node.connections = connections.__getitem__
+    await node.start()
+    try:
+        state = open_state(clock)
+        now = clock.now()
+        node.grant(KEY, state, 4, 0, now)
+        await wait_for(lambda: node.entries[KEY].held == 4)
+        node.started(KEY, 4, now)
+        connections[KEY] = 4
+        await node._poll_once()
+        for _ in range(4):
+            node.ended(KEY)
+        connections[KEY] = 1
+        # The client checks that the renewal script is loaded (one reply), then sends the
+        # poll's pipeline: Redis runs it, its replies are lost.
+        proxy.lose_replies_after(1)
+        await node._poll_once()
+        assert node.degraded
+        assert await leases_in_redis(redis, "n0") == 1
+        assert node.connection_limit(KEY, state) == 1
+        assert node.grant(KEY, state, 10, 0, now).allowed <= 1
+    finally:
+        await node.close()
+        proxy.close()
+
+
+async def test_an_acquire_never_counts_less_than_the_node_uses(redis: RedisServer) -> None:
+    """Redis lost the node's leases (emptied, or they expired while the node was slow)
+    while 4 transactions are in flight: the next acquire counts those 4 and the new one,
+    so other nodes cannot take them."""
+    clock = ManualClock()
+    config = ClusterConfig(url=redis.url, node="n0", poll=60, lease_ttl=120)
+    node = RedisState(config, clock, "n0")
+    connections = {KEY: 0}
+    node.connections = connections.__getitem__
+    await node.start()
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        state = open_state(clock)
+        now = clock.now()
+        node.grant(KEY, state, 4, 0, now)
+        await wait_for(lambda: node.entries[KEY].held == 4)
+        node.started(KEY, 4, now)
+        connections[KEY] = 4
+        await client.flushall()
+        node.grant(KEY, state, 1, 4, now)  # none free: asks Redis for one more
+        await wait_for(lambda: not node.entries[KEY].pending and node.entries[KEY].held != 4)
+        assert await leases_in_redis(redis, "n0") == 5
+        assert node.entries[KEY].held == 5
+    finally:
+        await client.aclose()
+        await node.close()
+
+
 async def test_cut_off_a_node_keeps_within_its_leases_until_they_lapse(
     redis: RedisServer,
 ) -> None:
@@ -145,7 +249,9 @@ async def test_cut_off_a_node_keeps_within_its_leases_until_they_lapse(
     share, 20 // 3 = 6, and looks at the site again."""
     clock = ManualClock()
     nodes = [
-        RedisState(ClusterConfig(url=redis.url, node=f"n{i}", poll=0.05, lease_ttl=3), clock,
+        # lease_ttl: long enough that no stall of a loaded machine between the loss and
+        # the first check outlasts the leases.
+        RedisState(ClusterConfig(url=redis.url, node=f"n{i}", poll=0.05, lease_ttl=10), clock,
                    f"n{i}")
         for i in range(3)
     ]
@@ -158,6 +264,7 @@ async def test_cut_off_a_node_keeps_within_its_leases_until_they_lapse(
         now = clock.now()
         nodes[0].grant(KEY, state, 2, 0, now)
         await wait_for(lambda: nodes[0].entries[KEY].held == 2)
+        nodes[0].started(KEY, 2, now)  # in use: the polls keep them
         await wait_for(lambda: all(n.nodes_alive == 3 for n in nodes))
 
         redis.kill()
@@ -165,7 +272,7 @@ async def test_cut_off_a_node_keeps_within_its_leases_until_they_lapse(
         assert nodes[0].connection_limit(KEY, state) == 2
         assert nodes[0].grant(KEY, state, 10, 0, now).allowed <= 2
         woken.clear()
-        await wait_for(lambda: nodes[0].connection_limit(KEY, state) == 6, timeout=10)
+        await wait_for(lambda: nodes[0].connection_limit(KEY, state) == 6, timeout=30)
         await wait_for(lambda: KEY.site in woken)
         assert nodes[0].grant(KEY, state, 10, 0, now).allowed == 6
     finally:
