@@ -292,10 +292,10 @@ class IngressHandler:
             except Exception as exc:
                 loop.call_soon_threadsafe(_fail, stored, _SigningFailed(), exc)
                 return
-            signed.append(
-                dataclasses.replace(message, content=content, content_sha256=digest(content))
-            )
-            try:
+            try:  # whatever fails, the session hears of it (never waits for ever)
+                signed.append(
+                    dataclasses.replace(message, content=content, content_sha256=digest(content))
+                )
                 self.spool.ingest_soon(signed[0], stored)
             except Exception as exc:
                 loop.call_soon_threadsafe(_fail, stored, exc, None)
