@@ -137,7 +137,8 @@ class Pool:
                     # A rise of the group's limit (leases granted) sends no notice: look
                     # again now and then.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), LIMIT_RECHECK)
+                        async with asyncio.timeout(LIMIT_RECHECK):  # no task, one timer
+                            await self._changed.wait()
 
     def _close_idle(self, which: Callable[[Connection], bool]) -> bool:
         """Close the oldest idle connection that `which` accepts; False if there is none."""
