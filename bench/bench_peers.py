@@ -53,6 +53,8 @@ DOMAIN, SELECTOR = "sender.test", "bench"
 @dataclass
 class Figure:
     rate: float  # end to end, msg/s
+    accept: float  # accepted (250 to the load generator), msg/s: first to last submission
+    behind: int  # accepted but not yet handed to the sink when the load generator finished
     cpu_ms: float  # server CPU per message
     busy: float  # server CPU / (wall x cores)
     machine: float  # every process's CPU / (wall x cores): server, harness, others
@@ -110,10 +112,13 @@ class Harness:
 
 
 def _figure(
-    load: LoadResult, done: int, seconds: float, cpu: float, machine: float
+    load: LoadResult, done: int, seconds: float, cpu: float, machine: float, accepted: float,
+    behind: int,
 ) -> Figure:
     return Figure(
         rate=done / seconds if seconds > 0 else 0.0,
+        accept=load.sent / accepted if accepted > 0 else 0.0,
+        behind=behind,
         cpu_ms=cpu / max(done, 1) * 1000,
         busy=cpu / (seconds * CORES) if seconds > 0 else 0.0,
         machine=machine,
@@ -209,11 +214,14 @@ async def _measure(
     busy0, total0 = machine_ticks()
     started = time.perf_counter()
     load = await harness.send(port, messages, sessions, message)
+    accepted = time.perf_counter() - started
+    # A deadline already past: how many are handed on at this moment, without waiting.
+    behind = already + load.sent - await wait_delivered(already + load.sent, 0.0)
     done = await wait_delivered(already + load.sent, time.perf_counter() + 300) - already
     seconds = time.perf_counter() - started
     busy1, total1 = machine_ticks()
     machine = (busy1 - busy0) / max(total1 - total0, 1)
-    figure = _figure(load, done, seconds, cpu() - cpu0, machine)
+    figure = _figure(load, done, seconds, cpu() - cpu0, machine, accepted, behind)
     if harness.c and latency:
         timed = await run_load("127.0.0.1", port, min(latency, messages), sessions, message)
         await wait_delivered(already + load.sent + timed.sent, time.perf_counter() + 300)
@@ -282,8 +290,8 @@ def _median(figures: list[Figure]) -> Figure:
         return float(statistics.median(getattr(f, name) for f in figures))
 
     return Figure(
-        med("rate"), med("cpu_ms"), med("busy"), med("machine"), med("p50"), med("p99"),
-        max(f.lost for f in figures),
+        med("rate"), med("accept"), round(med("behind")), med("cpu_ms"), med("busy"),
+        med("machine"), med("p50"), med("p99"), max(f.lost for f in figures),
     )
 
 
@@ -381,7 +389,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         print(f"  {label}: failed ({exc}); left out", flush=True)
                         continue
                     print(
-                        f"  {label}: {f.rate:.0f} msg/s, {f.cpu_ms:.2f} CPU ms/msg, "
+                        f"  {label}: {f.rate:.0f} msg/s (accepted {f.accept:.0f}/s, "
+                        f"{f.behind} behind at the end), {f.cpu_ms:.2f} CPU ms/msg, "
                         f"server {f.busy:.0%} / machine {f.machine:.0%} busy, "
                         f"p50 {f.p50:.1f} ms, p99 {f.p99:.1f} ms",
                         flush=True,
@@ -403,12 +412,14 @@ def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: st
         f"median of {args.repeat}; {CORES} cores; end to end; harness: {harness}"
     )
     print(
-        f"{'server':<52} {'msg/s':>7} {'CPU ms/msg':>11} {'cores busy':>11} "
+        f"{'server':<52} {'msg/s':>7} {'accept':>7} {'behind':>7} {'CPU ms/msg':>11} "
+        f"{'cores busy':>11} "
         f"{'machine':>8} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
     )
     for label, f in rows:
         print(
-            f"{label:<52} {f.rate:>7.0f} {f.cpu_ms:>11.2f} {f.busy:>10.0%} "
+            f"{label:<52} {f.rate:>7.0f} {f.accept:>7.0f} {f.behind:>7} {f.cpu_ms:>11.2f} "
+            f"{f.busy:>10.0%} "
             f"{f.machine:>7.0%} {f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
         )
     figures = dict(rows)

@@ -115,6 +115,8 @@ class _Op:
     # Ingests and attempt results are stored with the batch's others of their kind at once.
     message: NewMessage | None = None
     updates: Sequence[Update] | None = None
+    # A lease (the scheduler's pick): committed ahead of the batch without its own fsync.
+    lease: bool = False
 
 
 _STOP = object()
@@ -268,8 +270,13 @@ class Spool:
                         stop_after = True
                         break
                     batch.append(item)
-                outcomes = self._run_batch(conn, batch)
-                loop.call_soon_threadsafe(self._committed, outcomes)
+                leases = [op for op in batch if op.lease]
+                if leases:
+                    batch = [op for op in batch if not op.lease]
+                    loop.call_soon_threadsafe(self._committed, self._run_leases(conn, leases))
+                if batch:
+                    outcomes = self._run_batch(conn, batch)
+                    loop.call_soon_threadsafe(self._committed, outcomes)
                 if stop_after:
                     break
         finally:
@@ -306,6 +313,21 @@ class Spool:
                     conn.execute("ROLLBACK")
             return self._run_one_by_one(conn, batch)
         return self._commit(conn, outcomes, None, len(batch))
+
+    def _run_leases(
+        self, conn: sqlite3.Connection, leases: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """The batch's picks first, in a transaction of their own committed without waiting
+        for an fsync (WAL, synchronous=NORMAL: the commit is written to the WAL, so it survives
+        the process being killed; the next fsync, the rest of the batch's or the next
+        batch's, makes it durable against power loss too). A lease lost that way only puts
+        its recipients back to queued; ingests, attempt results and events never commit
+        like this: synchronous is FULL again before anything else runs."""
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._run_batch(conn, leases)
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
     def _run_one_by_one(
         self, conn: sqlite3.Connection, batch: list[_Op]
@@ -360,12 +382,15 @@ class Spool:
         return outcomes
 
     def _submit(
-        self, run: Callable[[sqlite3.Connection], T], updates: Sequence[Update] | None = None
+        self,
+        run: Callable[[sqlite3.Connection], T],
+        updates: Sequence[Update] | None = None,
+        lease: bool = False,
     ) -> asyncio.Future[T]:
         if self._thread is None:
             raise SpoolError("spool is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(run, future, updates=updates))
+        self._queue.put(_Op(run, future, updates=updates, lease=lease))
         return future
 
     # -- operations -----------------------------------------------------------
@@ -392,7 +417,9 @@ class Spool:
         Each domain costs index seeks: the size of the queue does not matter. The
         answer also says when each domain's next remaining recipient is due.
         """
-        return await self._submit(lambda conn: queries.pick(conn, requests, now, have))
+        return await self._submit(
+            lambda conn: queries.pick(conn, requests, now, have), lease=True
+        )
 
     async def pick_expired(self, now: float, limit: int) -> tuple[list[DueRecipient], float | None]:
         """Lease waiting recipients whose validity ended, and the next expiry after them."""

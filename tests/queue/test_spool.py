@@ -286,3 +286,48 @@ async def test_attempt_results_keep_the_last_reply_and_report_unless_replaced(
         (second.recipient_id, 550),
     ]
     assert message == (1, 0)  # one recipient still queued: the content is kept
+
+
+async def test_a_pick_commits_ahead_of_its_batch_without_an_fsync_the_rest_with_one(
+    tmp_path: Path,
+) -> None:
+    """Picks queued with ingests and attempt results commit first, in a transaction of their
+    own at synchronous=NORMAL (a lease lost to a power cut only puts its recipients back to
+    queued); the rest of the batch, its ingests and events, commits after at FULL."""
+    path = tmp_path / "spool.sqlite3"
+    spool = await Spool.open(path)
+    loop = asyncio.get_running_loop()
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    def synchronous(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    try:
+        await spool.ingest(_message("Q0", 2))
+        held = spool._submit(hold)
+        await loop.run_in_executor(None, started.wait, 10)
+        ingested: asyncio.Future[None] = loop.create_future()
+        spool.ingest_soon(_message("Q1", 1), ingested)
+        picked = asyncio.ensure_future(spool.pick([("example.test", 5)], 1500.0))
+        await asyncio.sleep(0)  # the pick reaches the queue
+        rest = spool._submit(synchronous)
+        in_lease = spool._submit(synchronous, lease=True)
+        commits = spool.commits
+        release.set()
+        await held
+        pick, _, lease_level, rest_level = await asyncio.gather(picked, ingested, in_lease, rest)
+        assert spool.commits == commits + 3  # the held batch, the leases, then the rest
+        assert await spool._submit(synchronous) == 2  # FULL again for what comes after
+    finally:
+        await spool.close()
+    assert (lease_level, rest_level) == (1, 2)  # NORMAL for the leases only
+    # Q1 was queued before the pick, but its ingest commits after the leases: not picked.
+    assert sorted(r.address for r in pick.recipients) == ["Q0.0@example.test", "Q0.1@example.test"]
+    check = sqlite3.connect(path)
+    leased = check.execute("SELECT address, leased FROM recipients ORDER BY id").fetchall()
+    check.close()
+    assert leased == [("Q0.0@example.test", 1), ("Q0.1@example.test", 1), ("Q1.0@example.test", 0)]
