@@ -291,12 +291,9 @@ class Spool:
         faster). If any operation fails, the transaction is rolled back and the batch run
         again one operation at a time, each in its own savepoint, so the failing one does
         not sink the others."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            error = _storage_error(exc)
-            self.write_failure = _one_line(exc)
-            return [(op.future, None, error) for op in batch]
+        refused = self._begin(conn, batch)
+        if refused is not None:
+            return refused
         try:
             updates = [u for op in batch if op.updates is not None for u in op.updates]
             if updates:
@@ -313,6 +310,19 @@ class Spool:
                     conn.execute("ROLLBACK")
             return self._run_one_by_one(conn, batch)
         return self._commit(conn, outcomes, None, len(batch))
+
+    def _begin(
+        self, conn: sqlite3.Connection, batch: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
+        """Open the batch's write transaction; if SQLite refuses, every operation's outcome
+        is that storage error (None: the transaction is open)."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = _storage_error(exc)
+            self.write_failure = _one_line(exc)
+            return [(op.future, None, error) for op in batch]
+        return None
 
     def _run_leases(
         self, conn: sqlite3.Connection, leases: list[_Op]
@@ -333,12 +343,9 @@ class Spool:
         self, conn: sqlite3.Connection, batch: list[_Op]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            error = _storage_error(exc)
-            self.write_failure = _one_line(exc)
-            return [(op.future, None, error) for op in batch]
+        refused = self._begin(conn, batch)
+        if refused is not None:
+            return refused
         failure: str | None = None
         for op in batch:
             try:
