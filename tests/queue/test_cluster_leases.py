@@ -55,6 +55,25 @@ async def leases_in_redis(server: RedisServer, node: str, key: Key = KEY) -> int
     return 0 if value is None else int(value)
 
 
+async def node_in_use(
+    url: str, clock: ManualClock, count: int, timeout: float = 0.5
+) -> tuple[RedisState, dict[Key, int]]:
+    """Node n0, polling only when the test says (else once a minute), holding `count`
+    leases of KEY with a transaction and a connection on each; and its pool's
+    connection counts, for the test to move."""
+    node = RedisState(
+        ClusterConfig(url=url, node="n0", poll=60, lease_ttl=120, timeout=timeout), clock, "n0"
+    )
+    connections = {KEY: 0}
+    node.connections = connections.__getitem__
+    await node.start()
+    node.grant(KEY, open_state(clock), count, 0, clock.now())
+    await wait_for(lambda: node.entries[KEY].held == count)
+    node.started(KEY, count, clock.now())
+    connections[KEY] = count
+    return node, connections
+
+
 async def test_a_lease_renewal_never_counts_less_than_the_node_uses(
     redis: RedisServer,
 ) -> None:
@@ -111,18 +130,9 @@ async def test_a_renewal_keeps_the_connections_still_open(redis: RedisServer) ->
     close (its transaction just ended): the node keeps a lease for it, and its pool may
     open no more than that."""
     clock = ManualClock()
-    config = ClusterConfig(url=redis.url, node="n0", poll=60, lease_ttl=120)
-    node = RedisState(config, clock, "n0")
-    connections = {KEY: 0}
-    node.connections = connections.__getitem__
-    await node.start()
+    node, connections = await node_in_use(redis.url, clock, 4)
     try:
         state = open_state(clock)
-        now = clock.now()
-        node.grant(KEY, state, 4, 0, now)
-        await wait_for(lambda: node.entries[KEY].held == 4)
-        node.started(KEY, 4, now)
-        connections[KEY] = 4
         await node._poll_once()
         for _ in range(4):
             node.ended(KEY)
@@ -182,19 +192,10 @@ async def test_a_renewal_whose_reply_is_lost_still_bounds_the_node(redis: RedisS
     lease Redis now counts for it, not the 4 it held before."""
     clock = ManualClock()
     proxy = LossyProxy(redis.port)
-    url = await proxy.start()
-    node = RedisState(ClusterConfig(url=url, node="n0", poll=60, lease_ttl=120, timeout=0.5),
-                      clock, "n0")
-    connections = {KEY: 0}
-    node.connections = connections.__getitem__
-    await node.start()
+    node, connections = await node_in_use(await proxy.start(), clock, 4)
     try:
         state = open_state(clock)
         now = clock.now()
-        node.grant(KEY, state, 4, 0, now)
-        await wait_for(lambda: node.entries[KEY].held == 4)
-        node.started(KEY, 4, now)
-        connections[KEY] = 4
         await node._poll_once()
         for _ in range(4):
             node.ended(KEY)
@@ -217,21 +218,11 @@ async def test_an_acquire_never_counts_less_than_the_node_uses(redis: RedisServe
     while 4 transactions are in flight: the next acquire counts those 4 and the new one,
     so other nodes cannot take them."""
     clock = ManualClock()
-    config = ClusterConfig(url=redis.url, node="n0", poll=60, lease_ttl=120)
-    node = RedisState(config, clock, "n0")
-    connections = {KEY: 0}
-    node.connections = connections.__getitem__
-    await node.start()
+    node, _ = await node_in_use(redis.url, clock, 4)
     client = aioredis.Redis.from_url(redis.url)
     try:
-        state = open_state(clock)
-        now = clock.now()
-        node.grant(KEY, state, 4, 0, now)
-        await wait_for(lambda: node.entries[KEY].held == 4)
-        node.started(KEY, 4, now)
-        connections[KEY] = 4
         await client.flushall()
-        node.grant(KEY, state, 1, 4, now)  # none free: asks Redis for one more
+        node.grant(KEY, open_state(clock), 1, 4, clock.now())  # none free: asks Redis for one more
         await wait_for(lambda: not node.entries[KEY].pending and node.entries[KEY].held != 4)
         assert await leases_in_redis(redis, "n0") == 5
         assert node.entries[KEY].held == 5
