@@ -398,6 +398,7 @@ class MtaApp:
             "mta_connections_open": pool.open_total,
             "mta_spool_commits_total": parts.spool.commits,
             "mta_spool_operations_total": parts.spool.ops,
+            "mta_fresh_content_bytes": scheduler.fresh_held,
             "mta_events_total": stats.events,
             "mta_smtp_sessions_open": parts.listener.gate.open,
             'mta_smtp_connections_refused_total{reason="total"}': parts.listener.gate.refused_total,

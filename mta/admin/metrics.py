@@ -52,6 +52,7 @@ HELP = {
     "mta_connections_open": "Outbound SMTP connections open now.",
     "mta_spool_commits": "Group commits of the spool.",
     "mta_spool_operations": "Operations written by the spool.",
+    "mta_fresh_content_bytes": "Bytes of just-accepted messages kept in memory for delivery.",
     "mta_events": "Feedback events recorded (the outbox's last id).",
     "mta_smtp_sessions_open": "Inbound SMTP sessions open now.",
     "mta_smtp_connections_refused": "Inbound connections refused, by limit.",

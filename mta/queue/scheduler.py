@@ -137,10 +137,20 @@ class Scheduler(OperatorActions):
         # Queue id -> content of messages just committed, oldest first, until picked (then
         # the spool's writer need not read and check them again: these bytes never left
         # memory); the oldest go past FRESH_BYTES, and are read from the spool instead.
+        # A pick reads this dict itself, not a copy: one committed while the pick runs may
+        # be leased by it, and must then be taken from here (a copy made before would miss
+        # it, and its content would stay until pushed out). While a pick is out, entries
+        # are only added, never dropped.
         self._fresh: dict[str, bytes] = {}
         self._fresh_bytes = 0
+        self._picking = False
 
     # -- control --------------------------------------------------------------
+
+    @property
+    def fresh_held(self) -> int:
+        """Bytes of just-committed contents kept in memory for their pick."""
+        return self._fresh_bytes
 
     def wake(self) -> None:
         self._wake.set()
@@ -155,9 +165,13 @@ class Scheduler(OperatorActions):
         self._next_expiry = min(self._next_expiry, message.expires_at)
         self._fresh[message.queue_id] = message.content
         self._fresh_bytes += len(message.content)
-        while self._fresh_bytes > FRESH_BYTES:
-            self._fresh_bytes -= len(self._fresh.pop(next(iter(self._fresh))))
+        self._trim_fresh()
         self._wake.set()
+
+    def _trim_fresh(self) -> None:
+        """Drop the oldest fresh contents past FRESH_BYTES (not while a pick reads them)."""
+        while self._fresh_bytes > FRESH_BYTES and not self._picking:
+            self._fresh_bytes -= len(self._fresh.pop(next(iter(self._fresh))))
 
     async def start(self) -> None:
         """Load the queue's shape from the spool (a scan, once), today's volumes per binding
@@ -391,15 +405,18 @@ class Scheduler(OperatorActions):
         plans: dict[str, Plan],
         now: float,
     ) -> None:
-        fresh = dict(self._fresh)  # what the pick need not read, as it was when asked
-        pick = await self.spool.pick(requests, now, fresh.keys())
+        self._picking = True
+        try:  # the writer thread checks queue ids against the dict (each check under the GIL)
+            pick = await self.spool.pick(requests, now, self._fresh)
+        finally:
+            self._picking = False
         contents = dict(pick.contents)
         for r in pick.recipients:
-            content = fresh.get(r.queue_id)
+            content = self._fresh.pop(r.queue_id, None)
             if content is not None:
                 contents[r.message_id] = content
-                if self._fresh.pop(r.queue_id, None) is not None:
-                    self._fresh_bytes -= len(content)
+                self._fresh_bytes -= len(content)
+        self._trim_fresh()
         for domain, next_due in pick.next_due.items():
             self._work(domain).next_due = next_due
         by_domain: dict[str, list[DueRecipient]] = {}

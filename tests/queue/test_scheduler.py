@@ -13,7 +13,7 @@ import itertools
 import random
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from mta.core.routing import MxRecord
 from mta.delivery.deliverer import FunctionDeliverer, Job, JobResult
 from mta.delivery.dns import MxAnswer
 from mta.model import Condition, Outcome, Phase, Reply, Result
-from mta.queue.records import NewMessage, NewRecipient, Update
+from mta.queue.records import NewMessage, NewRecipient, Pick, Update
 from mta.queue.scheduler import Scheduler
 from mta.queue.spool import Spool
 
@@ -347,6 +347,34 @@ async def test_a_failed_session_is_one_signal_for_the_site_whatever_its_recipien
         await h.until(lambda: state.counts[Result.CONNECT_FAILED] == 3, "the site learned")
         assert state.connect_failures == 1  # one session, one failure in the cohort's streak
         assert len(h.deliverer.jobs) == 1
+
+
+async def test_a_message_committed_while_a_pick_is_out_leaves_no_content_held(
+    harness_for: Callable[..., AbstractAsyncContextManager[Harness]],
+) -> None:
+    """A session commits while a pick is on its way to the spool's writer, and that pick
+    leases the new message too: its content is taken from memory then, so once both are
+    delivered nothing is held (a content left behind would stay until pushed out by
+    16 MiB of newer ones)."""
+    async with harness_for(answering(OK)) as h:
+        real_pick = h.spool.pick
+        commit_during_pick = True
+
+        async def pick(
+            requests: Sequence[tuple[str, int]], now: float, have: Collection[str] = ()
+        ) -> Pick:
+            nonlocal commit_during_pick
+            if commit_during_pick:
+                commit_during_pick = False
+                await h.submit("a.test")  # Q0002: committed and queued while this pick is out
+            return await real_pick(requests, now, have)
+
+        h.spool.pick = pick  # type: ignore[method-assign]
+        await h.scheduler.start()
+        await h.submit("a.test")  # Q0001: its pick is the one above
+        await h.until(lambda: h.n(Result.DELIVERED) == 2, "both delivered")
+        assert sorted(job.queue_id for job in h.deliverer.jobs) == ["Q0001", "Q0002"]
+        assert h.scheduler.fresh_held == 0
 
 
 async def test_a_message_just_committed_goes_out_from_memory_older_ones_are_read_and_checked(
