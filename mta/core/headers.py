@@ -76,5 +76,15 @@ def prepend(message: bytes, *raw_fields: bytes) -> bytes:
     return b"".join(raw_fields) + message
 
 
+def names(message: bytes) -> set[bytes]:
+    """The lower-cased names of the message's header fields (no values unfolded)."""
+    found: set[bytes] = set()
+    for line in split(message)[0].split(b"\r\n"):
+        name, colon, _ = line.partition(b":")
+        if colon and line[:1] not in (b" ", b"\t"):
+            found.add(name.strip().lower())
+    return found
+
+
 def has(message: bytes, name: str) -> bool:
-    return get(message, name) is not None
+    return name.lower().encode() in names(message)

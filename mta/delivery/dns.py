@@ -9,6 +9,7 @@ failures (SERVFAIL, timeouts) only briefly so a recovered server is seen soon.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections import OrderedDict
@@ -77,6 +78,7 @@ class _TtlCache:
             self.items.popitem(last=False)
 
 
+@functools.lru_cache(maxsize=1024)  # asked for each delivery, of a few hosts
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

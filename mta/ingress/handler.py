@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import email.utils
+import functools
 import ipaddress
 import logging
 import math
@@ -98,7 +99,12 @@ new_queue_id = ids.new_queue_id
 
 
 def rfc5322_date(when: float) -> str:
-    return email.utils.format_datetime(dt.datetime.fromtimestamp(when, dt.UTC))
+    return _date_of_second(int(when))
+
+
+@functools.lru_cache(maxsize=4)  # one text per second: messages of the same second share it
+def _date_of_second(second: int) -> str:
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
 
 
 class IngressHandler:
@@ -128,6 +134,7 @@ class IngressHandler:
         self.executor = executor
         self.on_queued = on_queued
         self.networks = [ipaddress.ip_network(n, strict=False) for n in config.relay_networks]
+        self._relaying: dict[str, bool] = {}  # client address -> in relay_networks
         self.accepted = 0
         self.rejected = 0
         self.closing = False
@@ -181,6 +188,14 @@ class IngressHandler:
         return self.in_relay_networks(str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
     def in_relay_networks(self, host: str) -> bool:
+        known = self._relaying.get(host)
+        if known is None:
+            if len(self._relaying) >= 4096:
+                self._relaying.clear()
+            known = self._relaying[host] = self._in_networks(host)
+        return known
+
+    def _in_networks(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
@@ -334,9 +349,10 @@ class IngressHandler:
         """Prepend Received; add Message-ID and Date when the message has none."""
         date = rfc5322_date(now)
         added: list[bytes] = []
-        if not headers.has(content, "Message-ID"):
+        present = headers.names(content)
+        if b"message-id" not in present:
             added.append(f"Message-ID: <{queue_id}@{hostname}>\r\n".encode())
-        if not headers.has(content, "Date"):
+        if b"date" not in present:
             added.append(f"Date: {date}\r\n".encode())
         if added:
             head, body = headers.split(content)
