@@ -249,7 +249,7 @@ class MtaApp:
                     log.warning("%s", warning)
             try:
                 server: Listening = (
-                    await start_workers(config, self.clock, smtp_limits(config), spool, handler)
+                    await start_workers(config, self.clock, spool, handler, listener)
                     if config.smtp.workers
                     else await start_server(
                         server_factory(handler, tls_context, listener), host, port

@@ -1,31 +1,37 @@
 """Ingress worker processes: the SMTP sessions, header work and DKIM signing in N processes.
 
-With `smtp.workers` = N > 0 the main process opens the listening socket and starts N
-worker processes (spawned: each its own interpreter, so the work spreads over the
-cores) that accept on it. A worker runs the same IngressHandler and SMTP server as
-the single-process MTA; only its spool is a RemoteSpool: the signed message is
-pickled (in the signing thread) over a Unix socketpair to the main process, which
-hands it to the spool's writer thread like any other ingest (same group commit,
-"relayed" events in the same transaction) and answers once the commit is on disk.
-The worker says 250 only then. The main process keeps the spool, the scheduler,
-delivery, feedback and the admin API.
+With `smtp.workers` = N > 0 the main process listens and starts N worker processes
+(spawned: each its own interpreter, so the work spreads over the cores). The main
+process accepts each connection, decides as the single-process MTA would whether to
+admit it (shutting down, an IP locked out of AUTH, the total and per-IP connection
+limits: one count for all workers), and passes the socket (SCM_RIGHTS over a Unix
+socket) to the worker with the fewest sessions, or says the 421 itself. A worker
+runs the same IngressHandler and SMTP server as the single-process MTA; only its
+spool is a RemoteSpool: the signed message is pickled (in the signing thread) over a
+Unix socketpair to the main process, which hands it to the spool's writer thread
+like any other ingest (same group commit, "relayed" events in the same transaction)
+and answers once the commit is on disk. The worker says 250 only then. The main
+process keeps the spool, the scheduler, delivery, feedback and the admin API.
+
+What a worker tells the main process besides its messages: each session that ended
+(the connection counts), each failed AUTH (the main process keeps the per-IP
+failures and tells every worker of a lockout), and every 0.2 s what it counted
+(messages and sessions refused, junk, time-outs, long lines, spills), so the admin
+API counts for all workers. Each worker holds 1/N of `smtp.data_memory_limit`.
 
 Failures: a main process that dies closes the socketpairs and its workers exit at
 once, so a client whose message was not committed sees its connection drop and
 never a 250. A worker that dies is started again (its unacknowledged clients see
-the drop). At stop, each worker stops accepting, says 421 to its sessions, and
-waits up to its grace for the messages being stored; the main process answers
-their commits until the worker has gone.
-
-Per-process: the connection and memory limits and the AUTH throttle apply per
-worker; the admin API's accepted count is the main process's (committed
-messages), its rejected count only what the main process refused.
+the drop; its sessions no longer count). At stop, the main process stops accepting,
+each worker says 421 to its sessions and waits up to its grace for the messages
+being stored; the main process answers their commits until the worker has gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -36,7 +42,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -49,13 +55,14 @@ from mta.config.service import DkimConfig, MtaConfig, SmtpConfig
 from mta.ingress.handler import IngressHandler
 from mta.queue.records import NewMessage
 from mta.queue.spool import Spool, SpoolError, SpoolFull
-from mta.smtp.limits import Listener, SmtpLimits
+from mta.smtp.limits import AuthThrottle, Listener, SmtpLimits
 
 log = logging.getLogger("mta.ingress")
 
 _HEADER = struct.Struct("!I")
 OK, FULL, FAILED = 0, 1, 2
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
+COUNTS_INTERVAL = 0.2  # seconds between a worker's reports of what it counted
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class WorkerSetup:
     smtp: SmtpConfig  # the [smtp] section
     validity: float  # retry.validity
     node: str  # the cluster node's name
-    limits: SmtpLimits
+    limits: SmtpLimits  # a worker's: no connection limits (the main process's), its memory share
     dkim: DkimConfig | None  # None: no keys, no signing
     tls_cert: str
     tls_key: str
@@ -110,6 +117,37 @@ class _Coalescing:
             self.writer.write(b"".join(frames))
 
 
+def _counts(handler: IngressHandler, listener: Listener) -> dict[str, int]:
+    """What a worker counts that the admin API reports (the main process adds them up)."""
+    return {
+        "rejected": handler.rejected,
+        "junk_closed": listener.junk_closed_total,
+        "session_timeouts": listener.session_timeouts_total,
+        "long_lines": listener.long_lines_total,
+        "data_spilled": listener.reading.spilled_total,
+        "auth_refused": listener.auth.refusals_total,
+    }
+
+
+def _add_counts(handler: IngressHandler, listener: Listener, delta: dict[str, int]) -> None:
+    handler.rejected += delta.get("rejected", 0)
+    listener.junk_closed_total += delta.get("junk_closed", 0)
+    listener.session_timeouts_total += delta.get("session_timeouts", 0)
+    listener.long_lines_total += delta.get("long_lines", 0)
+    listener.reading.spilled_total += delta.get("data_spilled", 0)
+    listener.auth.refusals_total += delta.get("auth_refused", 0)
+
+
+@dataclass(eq=False)
+class _Passed:
+    """A session passed to a worker, as the main process's connection gate counts it."""
+
+    ip: str
+
+    def shut_down(self) -> None:
+        """Nothing here: at stop each worker says 421 to its own sessions."""
+
+
 # -- the main process's side -------------------------------------------------------------
 
 
@@ -122,18 +160,24 @@ class IngressWorkers:
         setup: WorkerSetup,
         sock: socket.socket,
         spool: Spool,
-        on_committed: Callable[[NewMessage], None],
+        handler: IngressHandler,
+        listener: Listener,
     ) -> None:
         self.count = count
         self.setup = setup
         self.sock = sock
         self.spool = spool
-        self.on_committed = on_committed
+        self.handler = handler  # counts what the workers commit and refuse
+        self.listener = listener  # admits every connection; counts for all workers
         self.stopping = False
         self.restarts = 0
         self._processes: dict[int, BaseProcess] = {}
+        self._handoff: dict[int, socket.socket] = {}  # worker -> where its sockets go
+        self._outs: dict[int, _Coalescing] = {}  # worker -> its frames
+        self._sessions: dict[int, dict[str, list[_Passed]]] = {}  # worker -> IP -> sessions
         self._tasks: set[asyncio.Task[None]] = set()
         self._context = multiprocessing.get_context("spawn")
+        self._accepting = False
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -143,8 +187,9 @@ class IngressWorkers:
         return not self.stopping and any(p.is_alive() for p in self._processes.values())
 
     def close(self) -> None:
-        """Stop accepting: each worker closes its listener and its sessions (421)."""
+        """Stop accepting; each worker closes its sessions (421)."""
         self.stopping = True
+        self._accept_when_ready()
         for process in self._processes.values():
             if process.is_alive() and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -154,24 +199,93 @@ class IngressWorkers:
         ready = [self._spawn(index) for index in range(self.count)]
         await asyncio.gather(*ready)
 
+    def _accept_when_ready(self) -> None:
+        """Accept while some worker can take a connection; else the kernel holds them."""
+        loop = asyncio.get_running_loop()
+        ready = bool(self._handoff) and not self.stopping
+        if ready and not self._accepting:
+            loop.add_reader(self.sock.fileno(), self._accept)
+        elif not ready and self._accepting:
+            loop.remove_reader(self.sock.fileno())
+        self._accepting = ready
+
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair()
+        handoff, their_handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = self._context.Process(
             target=worker_main,
-            args=(self.setup, self.sock, theirs, index),
+            args=(self.setup, their_handoff, theirs, index),
             name=f"mta-ingress-{index}",
             daemon=True,
         )
         process.start()
         theirs.close()
+        their_handoff.close()
         self._processes[index] = process
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         if await _read_frame(reader) != "ready":
             writer.close()
+            handoff.close()
             raise RuntimeError(f"ingress worker {index} did not start (see its log above)")
+        handoff.setblocking(False)
+        self._handoff[index] = handoff
+        self._outs[index] = _Coalescing(writer)
+        self._sessions[index] = {}
         task = asyncio.get_running_loop().create_task(self._serve(index, reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._accept_when_ready()  # the first one ready, or one started again
+
+    def _accept(self) -> None:
+        """Admit or refuse each connection waiting; pass the admitted to a worker."""
+        for _ in range(64):  # then let the event loop's other work run
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: the client waits
+                log.error("cannot accept a connection: %s", exc)
+                return
+            with conn:
+                self._admit(conn, str(peer[0]))
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        busy = {i: sum(map(len, self._sessions[i].values())) for i in self._handoff}
+        index = min(busy, key=busy.__getitem__)  # accepting: some worker is ready
+        passed = _Passed(ip)
+        refusal = self.listener.admit(passed, ip)
+        if refusal is None:
+            try:
+                socket.send_fds(self._handoff[index], [ip.encode()], [conn.fileno()])
+            except OSError as exc:  # the worker is gone or not taking any more
+                log.warning("ingress worker %d did not take a connection: %s", index, exc)
+                self.listener.gate.release(passed, ip)
+                refusal = "421 4.3.2 Service not available, try again later"
+            else:
+                self._sessions[index].setdefault(ip, []).append(passed)
+                return
+        log.info("refused a connection from %s: %s", ip, refusal)
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.send(f"{refusal}\r\n".encode())
+
+    def _ended(self, index: int, ip: str) -> None:
+        """Worker `index` says a session from `ip` ended."""
+        sessions = self._sessions[index].get(ip)
+        if not sessions:
+            return
+        self.listener.gate.release(sessions.pop(), ip)
+        if not sessions:
+            del self._sessions[index][ip]
+
+    def _auth_failed(self, ip: str) -> None:
+        """A failed AUTH in a worker: count it here; a lockout is told to every worker."""
+        now = time.monotonic()
+        self.listener.auth.failed(ip, now)
+        left = self.listener.auth.locked_for(ip, now)
+        if left:
+            for out in self._outs.values():
+                out.write(_frame(("lock", ip, left)))
 
     async def _serve(
         self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -183,7 +297,8 @@ class IngressWorkers:
         def answer(seq: int, message: NewMessage, done: asyncio.Future[None]) -> None:
             exc = done.exception()
             if exc is None:
-                self.on_committed(message)
+                self.handler.accepted += 1
+                self.handler.on_queued(message)
                 reply: tuple[int, int, str] = (seq, OK, "")
             else:
                 reply = (seq, FULL if isinstance(exc, SpoolFull) else FAILED, str(exc))
@@ -193,6 +308,15 @@ class IngressWorkers:
             item = await _read_frame(reader)
             if item is None:
                 break
+            if item[0] == "ended":
+                self._ended(index, item[1])
+                continue
+            if item[0] == "auth_failed":
+                self._auth_failed(item[1])
+                continue
+            if item[0] == "counts":
+                _add_counts(self.handler, self.listener, item[1])
+                continue
             seq, message = item
             done: asyncio.Future[None] = loop.create_future()
             done.add_done_callback(functools.partial(answer, seq, message))
@@ -201,6 +325,12 @@ class IngressWorkers:
             except SpoolError as exc:
                 done.set_exception(exc)
         writer.close()
+        self._handoff.pop(index).close()
+        del self._outs[index]
+        self._accept_when_ready()
+        for ip, sessions in self._sessions.pop(index).items():  # they went with the worker
+            for passed in sessions:
+                self.listener.gate.release(passed, ip)
         process = self._processes[index]
         await loop.run_in_executor(None, process.join, 10)
         if self.stopping:
@@ -238,12 +368,12 @@ class IngressWorkers:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """The SMTP listening socket the workers share (port 0: any free port).
+    """The SMTP listening socket the main process accepts on for the workers (port 0: any).
 
     The single-process path does not use this: it lets asyncio's create_server bind every
     address the host resolves to (127.0.0.1 and ::1 for "localhost", IPv6 sockets made
-    IPv6-only), where the workers need one socket object to hand to their processes; one
-    function for both would change what one of them listens on.
+    IPv6-only), where the main process accepts on one socket for its workers; one function
+    for both would change what one of them listens on.
     """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -286,6 +416,11 @@ class RemoteSpool:
         self._send(seq, _frame((seq, message)), done)
         await done
 
+    def tell(self, note: tuple[Any, ...]) -> None:
+        """Send the main process a note: ("ended", ip), ("auth_failed", ip), ("counts", {})."""
+        if not self._writer.is_closing():
+            self._out.write(_frame(note))
+
     def _send(self, seq: int, frame: bytes, done: asyncio.Future[None]) -> None:
         if self._writer.is_closing():
             done.set_exception(SpoolError("the main process is gone"))
@@ -293,12 +428,17 @@ class RemoteSpool:
         self._pending[seq] = done
         self._out.write(frame)
 
-    async def read_answers(self, reader: asyncio.StreamReader) -> None:
-        """Settle each message's future as its answer comes; returns when the main has gone."""
+    async def read_answers(self, reader: asyncio.StreamReader, auth: AuthThrottle) -> None:
+        """Settle each message's future as its answer comes, apply each AUTH lockout the
+        main process tells of; returns when the main process has gone."""
         while True:
             item = await _read_frame(reader)
             if item is None:
                 return
+            if item[0] == "lock":
+                _, ip, seconds = item
+                auth.lock(ip, time.monotonic() + seconds)
+                continue
             seq, status, text = item
             done = self._pending.pop(seq)
             if done.done():
@@ -311,8 +451,24 @@ class RemoteSpool:
                 done.set_exception(SpoolError(text))
 
 
-def worker_main(setup: WorkerSetup, sock: socket.socket, conn: socket.socket, index: int) -> None:
-    """A worker process: serve SMTP on `sock` until SIGTERM, or until the main process goes."""
+class _ForwardedAuth(AuthThrottle):
+    """A worker's AUTH throttle: each failure also goes to the main process, which counts
+    them for all workers and tells every worker of a lockout."""
+
+    def __init__(self, limits: SmtpLimits, spool: RemoteSpool) -> None:
+        super().__init__(limits.auth_failures_per_ip, limits.auth_lockout)
+        self.spool = spool
+
+    def failed(self, ip: str, now: float) -> None:
+        super().failed(ip, now)
+        self.spool.tell(("auth_failed", ip))
+
+
+def worker_main(
+    setup: WorkerSetup, handoff: socket.socket, conn: socket.socket, index: int
+) -> None:
+    """A worker process: serve the SMTP sessions the main process passes over `handoff`
+    until SIGTERM, or until the main process goes."""
     logging.basicConfig(
         level=setup.log_level.upper(),
         format=f"mta[ingress-{index}]: %(message)s",
@@ -324,10 +480,10 @@ def worker_main(setup: WorkerSetup, sock: socket.socket, conn: socket.socket, in
             import uvloop
 
             uvloop.install()
-    asyncio.run(_worker(setup, sock, conn))
+    asyncio.run(_worker(setup, handoff, conn))
 
 
-async def _worker(setup: WorkerSetup, sock: socket.socket, conn: socket.socket) -> None:
+async def _worker(setup: WorkerSetup, handoff: socket.socket, conn: socket.socket) -> None:
     from mta.ingress.handler import server_factory
     from mta.smtp.tls import server_context
 
@@ -347,21 +503,70 @@ async def _worker(setup: WorkerSetup, sock: socket.socket, conn: socket.socket) 
     )
     listener = Listener(setup.limits)
     listener.needs_auth = lambda ip: not handler.in_relay_networks(ip)
-    server = await loop.create_server(
-        server_factory(handler, tls_context, listener), sock=sock
-    )
+    listener.auth = _ForwardedAuth(setup.limits, spool)
+    listener.ended = lambda ip: spool.tell(("ended", ip))
+    factory = server_factory(handler, tls_context, listener)
+    sessions: set[asyncio.Task[Any]] = set()
+
+    def take(ip: str, sock: socket.socket) -> None:
+        async def serve() -> None:
+            try:
+                await loop.connect_accepted_socket(factory, sock)
+            except OSError:  # gone before it could start: the main process counted it
+                sock.close()
+                listener.ended(ip)
+
+        task = loop.create_task(serve())
+        sessions.add(task)
+        task.add_done_callback(sessions.discard)
+
+    def receive() -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(handoff, 256, 8)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not fds:  # the main process closed its end: nothing more comes
+                loop.remove_reader(handoff.fileno())
+                return
+            for fd in fds:
+                take(data.decode(), socket.socket(fileno=fd))
+
+    handoff.setblocking(False)
+    loop.add_reader(handoff.fileno(), receive)
+    counted = _counts(handler, listener)
+
+    def report_counts() -> None:
+        nonlocal counted
+        now = _counts(handler, listener)
+        delta = {name: now[name] - counted[name] for name in now if now[name] != counted[name]}
+        if delta:
+            spool.tell(("counts", delta))
+        counted = now
+
+    async def report_counts_often() -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL)
+            report_counts()
+
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    answers = loop.create_task(spool.read_answers(reader))
+    answers = loop.create_task(spool.read_answers(reader, listener.auth))
+    reporting = loop.create_task(report_counts_often())
     writer.write(_frame("ready"))
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({answers, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if answers.done():  # the main process is gone: nothing more can be committed
         os._exit(1)
-    server.close()
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(handoff.fileno())
     handler.closing = True
     listener.shut_down()
     await handler.close(grace=5.0)
+    reporting.cancel()
+    report_counts()
     writer.close()
     executor.shutdown(wait=False)
 
@@ -369,25 +574,29 @@ async def _worker(setup: WorkerSetup, sock: socket.socket, conn: socket.socket) 
 async def start_workers(
     config: MtaConfig,
     clock: Clock,
-    limits: SmtpLimits,
     spool: Spool,
     handler: IngressHandler,
+    listener: Listener,
 ) -> IngressWorkers:
-    """Listen on smtp.listen and start smtp.workers processes serving it; the main process's
+    """Listen on smtp.listen and start smtp.workers processes serving it. The main process's
+    `listener` admits every connection (its limits) and counts for all workers; its
     `handler` counts what they commit and tells the scheduler (its on_queued)."""
+    limits = listener.limits
     if not isinstance(clock, ScaledClock):
         raise ValueError("smtp.workers needs a real or scaled clock")
     host, port = parse_hostport(config.smtp.listen)
-
-    def committed(message: NewMessage) -> None:
-        handler.accepted += 1
-        handler.on_queued(message)
-
+    count = config.smtp.workers
+    memory = limits.data_memory_limit
     setup = WorkerSetup(
         smtp=config.smtp,
         validity=handler.validity,
         node=handler.node,
-        limits=limits,
+        limits=dataclasses.replace(
+            limits,
+            max_connections=0,  # counted in the main process, for all workers
+            max_connections_per_ip=0,
+            data_memory_limit=-(-memory // count) if memory else 0,  # a share each
+        ),
         dkim=config.dkim if config.dkim.keys else None,
         tls_cert=config.smtp.tls_cert,
         tls_key=config.smtp.tls_key,
@@ -397,7 +606,7 @@ async def start_workers(
         uvloop=type(asyncio.get_running_loop()).__module__.startswith("uvloop"),
     )
     workers = IngressWorkers(
-        config.smtp.workers, setup, listening_socket(host, port), spool, committed
+        count, setup, listening_socket(host, port), spool, handler, listener
     )
     try:
         await workers.start()

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from mta.smtp.replies import SHUTTING_DOWN
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,16 @@ class AuthThrottle:
         self.refusals_total += 1
         return True
 
+    def locked_for(self, ip: str, now: float) -> float:
+        """Seconds left of the IP's lockout at `now` (0: none); counts nothing."""
+        entry = self._by_ip.get(ip)
+        return max(0.0, entry.locked_until - now) if entry is not None else 0.0
+
+    def lock(self, ip: str, until: float) -> None:
+        """Refuse AUTH from the IP until `until` (a lockout decided elsewhere)."""
+        entry = self._by_ip.setdefault(ip, _Failures())
+        entry.locked_until = max(entry.locked_until, until)
+
     def failed(self, ip: str, now: float) -> None:
         """Record one failed attempt; lock the IP once it has `max_failures` in the window."""
         self.failures_total += 1
@@ -187,9 +200,22 @@ class Listener:
         # Whether a client at this address can do nothing without AUTH (the ingress says:
         # outside relay_networks); such a client locked out of AUTH is refused at connect.
         self.needs_auth: Callable[[str], bool] = lambda ip: False
+        # Told the client IP of each session that ends, refused at connect or closed (an
+        # ingress worker tells the main process, which counts the sessions of all workers).
+        self.ended: Callable[[str], None] = lambda ip: None
         self.junk_closed_total = 0
         self.session_timeouts_total = 0
         self.long_lines_total = 0
+
+    def admit(self, session: Closable, ip: str) -> str | None:
+        """None when a new session from `ip` may go on (it is then counted), else the 421
+        reply to give: shutting down, the IP locked out of AUTH while it needs AUTH, or a
+        connection limit."""
+        if self.closing:
+            return SHUTTING_DOWN
+        if self.needs_auth(ip) and self.auth.refused(ip, time.monotonic()):
+            return "421 4.7.0 Too many failed authentications; try again later"
+        return self.gate.admit(session, ip)
 
     def shut_down(self) -> None:
         """Refuse new sessions and close the open ones with 421 4.3.2."""

@@ -233,19 +233,13 @@ class FastSMTP(SMTP):
         if self._original_transport is None and not self._admitted:  # not the STARTTLS layer
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-            refusal = replies.SHUTTING_DOWN if self.listener.closing else None
-            if (
-                refusal is None
-                and self.listener.needs_auth(self._client_ip)
-                and self.listener.auth.refused(self._client_ip, time.monotonic())
-            ):
-                refusal = "421 4.7.0 Too many failed authentications; try again later"
-            refusal = refusal or self.listener.gate.admit(self, self._client_ip)
+            refusal = self.listener.admit(self, self._client_ip)
             if refusal is not None:
                 log.info("refused a connection from %s: %s", self._client_ip, refusal)
                 writer = cast(asyncio.WriteTransport, transport)  # uvloop's are not subclasses
                 writer.write(refusal.encode() + b"\r\n")
                 writer.close()
+                self.listener.ended(self._client_ip)
                 return
             self._admitted = True
             if self.limits.session_timeout:
@@ -259,6 +253,7 @@ class FastSMTP(SMTP):
             return  # refused at connection_made: aiosmtpd never set this one up
         self._admitted = False
         self.listener.gate.release(self, self._client_ip)
+        self.listener.ended(self._client_ip)
         if self._session_timer is not None:
             self._session_timer.cancel()
         super().connection_lost(error)
