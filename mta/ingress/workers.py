@@ -567,6 +567,7 @@ async def _worker(setup: WorkerSetup, handoff: socket.socket, conn: socket.socke
     await handler.close(grace=5.0)
     reporting.cancel()
     report_counts()
+    await asyncio.sleep(0)  # the last notes (counts, sessions ended) leave before the close
     writer.close()
     executor.shutdown(wait=False)
 

@@ -1,5 +1,5 @@
-"""Contents kept in memory from commit to delivery: under concurrent sessions every message
-goes out from memory and, once all are delivered, none is held (`mta_fresh_content_bytes`)."""
+"""Contents kept in memory from commit to delivery: under concurrent sessions, once every
+message is delivered none is held (`mta_fresh_content_bytes` in the metrics)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ async def test_no_content_is_held_once_every_message_of_busy_sessions_is_deliver
 ) -> None:
     """Twenty sessions at once, ten messages each, while delivery picks: a content kept after
     the pick of its recipients had already gone would be held until pushed out by newer ones
-    (16 MiB of them), for nothing: the scheduler hears of each commit before that pick."""
+    (16 MiB of them), for nothing. Each pick takes the contents of what it leases, messages
+    committed while it ran included (tests/queue/test_scheduler.py makes that case happen)."""
     app = await started(mta_config(tmp_path, delivery__relayhost=f"127.0.0.1:{sink.port}"))
     host, port = app.smtp_address
 
