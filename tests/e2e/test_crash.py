@@ -29,11 +29,13 @@ MESSAGE = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: crash\r\n\r\nbody
 
 
 class Serve:
-    """A running `python -m mta serve` with its listening port read from stderr."""
+    """A running `python -m mta serve` with its listening port (and admin API URL, when
+    `--admin HOST:PORT` is among `extra`) read from stderr."""
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, admin: str = "") -> None:
         self.process = process
         self.port = port
+        self.admin = admin
 
     @classmethod
     async def start(
@@ -59,13 +61,15 @@ class Serve:
             env=env,
         )
         assert process.stderr is not None
+        admin = ""
         while True:
-            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
             if not line:
                 raise AssertionError("mta serve exited before listening")
-            match = re.search(r"mta: listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                return cls(process, int(match.group(1)))
+            if match := re.match(r"mta: admin API on (\S+)/$", line):
+                admin = match.group(1)  # printed just before the line below
+            if match := re.match(r"mta: listening on 127\.0\.0\.1:(\d+)$", line):
+                return cls(process, int(match.group(1)), admin)
 
     async def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -8,10 +8,7 @@ API counts what each worker refused."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import ssl
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -22,47 +19,25 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mta.cli.sink import Sink
 from mta.smtp.tls import write_self_signed
+from tests.e2e.test_crash import Serve
 from tests.helpers import Conversation, read_reply, wait_for
 
 
-class Workers:
-    """`python -m mta serve --workers 2` with its SMTP port and admin URL read from stderr."""
+async def start(tmp_path: Path, relay_port: int, *extra: str, **env: str) -> Serve:
+    """`mta serve --workers 2` with its admin API on a free port."""
+    return await Serve.start(
+        tmp_path, relay_port, "--workers", "2", "--admin", "127.0.0.1:0", *extra, **env
+    )
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int, admin: str) -> None:
-        self.process, self.port, self.admin = process, port, admin
 
-    @classmethod
-    async def start(cls, tmp_path: Path, relay_port: int, *extra: str, **env: str) -> Workers:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")} | env
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "mta", "serve", "--workers", "2", "--listen", "127.0.0.1:0"),
-            *("--data-dir", str(tmp_path / "data"), "--admin", "127.0.0.1:0"),
-            *("--relayhost", f"127.0.0.1:{relay_port}", *extra),
-            stderr=asyncio.subprocess.PIPE,
-            env=environ,
-        )
-        assert process.stderr is not None
-        admin = ""
-        while True:
-            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-            assert line, "mta serve exited before listening"
-            if found := re.match(r"mta: admin API on (\S+)/$", line):
-                admin = found.group(1)
-            if found := re.match(r"mta: listening on 127\.0\.0\.1:(\d+)$", line):
-                return cls(process, int(found.group(1)), admin)
-
-    async def metric(self, name: str, **labels: str) -> float:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.admin}/metrics") as got:
-            text = await got.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    return float(sample.value)
-        raise AssertionError(f"no metric {name} {labels}")
-
-    async def stop(self) -> None:
-        self.process.terminate()
-        assert await asyncio.wait_for(self.process.wait(), 30) == 0
+async def metric(mta: Serve, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{mta.admin}/metrics") as got:
+        text = await got.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    raise AssertionError(f"no metric {name} {labels}")
 
 
 @pytest.fixture
@@ -72,9 +47,9 @@ async def sink() -> AsyncIterator[Sink]:
     await server.close()
 
 
-def metric_is(mta: Workers, name: str, value: float) -> Callable[[], Awaitable[bool]]:
+def metric_is(mta: Serve, name: str, value: float) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return await mta.metric(name) == value
+        return await metric(mta, name) == value
 
     return check
 
@@ -91,21 +66,21 @@ async def greeting(port: int) -> str:
 async def test_the_per_ip_cap_counts_the_sessions_of_every_worker(
     tmp_path: Path, sink: Sink
 ) -> None:
-    mta = await Workers.start(tmp_path, sink.port, MTA_SMTP_MAX_CONNECTIONS_PER_IP="4")
+    mta = await start(tmp_path, sink.port, MTA_SMTP_MAX_CONNECTIONS_PER_IP="4")
     sessions = [await Conversation.open("127.0.0.1", mta.port) for _ in range(4)]
     try:
         # counted per worker (four each), a fifth session would have been let in
         assert (await greeting(mta.port)).startswith("421 4.7.0 Too many connections from")
-        assert await mta.metric("mta_smtp_sessions_open") == 4.0
+        assert await metric(mta, "mta_smtp_sessions_open") == 4.0
         await sessions.pop().close()  # a place is free again, whichever worker had it
         await wait_for(metric_is(mta, "mta_smtp_sessions_open", 3), timeout=10)
         sessions.append(await Conversation.open("127.0.0.1", mta.port))
         total = 'mta_smtp_connections_refused_total'
-        assert await mta.metric(total, reason="per_ip") == 1.0
+        assert await metric(mta, total, reason="per_ip") == 1.0
     finally:
         for session in sessions:
             await session.close()
-        await mta.stop()
+        assert await mta.terminate() == 0
 
 
 async def test_failed_auth_in_two_workers_locks_the_address_out_of_both(
@@ -125,7 +100,7 @@ async def test_failed_auth_in_two_workers_locks_the_address_out_of_both(
         'auth_failures_per_ip = 2\nauth_failure_delay = "0s"\n'
         '[smtp.auth_users]\ncampaign = "s3cret"\n'
     )
-    mta = await Workers.start(tmp_path, sink.port, "--config", str(config))
+    mta = await start(tmp_path, sink.port, "--config", str(config))
     trust = ssl.create_default_context(cafile=str(cert))
     clients = [
         aiosmtplib.SMTP(hostname="127.0.0.1", port=mta.port, start_tls=False) for _ in range(3)
@@ -148,11 +123,11 @@ async def test_failed_auth_in_two_workers_locks_the_address_out_of_both(
     finally:
         for client in clients:
             client.close()
-        await mta.stop()
+        assert await mta.terminate() == 0
 
 
 async def test_the_admin_api_counts_what_the_workers_refused(tmp_path: Path, sink: Sink) -> None:
-    mta = await Workers.start(tmp_path, sink.port)
+    mta = await start(tmp_path, sink.port)
     try:
         for n in range(3):
             session = await Conversation.open("127.0.0.1", mta.port)
@@ -166,4 +141,4 @@ async def test_the_admin_api_counts_what_the_workers_refused(tmp_path: Path, sin
                 await session.close()
         await wait_for(metric_is(mta, "mta_messages_rejected_total", 3), timeout=10)
     finally:
-        await mta.stop()
+        assert await mta.terminate() == 0
