@@ -2,7 +2,7 @@
 
     python bench/bench_peers.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
         [--repeat 1] [--wide 200] [--single 1000] [--soak 0] [--compare DIR]
-        [--harness auto|c|python] [--latency 1000]
+        [--harness auto|c|python] [--latency 1000] [--workers N,...]
 
 Same run, same load generator, same sink: for each size, the MTA (DKIM RSA-2048,
 durable spool) and each peer installed get `--messages` messages over `--sessions`
@@ -19,7 +19,8 @@ final dot to the 250, and the ratios of the MTA to each peer.
 `--wide N` adds the 2 KB end-to-end rate at N sessions, `--single N` the MTA's
 rate over one session, `--soak N` the MTA's RSS after relaying N more messages,
 `--compare DIR` the same runs of another checkout's `mta` (e.g. a worktree of the
-commit before a change).
+commit before a change), `--workers 0,1` the MTA also with `smtp.workers` = each N
+(its default is `auto`: one worker per core).
 Without Postfix / OpenDKIM it says so and measures the rest (and the sink alone,
 the loopback limit). With `--repeat 3` each figure is the median of three runs.
 """
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workers", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
-        metavar="N,...", help="also run the MTA with smtp.workers = each N (e.g. 0,1,2)",
+        metavar="N,...", help="also run the MTA with smtp.workers = each N (0: one process)",
     )
     args = parser.parse_args(argv)
     args.compare_name = f"checkout {Path(args.compare).name}" if args.compare else ""

@@ -35,7 +35,7 @@ from mta.delivery.dns import Resolver
 from mta.feedback.retention import OutboxPruner
 from mta.feedback.webhooks import Feedback
 from mta.ingress.handler import IngressHandler, Signer, server_factory
-from mta.ingress.workers import IngressWorkers, start_workers
+from mta.ingress.workers import IngressWorkers, start_workers, usable_cores, worker_count
 from mta.model import Result
 from mta.queue.scheduler import Scheduler
 from mta.queue.shared import LocalState, SharedState
@@ -247,10 +247,11 @@ class MtaApp:
                 warning = bind_warning(admin_host, admin_port, config.admin.token)
                 if warning:
                     log.warning("%s", warning)
+            workers = worker_count(config.smtp.workers, self.clock, usable_cores())
             try:
                 server: Listening = (
-                    await start_workers(config, self.clock, spool, handler, listener)
-                    if config.smtp.workers
+                    await start_workers(config, workers, self.clock, spool, handler, listener)
+                    if workers
                     else await start_server(
                         server_factory(handler, tls_context, listener), host, port
                     )

@@ -115,6 +115,7 @@ class Cluster:
             "dns.port": port,
             "delivery.port": self.sim.smtp_port,
             "delivery.tls": "none",
+            "smtp.workers": 0,
         }
         if redis is not None:
             flags["cluster.url"] = redis.url

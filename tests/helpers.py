@@ -176,6 +176,7 @@ def mta_config(tmp_path: Path, **flags: Any) -> MtaConfig:
         "smtp.listen": "127.0.0.1:0",
         "admin.listen": "127.0.0.1:0",
         "data_dir": str(tmp_path / "spool"),
+        "smtp.workers": 0,  # in-process tests look inside the app; e2e tests run the default
     }
     base.update({key.replace("__", "."): value for key, value in flags.items()})
     return load_config(None, flags=base, environ={})

@@ -64,9 +64,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clock-anchor", metavar="REAL:VIRTUAL:SCALE", help=argparse.SUPPRESS)
     parser.add_argument(
         "--workers",
-        type=int,
-        metavar="N",
-        help="SMTP sessions and DKIM signing in N processes (smtp.workers; 0: in this one)",
+        type=_number_or_word,
+        metavar="N|auto",
+        help="SMTP sessions and DKIM signing in N processes (smtp.workers; default auto: "
+        "one per core; 0: in this one)",
     )
     parser.add_argument(
         "--dns", metavar="HOST:PORT", help="the nameserver to ask (default: the system's)"
@@ -91,6 +92,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node", metavar="NAME", help="this node's name in the cluster (cluster.node)"
     )
+
+
+def _number_or_word(text: str) -> int | str:
+    """An integer flag that also takes a word ("auto"); the config checks which words."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def config_from_args(args: argparse.Namespace) -> MtaConfig:

@@ -96,6 +96,11 @@ def _convert(value: Any, hint: Any, kind: str | None, from_text: bool) -> Any:
                 return _convert(value, option, None, from_text)
             except ValueError as exc:
                 errors.append(str(exc))
+        tail = f", got {value!r}"
+        if all(e.startswith("expected ") and e.endswith(tail) for e in errors):
+            # "expected an integer or one of 'auto', got 'x'"
+            wanted = (e.removeprefix("expected ").removesuffix(tail) for e in errors)
+            raise ValueError("expected " + " or ".join(wanted) + tail)
         raise ValueError("; ".join(errors))
     if origin is typing.Literal:
         if value not in args:

@@ -74,13 +74,13 @@ class SmtpConfig:
     auth_lockout: float = duration_field("10m")
     auth_failure_delay: float = duration_field("1s")
     data_memory_limit: int = 32 * 1024 * 1024
-    workers: int = 0
+    workers: int | Literal["auto"] = "auto"  # "auto": one per core; see worker_count
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1024:
             raise ValueError("max_message_size must be at least 1024")
-        if self.workers < 0:
-            raise ValueError("workers must be 0 (SMTP in the main process) or more")
+        if isinstance(self.workers, int) and self.workers < 0:
+            raise ValueError('workers must be "auto", 0 (SMTP in the main process) or more')
         for name in (
             "max_connections",
             "max_connections_per_ip",

@@ -572,21 +572,35 @@ async def _worker(setup: WorkerSetup, handoff: socket.socket, conn: socket.socke
     executor.shutdown(wait=False)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def worker_count(setting: int | str, clock: Clock, cores: int) -> int:
+    """How many ingress workers smtp.workers asks for: a number as it is; "auto" one per
+    core when there are two or more and the clock is real or scaled, else 0 (one core
+    gains nothing from a second process; a manual clock lives in this process only)."""
+    if isinstance(setting, int):
+        return setting
+    return cores if cores > 1 and isinstance(clock, ScaledClock) else 0
+
+
 async def start_workers(
     config: MtaConfig,
+    count: int,
     clock: Clock,
     spool: Spool,
     handler: IngressHandler,
     listener: Listener,
 ) -> IngressWorkers:
-    """Listen on smtp.listen and start smtp.workers processes serving it. The main process's
+    """Listen on smtp.listen and start `count` processes serving it. The main process's
     `listener` admits every connection (its limits) and counts for all workers; its
     `handler` counts what they commit and tells the scheduler (its on_queued)."""
     limits = listener.limits
     if not isinstance(clock, ScaledClock):
         raise ValueError("smtp.workers needs a real or scaled clock")
     host, port = parse_hostport(config.smtp.listen)
-    count = config.smtp.workers
     memory = limits.data_memory_limit
     setup = WorkerSetup(
         smtp=config.smtp,
@@ -614,5 +628,5 @@ async def start_workers(
     except BaseException:
         await workers.stop(grace=0.0)
         raise
-    log.info("SMTP sessions and DKIM signing in %d worker processes", config.smtp.workers)
+    log.info("SMTP sessions and DKIM signing in %d worker processes", count)
     return workers

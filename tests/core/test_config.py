@@ -66,6 +66,11 @@ def test_durations_accept_units(tmp_path: Path) -> None:
         ),
         ('[smtp]\nrelay_networks = ["::/0"]\n', "covers every IPv6 address"),
         ("[smtp]\nmax_connections = -1\n", "mta.toml: smtp: max_connections must be 0"),
+        (
+            '[smtp]\nworkers = "many"\n',
+            "mta.toml: smtp.workers: expected an integer or one of 'auto', got 'many'",
+        ),
+        ("[smtp]\nworkers = -1\n", 'mta.toml: smtp: workers must be "auto", 0'),
     ],
 )
 def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -80,6 +85,7 @@ def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, messag
     [
         ({"MTA_DELIVERY_PORT": "abc"}, "MTA_DELIVERY_PORT: expected an integer"),
         ({"MTA_DELIVERY_PORT": "0"}, "MTA_DELIVERY_PORT: port must be 1-65535"),
+        ({"MTA_SMTP_WORKERS": "two"}, "MTA_SMTP_WORKERS: expected an integer or one of 'auto'"),
     ],
 )
 def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -166,3 +172,10 @@ def test_a_flag_error_names_the_flag() -> None:
             environ={},
             flag_names={"clock.time_scale": "--time-scale"},
         )
+
+
+def test_workers_are_auto_unless_a_number_is_given(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).smtp.workers == "auto"
+    assert load_config(None, environ={"MTA_SMTP_WORKERS": "3"}).smtp.workers == 3
+    assert load_config(write(tmp_path, "[smtp]\nworkers = 0\n"), environ={}).smtp.workers == 0
+    assert load_config(None, environ={"MTA_SMTP_WORKERS": "auto"}).smtp.workers == "auto"

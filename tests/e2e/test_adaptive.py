@@ -52,6 +52,7 @@ class Net:
                 "dns.port": port,
                 "delivery.port": self.sim.smtp_port,
                 "delivery.tls": "none",
+                "smtp.workers": 0,
             },
         )
         self.app = MtaApp(config, clock=self.clock)

@@ -1,8 +1,9 @@
 """`mta serve --workers N`: SMTP and DKIM in worker processes, the spool in the main one.
 
-Signed mail flows end to end; SIGKILL of the main process under load loses nothing
-that was acknowledged (with and without workers) and takes the workers with it; a
-worker that dies is started again; SIGTERM stops them all and exits 0.
+By default (`auto`) one worker per core, none on one core. Signed mail flows end to end;
+SIGKILL of the main process under load loses nothing that was acknowledged (with and
+without workers) and takes the workers with it; a worker that dies is started again;
+SIGTERM stops them all and exits 0.
 """
 
 from __future__ import annotations
@@ -145,4 +146,24 @@ async def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
         await wait_for(lambda: sink.handler.received == 1, timeout=20)
     finally:
         assert await mta.terminate() == 0
+        await sink.close()
+
+
+async def test_serve_starts_one_worker_per_core_by_default(tmp_path: Path) -> None:
+    """No flag, no config: `smtp.workers = "auto"`; `--workers 0` keeps one process."""
+    cores = len(os.sched_getaffinity(0))
+    sink = await Sink.start()
+    try:
+        for flags, expected in (((), cores if cores > 1 else 0), (("--workers", "0"), 0)):
+            mta = await Serve.start(tmp_path / str(expected), sink.port, *flags)
+            try:
+                assert len(workers_of(mta.process.pid)) == expected
+                reply = await send_message(
+                    "127.0.0.1", mta.port, "d@sender.test", ["r@dest.test"], MESSAGE
+                )
+                assert reply.startswith("250"), reply
+            finally:
+                assert await mta.terminate() == 0
+        await wait_for(lambda: sink.handler.received == 2, timeout=20)
+    finally:
         await sink.close()

@@ -88,6 +88,7 @@ async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
             "admin.token": TOKEN,
             "data_dir": str(tmp_path / "mta"),
             "delivery.relayhost": "127.0.0.1:9",
+            "smtp.workers": 0,
         },
         environ={},
     )

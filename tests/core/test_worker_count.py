@@ -1,0 +1,22 @@
+"""How many ingress workers `smtp.workers` starts: a number as given, "auto" one per core."""
+
+import pytest
+
+from mta.clock import ManualClock, RealClock, ScaledClock
+from mta.ingress.workers import worker_count
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_a_number_is_taken_as_given(cores: int) -> None:
+    assert worker_count(0, RealClock(), cores) == 0
+    assert worker_count(3, RealClock(), cores) == 3
+
+
+def test_auto_is_one_per_core_on_a_real_or_scaled_clock() -> None:
+    assert worker_count("auto", RealClock(), 2) == 2
+    assert worker_count("auto", ScaledClock(3600.0), 8) == 8
+
+
+def test_auto_stays_in_one_process_on_one_core_or_a_manual_clock() -> None:
+    assert worker_count("auto", RealClock(), 1) == 0
+    assert worker_count("auto", ManualClock(), 8) == 0
