@@ -67,7 +67,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         type=_number_or_word,
         metavar="N|auto",
         help="SMTP sessions and DKIM signing in N processes (smtp.workers; default auto: "
-        "one per core; 0: in this one)",
+        "one per core, at most 4; 0: in this one)",
     )
     parser.add_argument(
         "--dns", metavar="HOST:PORT", help="the nameserver to ask (default: the system's)"

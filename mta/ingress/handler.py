@@ -289,10 +289,11 @@ class IngressHandler:
         return f"250 2.0.0 {queue_id} queued"
 
     async def _sign_and_store(self, message: NewMessage, now: float) -> NewMessage:
-        """Sign in a worker thread (RSA in OpenSSL, without the GIL), which also takes the
-        content's checksum and hands the signed message straight to the spool's writer: the
-        commit starts without a hop back through the event loop, and the loop hears only of
-        the commit. Returns the signed message after the commit."""
+        """Sign on the executor (in one process, a thread: RSA in OpenSSL, without the GIL;
+        in an ingress worker, the loop's own thread), which also takes the content's checksum
+        and hands the signed message straight to the spool's writer: the commit starts
+        without a hop back through the event loop, and the loop hears only of the commit.
+        Returns the signed message after the commit."""
         signer = self.signer
         assert signer is not None
         # t= only on a real clock: verifiers refuse signing times in their future.
