@@ -47,7 +47,7 @@ from mta.queue.records import NewMessage, NewRecipient
 from mta.queue.spool import SpoolError, SpoolFull
 from mta.smtp import replies
 from mta.smtp.limits import Listener
-from mta.smtp.server import FastSMTP, content_of
+from mta.smtp.server import FastSMTP, content_of, hook_names
 
 log = logging.getLogger("mta.ingress")
 
@@ -109,6 +109,9 @@ def _date_of_second(second: int) -> str:
 
 class IngressHandler:
     """aiosmtpd hooks for the submission listener."""
+
+    def __dir__(self) -> list[str]:
+        return hook_names(type(self))  # see FastSMTP.__dir__
 
     def __init__(
         self,

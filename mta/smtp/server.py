@@ -161,6 +161,20 @@ def password_authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
     return authenticate
 
 
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
+def hook_names(cls: type) -> list[str]:
+    """The names aiosmtpd looks for in dir() of a server and of its handler: the command
+    (smtp_), AUTH (auth_) and hook (handle_) methods of `cls`, listed once per class."""
+    names = _HOOK_NAMES.get(cls)
+    if names is None:
+        names = _HOOK_NAMES[cls] = [
+            name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_"))
+        ]
+    return names
+
+
 class _Session(Session):
     """aiosmtpd's session without the deprecated `login_data` property's warning.
 
@@ -223,6 +237,12 @@ class FastSMTP(SMTP):
         self._auth_offered = bool(auth_users)
         # aiosmtpd keeps these limits in a class-level dict it mutates per EHLO.
         self.command_size_limits = collections.defaultdict(lambda: 1024)
+
+    def __dir__(self) -> list[str]:
+        """Only hook_names: aiosmtpd builds its command and AUTH tables from dir() of the
+        server and of its handler on every connection, and the full listing, every
+        attribute fetched, cost about 250 us of CPU a session."""
+        return hook_names(type(self))
 
     def _reset_envelope(self) -> None:
         self.envelope = self._create_envelope()
