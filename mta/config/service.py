@@ -74,7 +74,7 @@ class SmtpConfig:
     auth_lockout: float = duration_field("10m")
     auth_failure_delay: float = duration_field("1s")
     data_memory_limit: int = 32 * 1024 * 1024
-    workers: int | Literal["auto"] = "auto"  # "auto": one per core; see worker_count
+    workers: int | Literal["auto"] = "auto"  # "auto": see ingress.workers.worker_count
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1024:

@@ -1,17 +1,18 @@
 """Ingress worker processes: the SMTP sessions, header work and DKIM signing in N processes.
 
-With `smtp.workers` = N > 0 the main process listens and starts N worker processes
-(spawned: each its own interpreter, so the work spreads over the cores). The main
-process accepts each connection, decides as the single-process MTA would whether to
-admit it (shutting down, an IP locked out of AUTH, the total and per-IP connection
-limits: one count for all workers), and passes the socket (SCM_RIGHTS over a Unix
-socket) to the worker with the fewest sessions, or says the 421 itself. A worker
-runs the same IngressHandler and SMTP server as the single-process MTA; only its
-spool is a RemoteSpool: the signed message is pickled (in the signing thread) over a
-Unix socketpair to the main process, which hands it to the spool's writer thread
-like any other ingest (same group commit, "relayed" events in the same transaction)
-and answers once the commit is on disk. The worker says 250 only then. The main
-process keeps the spool, the scheduler, delivery, feedback and the admin API.
+With `smtp.workers` = N > 0 (the default, "auto", is one per core, at most 4, on two
+or more cores) the main process listens and starts N worker processes (spawned: each
+its own interpreter, so the work spreads over the cores). The main process accepts
+each connection, decides as the single-process MTA would whether to admit it
+(shutting down, an IP locked out of AUTH, the total and per-IP connection limits: one
+count for all workers), and passes the socket (SCM_RIGHTS over a Unix socket) to the
+worker with the fewest sessions, or says the 421 itself. A worker runs the same
+IngressHandler and SMTP server as the single-process MTA, but signs on its event
+loop's thread (InlineExecutor), and its spool is a RemoteSpool: the signed message is
+pickled over a Unix socketpair to the main process, which hands it to the spool's
+writer thread like any other ingest (same group commit, "relayed" events in the same
+transaction) and answers once the commit is on disk. The worker says 250 only then.
+The main process keeps the spool, the scheduler, delivery, feedback and the admin API.
 
 What a worker tells the main process besides its messages: each session that ended
 (the connection counts), each failed AUTH (the main process keeps the per-IP
@@ -413,7 +414,7 @@ class RemoteSpool:
     def ingest_soon(self, message: NewMessage, done: asyncio.Future[None]) -> None:
         """From any thread: send `message`; `done` settles when the main process committed it."""
         seq = next(self._seq)
-        frame = _frame((seq, message))  # pickled here, off the event loop's thread
+        frame = _frame((seq, message))  # pickled on the signing thread
         self._loop.call_soon_threadsafe(self._send, seq, frame, done)
 
     async def ingest(self, message: NewMessage) -> None:
