@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -130,11 +131,17 @@ def _figure(
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    """The resident memory of `pid` and its children (the ingress workers), in KiB."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                total += sum(rss_kib(int(child)) for child in handle.read().split())
+    return total
 
 
 class MtaServer:
@@ -466,7 +473,8 @@ def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: st
 
 
 async def soak(harness: Harness, work: Path, sink: int, key: Path, total: int) -> None:
-    """Relay `total` 2 KB messages through one MTA in rounds; print its RSS as it goes."""
+    """Relay `total` 2 KB messages through one MTA in rounds; print its RSS (with its
+    workers') as it goes."""
     message = make_message(2048)
     server = MtaServer(work, harness.sink_port, key, "soak")
     port = await server.start()
