@@ -1,7 +1,7 @@
 """`mta serve` next to Postfix and Postfix + OpenDKIM, all relaying into one sink.
 
     python bench/bench_peers.py [--messages 5000] [--sessions 20] [--sizes 2048,51200]
-        [--repeat 1] [--wide 200] [--single 1000] [--soak 0] [--compare DIR]
+        [--repeat 1] [--wide 200] [--single 1000] [--fresh 0] [--soak 0] [--compare DIR]
         [--harness auto|c|python] [--latency 1000] [--workers N,...]
 
 Same run, same load generator, same sink: for each size, the MTA (DKIM RSA-2048,
@@ -17,7 +17,9 @@ children included), the share of both cores the server kept busy and the share
 the whole machine was busy (harness, other users), p50/p99 from the client's
 final dot to the 250, and the ratios of the MTA to each peer.
 `--wide N` adds the 2 KB end-to-end rate at N sessions, `--single N` the MTA's
-rate over one session, `--soak N` the MTA's RSS after relaying N more messages,
+rate over one session, `--fresh N` the 2 KB rate of the MTA and Postfix when every
+message comes in a new session (`--sessions` at once; smtp-source without `-d`, no
+p50/p99), `--soak N` the MTA's RSS (its workers' too) after relaying N more messages,
 `--compare DIR` the same runs of another checkout's `mta` (e.g. a worktree of the
 commit before a change), `--workers 0,1` the MTA also with `smtp.workers` = each N
 (its default is `auto`: one worker per core).
@@ -105,11 +107,16 @@ class Harness:
         if self._sink is not None:
             await self._sink.stop()
 
-    async def send(self, port: int, total: int, sessions: int, message: bytes) -> LoadResult:
+    async def send(
+        self, port: int, total: int, sessions: int, message: bytes, keep: bool = True
+    ) -> LoadResult:
+        """`total` messages over `sessions` at once; `keep` False: a new session for each."""
         if self.c:
             return await run_source(
-                self.c[0], port, total, sessions, message_file(self.work, message)
+                self.c[0], port, total, sessions, message_file(self.work, message), keep
             )
+        if not keep:
+            raise RuntimeError("a new session for every message needs smtp-source")
         return await run_load("127.0.0.1", port, total, sessions, message)
 
 
@@ -215,13 +222,15 @@ async def _measure(
     messages: int,
     sessions: int,
     message: bytes,
+    keep: bool = True,
 ) -> Figure:
     """Load `messages`, wait until `already + sent` are handed on; the figures of that span.
-    With the C harness, then `latency` messages by the Python generator for p50/p99."""
+    With the C harness, then `latency` messages by the Python generator for p50/p99 (not
+    when each message has its own session: the generator keeps its sessions)."""
     cpu0 = cpu()
     busy0, total0 = machine_ticks()
     started = time.perf_counter()
-    load = await harness.send(port, messages, sessions, message)
+    load = await harness.send(port, messages, sessions, message, keep)
     accepted = time.perf_counter() - started
     # A deadline already past: how many are handed on at this moment, without waiting.
     behind = already + load.sent - await wait_delivered(already + load.sent, 0.0)
@@ -230,7 +239,7 @@ async def _measure(
     busy1, total1 = machine_ticks()
     machine = (busy1 - busy0) / max(total1 - total0, 1)
     figure = _figure(load, done, seconds, cpu() - cpu0, machine, accepted, behind)
-    if harness.c and latency:
+    if harness.c and latency and keep:
         timed = await run_load("127.0.0.1", port, min(latency, messages), sessions, message)
         await wait_delivered(already + load.sent + timed.sent, time.perf_counter() + 300)
         figure.p50, figure.p99 = timed.percentile(0.50) * 1000, timed.percentile(0.99) * 1000
@@ -247,6 +256,7 @@ async def run_mta(
     sessions: int,
     cwd: str | None = None,
     workers: int | None = None,
+    keep: bool = True,
 ) -> Figure:
     message = make_message(size)
     tag = f"{size}-{sessions}-{time.monotonic_ns()}"
@@ -255,10 +265,10 @@ async def run_mta(
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
         await server.wait_delivered(200, time.perf_counter() + 60)
-        count = args.single if sessions == 1 else args.messages
+        count = args.single if sessions == 1 else args.messages if keep else args.fresh
         return await _measure(
             harness, args.latency, port, server.cpu, server.wait_delivered, 200, count, sessions,
-            message,
+            message, keep,
         )
     finally:
         await server.stop()
@@ -271,6 +281,7 @@ async def run_postfix(
     size: int,
     args: argparse.Namespace,
     sessions: int,
+    keep: bool = True,
 ) -> Figure:
     message = make_message(size)
     directory = work / f"postfix-{size}-{sessions}-{'dkim' if key else 'plain'}"
@@ -286,8 +297,8 @@ async def run_postfix(
         await run_load("127.0.0.1", peer.port, 200, min(sessions, 20), message)  # warm-up
         await wait_delivered(200, time.perf_counter() + 60)
         return await _measure(
-            harness, args.latency, peer.port, peer.cpu_seconds, wait_delivered, 0, args.messages,
-            sessions, message,
+            harness, args.latency, peer.port, peer.cpu_seconds, wait_delivered, 0,
+            args.messages if keep else args.fresh, sessions, message, keep,
         )
     finally:
         await peer.stop()
@@ -388,6 +399,24 @@ async def main_async(args: argparse.Namespace) -> int:
                         return run_mta(harness, work, key, 2048, args, 1, args.compare)
 
                     plans.append((f"2 KB mta serve, 1 session, {args.compare_name}", single_before))
+            if args.fresh:
+                each = "2 KB, a session per message"
+
+                def fresh(n: int | None = None, cwd: str | None = None) -> Awaitable[Figure]:
+                    return run_mta(harness, work, key, 2048, args, args.sessions, cwd, n, False)
+
+                plans.append((f"{each}: mta serve", fresh))
+                for n in args.workers:
+                    plans.append((f"{each}: mta serve, workers = {n}", lambda n=n: fresh(n)))
+                if args.compare:
+                    compared = f"{each}: mta serve, {args.compare_name}"
+                    plans.append((compared, lambda: fresh(None, args.compare)))
+                if has_postfix:
+
+                    def pf_fresh() -> Awaitable[Figure]:
+                        return run_postfix(harness, work, None, 2048, args, args.sessions, False)
+
+                    plans.append((f"{each}: Postfix", pf_fresh))
             results: dict[str, list[Figure]] = {}
             for _ in range(args.repeat):  # interleaved, so load from others hits all alike
                 for label, plan in plans:
@@ -456,6 +485,7 @@ def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: st
         if old is not None and old.rate:
             ratio = ours.rate / old.rate
             print(f"ratio at {label}: mta serve / {args.compare_name} = {ratio:.2f}x")
+    report_fresh(figures, args)
     wide_ours = figures.get(f"2 KB mta serve, {args.wide} sessions")
     wide_theirs = figures.get(f"2 KB Postfix, {args.wide} sessions")
     if wide_ours is not None and wide_theirs is not None and wide_theirs.rate:
@@ -470,6 +500,22 @@ def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: st
                     f"ratio at {args.wide} sessions: mta serve with {n} workers / Postfix = "
                     f"{ratio:.2f}x"
                 )
+
+
+def report_fresh(figures: dict[str, Figure], args: argparse.Namespace) -> None:
+    """The ratios of the runs with a new session for every message."""
+    each = "2 KB, a session per message"
+    ours = figures.get(f"{each}: mta serve")
+    if ours is None:
+        return
+    names = ["Postfix", *(f"mta serve, workers = {n}" for n in args.workers)]
+    if args.compare:
+        names.append(f"mta serve, {args.compare_name}")
+    for name in names:
+        theirs = figures.get(f"{each}: {name}")
+        if theirs is not None and theirs.rate:
+            ratio = ours.rate / theirs.rate
+            print(f"ratio with a session per message: mta serve / {name} = {ratio:.2f}x")
 
 
 async def soak(harness: Harness, work: Path, sink: int, key: Path, total: int) -> None:
@@ -505,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument(
-        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 51200]
+        "--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[2048, 51200]
     )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
@@ -514,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", type=int, default=200, help="sessions, wide run (0: none)")
     parser.add_argument("--single", type=int, default=1000, help="messages, 1 session (0: none)")
     parser.add_argument("--soak", type=int, default=0, help="messages, RSS soak (0: none)")
+    parser.add_argument(
+        "--fresh", type=int, default=0,
+        help="messages, 2 KB, a new session for each (smtp-source only; 0: none)",
+    )
     parser.add_argument(
         "--harness", choices=("auto", "c", "python"), default="auto",
         help="auto: smtp-source/smtp-sink when installed, else the Python loadgen/mta sink",

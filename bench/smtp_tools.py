@@ -76,13 +76,15 @@ class SmtpSink:
 
 
 async def run_source(
-    path: str, port: int, total: int, sessions: int, message: Path
+    path: str, port: int, total: int, sessions: int, message: Path, keep: bool = True
 ) -> LoadResult:
-    """`total` messages over `sessions` sessions that stay connected; every message is
-    accepted (250) or smtp-source stops with an error, reported as RuntimeError."""
+    """`total` messages over `sessions` sessions that stay connected (`keep`; else a new
+    session for every message, `sessions` at once); every message is accepted (250) or
+    smtp-source stops with an error, reported as RuntimeError."""
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        path, "-4", "-d", "-s", str(sessions), "-m", str(total), "-F", str(message),
+        path, "-4", *(["-d"] if keep else []), "-s", str(sessions), "-m", str(total),
+        "-F", str(message),
         "-f", "bounces@sender.test", "-t", "rcpt@dest.test", "-M", "loadgen.test",
         f"127.0.0.1:{port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
