@@ -1,6 +1,5 @@
 """How many ingress workers `smtp.workers` starts (a number as given, "auto" one per core
-up to 4),
-and how a worker runs its signing: at once, on the calling thread."""
+up to 4), and how a worker runs its signing: at once, on the calling thread."""
 
 import threading
 

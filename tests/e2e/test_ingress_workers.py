@@ -1,9 +1,9 @@
 """`mta serve --workers N`: SMTP and DKIM in worker processes, the spool in the main one.
 
-By default (`auto`) one worker per core (at most 4), none on one core. Signed mail flows end to end;
-SIGKILL of the main process under load loses nothing that was acknowledged (with and
-without workers) and takes the workers with it; a worker that dies is started again;
-SIGTERM stops them all and exits 0.
+By default (`auto`) one worker per core (at most 4), none on one core. Signed mail
+flows end to end; SIGKILL of the main process under load loses nothing that was
+acknowledged (with and without workers) and takes the workers with it; a worker that
+dies is started again; SIGTERM stops them all and exits 0.
 """
 
 from __future__ import annotations
@@ -154,8 +154,11 @@ async def test_serve_starts_one_worker_per_core_by_default(tmp_path: Path) -> No
     cores = min(len(os.sched_getaffinity(0)), 4)
     sink = await Sink.start()
     try:
-        for flags, expected in (((), cores if cores > 1 else 0), (("--workers", "0"), 0)):
-            mta = await Serve.start(tmp_path / str(expected), sink.port, *flags)
+        for name, flags, expected in (
+            ("auto", (), cores if cores > 1 else 0),
+            ("one-process", ("--workers", "0"), 0),
+        ):
+            mta = await Serve.start(tmp_path / name, sink.port, *flags)
             try:
                 assert len(workers_of(mta.process.pid)) == expected
                 reply = await send_message(
