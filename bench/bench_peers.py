@@ -265,7 +265,7 @@ async def run_mta(
     try:
         await run_load("127.0.0.1", port, 200, min(sessions, 20), message)  # warm-up
         await server.wait_delivered(200, time.perf_counter() + 60)
-        count = args.single if sessions == 1 else args.messages if keep else args.fresh
+        count = args.fresh if not keep else args.single if sessions == 1 else args.messages
         return await _measure(
             harness, args.latency, port, server.cpu, server.wait_delivered, 200, count, sessions,
             message, keep,
