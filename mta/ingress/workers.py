@@ -299,7 +299,7 @@ class IngressWorkers:
     ) -> None:
         """Commit what worker `index` sends; answer each commit; restart it if it dies."""
         loop = asyncio.get_running_loop()
-        out = _Coalescing(writer)
+        out = self._outs[index]  # the answers and the lockouts share one coalesced stream
 
         def answer(seq: int, message: NewMessage, done: asyncio.Future[None]) -> None:
             exc = done.exception()
