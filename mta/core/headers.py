@@ -78,12 +78,7 @@ def prepend(message: bytes, *raw_fields: bytes) -> bytes:
 
 def names(message: bytes) -> set[bytes]:
     """The lower-cased names of the message's header fields (no values unfolded)."""
-    found: set[bytes] = set()
-    for line in split(message)[0].split(b"\r\n"):
-        name, colon, _ = line.partition(b":")
-        if colon and line[:1] not in (b" ", b"\t"):
-            found.add(name.strip().lower())
-    return found
+    return {name.lower() for name, _ in fields(split(message)[0]) if name}
 
 
 def has(message: bytes, name: str) -> bool:
