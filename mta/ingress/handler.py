@@ -250,11 +250,12 @@ class IngressHandler:
                 return "554 5.6.0 Bad X-Campaign-Validity header: use e.g. 5d or 84h"
         queue_id = new_queue_id()
         delivery_id = fields.get(DELIVERY_ID)
-        if delivery_id and not headers.has(content, "Feedback-ID"):
+        present = headers.names(content)
+        if delivery_id and b"feedback-id" not in present:
             # as ESPs do for Gmail's Postmaster Tools: the receiver sees the campaign's id
             head, body = headers.split(content)
             content = head + f"Feedback-ID: {delivery_id}:mta-sim\r\n".encode() + b"\r\n" + body
-        content = self._trace(content, session, envelope, queue_id, server.hostname, now)
+        content = self._trace(content, present, session, envelope, queue_id, server.hostname, now)
         log_id = fields.get(LOG_ID)
         message = NewMessage(
             queue_id=queue_id,
@@ -344,16 +345,17 @@ class IngressHandler:
     def _trace(
         self,
         content: bytes,
+        present: set[bytes],
         session: Session,
         envelope: Envelope,
         queue_id: str,
         hostname: str,
         now: float,
     ) -> bytes:
-        """Prepend Received; add Message-ID and Date when the message has none."""
+        """Prepend Received; add Message-ID and Date when the message has none (`present`:
+        the lower-cased names of its header fields)."""
         date = rfc5322_date(now)
         added: list[bytes] = []
-        present = headers.names(content)
         if b"message-id" not in present:
             added.append(f"Message-ID: <{queue_id}@{hostname}>\r\n".encode())
         if b"date" not in present:
