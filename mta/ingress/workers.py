@@ -43,6 +43,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -408,6 +409,7 @@ class RemoteSpool:
         self._writer = writer
         self._out = _Coalescing(writer)
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._seq = itertools.count()
         self._pending: dict[int, asyncio.Future[None]] = {}
 
@@ -415,7 +417,10 @@ class RemoteSpool:
         """From any thread: send `message`; `done` settles when the main process committed it."""
         seq = next(self._seq)
         frame = _frame((seq, message))  # pickled on the signing thread
-        self._loop.call_soon_threadsafe(self._send, seq, frame, done)
+        if threading.get_ident() == self._thread:
+            self._send(seq, frame, done)   # signed inline: no wake-up of our own loop
+        else:
+            self._loop.call_soon_threadsafe(self._send, seq, frame, done)
 
     async def ingest(self, message: NewMessage) -> None:
         done: asyncio.Future[None] = self._loop.create_future()
