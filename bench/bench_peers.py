@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -91,7 +92,7 @@ class Harness:
     @property
     def name(self) -> str:
         if self.c:
-            return "smtp-source (C, -d) into smtp-sink"
+            return "smtp-source (C; -d but for a session per message) into smtp-sink"
         return "bench/loadgen.py (Python, pipelined) into `mta sink`"
 
     async def start(self) -> None:
@@ -131,8 +132,8 @@ def _figure(
         cpu_ms=cpu / max(done, 1) * 1000,
         busy=cpu / (seconds * CORES) if seconds > 0 else 0.0,
         machine=machine,
-        p50=load.percentile(0.50) * 1000,
-        p99=load.percentile(0.99) * 1000,
+        p50=load.percentile(0.50) * 1000 if load.latencies else math.nan,   # nan: not timed
+        p99=load.percentile(0.99) * 1000 if load.latencies else math.nan,
         lost=load.failed + (load.sent - done),
     )
 
@@ -429,7 +430,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         f"  {label}: {f.rate:.0f} msg/s (accepted {f.accept:.0f}/s, "
                         f"{f.behind} behind at the end), {f.cpu_ms:.2f} CPU ms/msg, "
                         f"server {f.busy:.0%} / machine {f.machine:.0%} busy, "
-                        f"p50 {f.p50:.1f} ms, p99 {f.p99:.1f} ms",
+                        f"p50 {_ms(f.p50)} ms, p99 {_ms(f.p99)} ms",
                         flush=True,
                     )
                     results.setdefault(label, []).append(f)
@@ -440,6 +441,11 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             await harness.stop()
     return 0
+
+
+def _ms(value: float) -> str:
+    """A latency in ms, or "-" when none was timed (the C harness without --latency)."""
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: str) -> None:
@@ -457,7 +463,7 @@ def report(rows: list[tuple[str, Figure]], args: argparse.Namespace, harness: st
         print(
             f"{label:<52} {f.rate:>7.0f} {f.accept:>7.0f} {f.behind:>7} {f.cpu_ms:>11.2f} "
             f"{f.busy:>10.0%} "
-            f"{f.machine:>7.0%} {f.p50:>7.1f} {f.p99:>7.1f} {f.lost:>5}"
+            f"{f.machine:>7.0%} {_ms(f.p50):>7} {_ms(f.p99):>7} {f.lost:>5}"
         )
     figures = dict(rows)
     for size in args.sizes:
