@@ -79,7 +79,3 @@ def prepend(message: bytes, *raw_fields: bytes) -> bytes:
 def names(message: bytes) -> set[bytes]:
     """The lower-cased names of the message's header fields (no values unfolded)."""
     return {name.lower() for name, _ in fields(split(message)[0]) if name}
-
-
-def has(message: bytes, name: str) -> bool:
-    return name.lower().encode() in names(message)
